@@ -1,0 +1,156 @@
+"""The conversion report: what a conversion produced and what it cost, as JSON and as a table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from converters.fidelity import Fidelity
+from converters.targets import OpReport
+from device_agent.benchmark import LatencySummary
+from edgeops.errors import GateError
+from edgeops.tables import fmt, render_pairs
+from edgeops.tensors import TensorInfo
+
+SCHEMA = "edgeops.conversion-report/1"
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    """Every gate passed."""
+    REJECTED = "rejected"
+    """A gate failed: the artifact is kept under a ``.rejected`` name for inspection."""
+    UNGATED = "ungated"
+    """No gate was set."""
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    status: Status
+    reasons: tuple[str, ...]
+    created: str
+    source: dict[str, Any]
+    """path, kind, bytes."""
+    artifact: dict[str, Any]
+    """file (name beside the report), format, bytes, sha256."""
+    settings: dict[str, Any]
+    """The resolved conversion settings."""
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    ops: OpReport
+    latency: LatencySummary
+    fidelity: Fidelity | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return float(self.artifact["bytes"]) / float(self.source["bytes"])
+
+    def raise_for_status(self) -> None:
+        """Raise :class:`GateError` if the model was rejected by a gate."""
+        if self.status is Status.REJECTED:
+            raise GateError(
+                f"rejected: {'; '.join(self.reasons)} (kept as {self.artifact['file']})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "status": self.status.value,
+            "reasons": list(self.reasons),
+            "created": self.created,
+            "source": self.source,
+            "artifact": self.artifact,
+            "size_ratio": self.size_ratio,
+            "settings": self.settings,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "ops": {
+                "counts": self.ops.counts,
+                "checked_for_target": self.ops.checked,
+                "unsupported": [asdict(i) for i in self.ops.issues],
+            },
+            "latency": asdict(self.latency),
+            "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
+            "versions": self.versions,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_jsonable) + "\n"
+
+    def table(self) -> str:
+        """The report as the terminal shows it."""
+        s = self.settings
+        rows: list[tuple[str, object]] = [
+            ("artifact", self.artifact["file"]),
+            (
+                "status",
+                self.status.value + (f" ({'; '.join(self.reasons)})" if self.reasons else ""),
+            ),
+            ("format / mode / target", f"{s['to']} / {s['mode']} / {s['target']}"),
+            (
+                "size",
+                f"{_kb(self.source['bytes'])} -> {_kb(self.artifact['bytes'])} "
+                f"(ratio {self.size_ratio:.3f})",
+            ),
+            (
+                "host latency (1 sample)",
+                f"p50 {fmt(self.latency.p50_ms)} ms, p99 {fmt(self.latency.p99_ms)} ms",
+            ),
+        ]
+        f = self.fidelity
+        if f is not None:
+            rows.append(("validation samples", f"{f.samples} ({f.task.value})"))
+            if f.agreement is not None:
+                rows.append(("top-1 agreement", f"{f.agreement * 100:.2f} %"))
+            if f.source_accuracy is not None and f.converted_accuracy is not None:
+                rows.append(
+                    (
+                        "accuracy source -> converted",
+                        f"{f.source_accuracy * 100:.2f} % -> {f.converted_accuracy * 100:.2f} % "
+                        f"(drop {fmt(f.accuracy_drop_points)} points)",
+                    )
+                )
+            if f.source_mae is not None:
+                rows.append(
+                    ("MAE source -> converted", f"{fmt(f.source_mae)} -> {fmt(f.converted_mae)}")
+                )
+                rows.append(
+                    ("RMSE source -> converted", f"{fmt(f.source_rmse)} -> {fmt(f.converted_rmse)}")
+                )
+            for o in f.outputs:
+                snr = "exact" if o.snr_db is None else f"{o.snr_db:.1f} dB"
+                rows.append(
+                    (
+                        f"output '{o.name}'",
+                        f"max |err| {fmt(o.max_abs_error)}, mean |err| "
+                        f"{fmt(o.mean_abs_error)}, SNR {snr}",
+                    )
+                )
+        for t in (*self.inputs, *self.outputs):
+            if t.quantized:
+                rows.append(
+                    (
+                        f"quantized '{t.name}'",
+                        f"{t.dtype} scale {t.scale:.6g} zero point {t.zero_point}",
+                    )
+                )
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.counts.items()))
+        rows.append(("ops", ops))
+        for issue in self.ops.issues:
+            rows.append((f"unsupported on {s['target']}", f"{issue.op}: {issue.reason}"))
+        if not self.ops.checked:
+            rows.append(("op check", f"no op list for {s['to']} on {s['target']}; not checked"))
+        return render_pairs(rows)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, StrEnum):
+        return o.value
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,8 @@
+"""The on-device side of edgeops: inference runtimes and the benchmark runner.
+
+Importing this package never imports tensorflow or the converters.
+"""
+
+from device_agent.runtimes import Runtime, open_runtime
+
+__all__ = ["Runtime", "open_runtime"]

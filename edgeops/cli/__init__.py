@@ -1,0 +1,78 @@
+"""The ``edgeops`` command line: a thin layer of option parsing over the library.
+
+Subcommands are imported only when invoked, so ``edgeops --help`` and the agent's commands never
+import TensorFlow. Errors become one line and an exit code here, in :func:`main`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from edgeops import __version__
+from edgeops.errors import EdgeOpsError
+
+# name -> (module, attribute, one-line help shown by --help without importing the module)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "convert": (
+        "edgeops.cli.convert",
+        "convert",
+        "Convert and quantize a model to TFLite or ONNX.",
+    ),
+    "bench": ("edgeops.cli.bench", "bench", "Benchmark .tflite and .onnx models on this host."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = SUBCOMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attr, _ = entry
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeops")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """edgeops: convert, quantize and benchmark models for edge devices."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every edgeops error into one line and its exit code."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="edgeops",
+            standalone_mode=False,
+        )
+    except EdgeOpsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

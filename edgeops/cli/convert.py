@@ -1,0 +1,166 @@
+"""``edgeops convert``: options to a ``ConversionConfig``, then ``converters.convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeops.optional import require
+
+
+def _enum_choice(values: list[str]) -> click.Choice[str]:
+    return click.Choice(values, case_sensitive=False)
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option(
+    "--to", "to", required=True, type=_enum_choice(["tflite", "onnx"]), help="Output format."
+)
+@click.option(
+    "--quantize",
+    "mode",
+    default=None,
+    metavar="MODE",
+    help="fp32 | float16 | dynamic | int8 | int16x8 (TFLite only). "
+    "Default: the target's (cpu fp32, gpu float16, npu/mcu int8).",
+)
+@click.option(
+    "--target",
+    default="cpu",
+    show_default=True,
+    type=_enum_choice(["cpu", "gpu", "npu", "mcu"]),
+    help="Hardware class: picks defaults and checks the ops.",
+)
+@click.option(
+    "--io",
+    "io",
+    default=None,
+    type=_enum_choice(["float", "int8"]),
+    help="Input/output dtype of a full-integer TFLite model (default: int8 for npu/mcu).",
+)
+@click.option(
+    "--out", "out", required=True, type=click.Path(path_type=Path), help="Output directory."
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Representative inputs (.npz, .npy or .csv) for int8 and int16x8.",
+)
+@click.option(
+    "--calibration-samples",
+    default=200,
+    show_default=True,
+    help="Samples drawn from the calibration file.",
+)
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inputs with labels (.npz x/y, or .csv with a label column) for the fidelity "
+    "report and the gates.",
+)
+@click.option(
+    "--task",
+    default="auto",
+    show_default=True,
+    type=_enum_choice(["auto", "classification", "regression"]),
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    metavar="POINTS",
+    help="Reject when accuracy drops by more than this many percentage points.",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Reject when top-1 agreement with the source is below this (e.g. 0.99).",
+)
+@click.option(
+    "--onnx-format",
+    default="qdq",
+    show_default=True,
+    type=_enum_choice(["qdq", "qoperator"]),
+    help="ONNX static int8 graph form.",
+)
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="ONNX int8 weight quantization granularity.",
+)
+@click.option(
+    "--calibration-method",
+    default="minmax",
+    show_default=True,
+    type=_enum_choice(["minmax", "entropy", "percentile"]),
+    help="ONNX static int8 calibration.",
+)
+@click.option(
+    "--no-preprocess", is_flag=True, help="Skip onnxruntime's quantization pre-processing."
+)
+@click.option("--opset", default=17, show_default=True, help="ONNX opset for tf2onnx.")
+@click.option("--name", default=None, help="Base name of the output files (default: source stem).")
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    help="Interpreter threads for the latency measurement.",
+)
+@click.option("--latency-runs", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(
+    src: Path,
+    to: str,
+    mode: str | None,
+    target: str,
+    io: str | None,
+    out: Path,
+    calibration: Path | None,
+    calibration_samples: int,
+    validation: Path | None,
+    task: str,
+    max_accuracy_drop: float | None,
+    min_agreement: float | None,
+    onnx_format: str,
+    per_channel: bool,
+    calibration_method: str,
+    no_preprocess: bool,
+    opset: int,
+    name: str | None,
+    threads: int,
+    latency_runs: int,
+    as_json: bool,
+) -> None:
+    """Convert SRC (.keras, SavedModel dir, .onnx, .tflite) and report what it cost."""
+    conv = require("converters", "convert")
+    cfg = conv.ConversionConfig(
+        to=conv.Format(to.lower()),
+        mode=None if mode is None else conv.config.parse_mode(mode),
+        target=conv.Target(target.lower()),
+        io=None if io is None else conv.IOType(io.lower()),
+        calibration=calibration,
+        calibration_samples=calibration_samples,
+        validation=validation,
+        task=conv.Task(task.lower()),
+        onnx=conv.OnnxQuantization(
+            format=conv.QuantFormat(onnx_format.lower()),
+            per_channel=per_channel,
+            method=conv.CalibrationMethod(calibration_method.lower()),
+            preprocess=not no_preprocess,
+        ),
+        opset=opset,
+        gates=conv.Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement),
+        latency_runs=latency_runs,
+        threads=threads,
+        name=name,
+    )
+    report = conv.convert(src, out, cfg)
+    click.echo(report.to_json() if as_json else report.table())
+    report.raise_for_status()

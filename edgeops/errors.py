@@ -1,0 +1,92 @@
+"""The one error tree of edgeops.
+
+Every error a user can cause derives from :class:`EdgeOpsError` and carries the exit code the CLI
+returns for it. The CLI prints ``error: <message>`` on one line and exits with that code; it never
+shows a traceback for these.
+
+::
+
+    EdgeOpsError (1)
+    ├── UsageError (2)               bad option values or impossible combinations
+    ├── MissingExtraError (3)        an optional dependency group is not installed
+    ├── InputDataError (4)           a data file is missing, malformed, or has the wrong shape/dtype
+    ├── ModelError (5)               a model file is missing, corrupt or of an unsupported kind
+    ├── ConversionError (6)          the converter or quantizer failed
+    ├── GateError (7)                the converted model fell short of a fidelity gate
+    ├── OutputError (8)              the output location cannot be written
+    └── RuntimeBackendError (9)      no inference runtime can run the model
+"""
+
+from __future__ import annotations
+
+
+class EdgeOpsError(Exception):
+    """Base of every error edgeops raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(EdgeOpsError):
+    """Options that are invalid or cannot be combined."""
+
+    exit_code = 2
+
+
+class MissingExtraError(EdgeOpsError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    exit_code = 3
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"this needs the '{module}' package: pip install 'edgeops[{extra}]'")
+        self.module = module
+        self.extra = extra
+
+
+class InputDataError(EdgeOpsError):
+    """A data file (calibration, validation, benchmark input) cannot be used."""
+
+    exit_code = 4
+
+
+class ModelError(EdgeOpsError):
+    """A model file is missing, corrupt, or of a kind that cannot be used here."""
+
+    exit_code = 5
+
+
+class ConversionError(EdgeOpsError):
+    """Conversion or quantization failed inside the converter."""
+
+    exit_code = 6
+
+
+class GateError(EdgeOpsError):
+    """The converted model was written but rejected by a fidelity gate."""
+
+    exit_code = 7
+
+
+class OutputError(EdgeOpsError):
+    """An output file or directory cannot be written."""
+
+    exit_code = 8
+
+
+class RuntimeBackendError(EdgeOpsError):
+    """No installed inference runtime can load or run the model."""
+
+    exit_code = 9
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text, for wrapping third-party errors in one line."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
