@@ -130,7 +130,7 @@ class ConversionConfig:
     io: IOType | None = None
     """Full-integer TFLite I/O; None: int8 for npu and mcu, float otherwise."""
     calibration: Path | None = None
-    calibration_samples: int = 200
+    calibration_samples: int = 500
     """Representative samples used for calibration (drawn evenly from the file, seeded)."""
     validation: Path | None = None
     task: Task = Task.AUTO
