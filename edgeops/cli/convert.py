@@ -51,7 +51,7 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
 )
 @click.option(
     "--calibration-samples",
-    default=200,
+    default=500,
     show_default=True,
     help="Samples drawn from the calibration file.",
 )
