@@ -150,6 +150,7 @@ def _measure(
         ops=targets.check(model, cfg.target),
         latency=bench.steady,
         fidelity=fidelity,
+        quantization=tuple(targets.boundary_quantization(model)),
         versions=_versions(),
     )
 

@@ -42,6 +42,8 @@ class ConversionReport:
     ops: OpReport
     latency: LatencySummary
     fidelity: Fidelity | None
+    quantization: tuple[dict[str, Any], ...] = ()
+    """Scale and zero point at the model's boundary (see ``targets.boundary_quantization``)."""
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -72,6 +74,7 @@ class ConversionReport:
                 "checked_for_target": self.ops.checked,
                 "unsupported": [asdict(i) for i in self.ops.issues],
             },
+            "quantization": list(self.quantization),
             "latency": asdict(self.latency),
             "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
             "versions": self.versions,
@@ -129,14 +132,13 @@ class ConversionReport:
                         f"{fmt(o.mean_abs_error)}, SNR {snr}",
                     )
                 )
-        for t in (*self.inputs, *self.outputs):
-            if t.quantized:
-                rows.append(
-                    (
-                        f"quantized '{t.name}'",
-                        f"{t.dtype} scale {t.scale:.6g} zero point {t.zero_point}",
-                    )
+        for q in self.quantization:
+            rows.append(
+                (
+                    f"quantized {q['role']} '{q['name']}'",
+                    f"{q['dtype']} scale {q['scale']:.6g} zero point {q['zero_point']}",
                 )
+            )
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.counts.items()))
         rows.append(("ops", ops))
         for issue in self.ops.issues:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from converters.config import Target
 from edgeops.optional import require
@@ -248,6 +249,54 @@ def check_onnx(path: Path, target: Target) -> OpReport:
                 node.op_type, "runs in float (not wrapped in QuantizeLinear/DequantizeLinear)"
             )
     return OpReport(counts, tuple(issues.values()))
+
+
+def onnx_boundary_quantization(path: Path) -> list[dict[str, Any]]:
+    """Scale and zero point of the QuantizeLinear after each input and DequantizeLinear before
+    each output of a QDQ or QOperator ONNX model."""
+    onnx = require("onnx", "convert")
+    numpy_helper = require("onnx.numpy_helper", "convert")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    found = []
+    for role, values, op_type, pos in (
+        ("input", graph.input, "QuantizeLinear", "input"),
+        ("output", graph.output, "DequantizeLinear", "output"),
+    ):
+        for v in values:
+            node = next(
+                (
+                    n
+                    for n in graph.node
+                    if n.op_type == op_type and v.name in (n.input if pos == "input" else n.output)
+                ),
+                None,
+            )
+            if node is None or len(node.input) < 3:
+                continue
+            scale, zero = init.get(node.input[1]), init.get(node.input[2])
+            if scale is None or zero is None or scale.size != 1:
+                continue
+            found.append(
+                {
+                    "role": role,
+                    "name": v.name,
+                    "dtype": zero.dtype.name,
+                    "scale": float(scale),
+                    "zero_point": int(zero),
+                }
+            )
+    return found
+
+
+def boundary_quantization(path: Path) -> list[dict[str, Any]]:
+    """Where a model's float inputs are quantized and its outputs dequantized, and how."""
+    if path.suffix == ".tflite":
+        from device_agent.runtimes import TFLiteRuntime
+
+        with TFLiteRuntime(path, default_delegates=False) as rt:
+            return rt.boundary_quantization()
+    return onnx_boundary_quantization(path)
 
 
 def check(path: Path, target: Target) -> OpReport:

@@ -169,6 +169,43 @@ class TFLiteRuntime:
             result.append((str(op["op_name"]), any(floats.get(i, False) for i in tensors)))
         return result
 
+    def boundary_quantization(self) -> list[dict[str, Any]]:
+        """Scale and zero point where float inputs are quantized and outputs dequantized.
+
+        For a quantized input or output that is the tensor itself; for a float one it is the
+        tensor on the other side of the QUANTIZE or DEQUANTIZE op at the boundary.
+        """
+        tensors = {t["index"]: t for t in self._interp.get_tensor_details()}
+        ops = self._interp._get_ops_details()
+        found = []
+        for role, details in (("input", self._in), ("output", self._out)):
+            for d in details:
+                idx = d["index"]
+                inner = idx
+                if np.dtype(d["dtype"]).kind == "f":
+                    for op in ops:
+                        if role == "input" and op["op_name"] == "QUANTIZE" and idx in op["inputs"]:
+                            inner = int(op["outputs"][0])
+                        if (
+                            role == "output"
+                            and op["op_name"] == "DEQUANTIZE"
+                            and idx in op["outputs"]
+                        ):
+                            inner = int(op["inputs"][0])
+                t = tensors[inner]
+                scale, zero = t["quantization"]
+                if scale:
+                    found.append(
+                        {
+                            "role": role,
+                            "name": d["name"],
+                            "dtype": np.dtype(t["dtype"]).name,
+                            "scale": float(scale),
+                            "zero_point": int(zero),
+                        }
+                    )
+        return found
+
     def close(self) -> None:
         self._interp = None
 

@@ -1,0 +1,95 @@
+"""Shared fixtures: real models trained once per session on scikit-learn's bundled data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from edgeops import samples
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: Path
+    calibration: Path
+    validation: Path
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The small digits CNN (.keras) with calibration and labelled validation files."""
+    d = tmp_path_factory.mktemp("digits")
+    split = samples.digits()
+    model = samples.train_digits_cnn(split, d / "digits.keras")
+    cal, val = split.save(d, "digits")
+    return Trained(model, cal, val)
+
+
+@pytest.fixture(scope="session")
+def diabetes(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The small tabular regression MLP (.keras) with its data files."""
+    d = tmp_path_factory.mktemp("diabetes")
+    split = samples.diabetes()
+    model = samples.train_diabetes_mlp(split, d / "diabetes.keras", epochs=30)
+    cal, val = split.save(d, "diabetes")
+    return Trained(model, cal, val)
+
+
+@pytest.fixture(scope="session")
+def digits_saved_model(digits: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN as a SavedModel directory."""
+    import keras
+
+    out = tmp_path_factory.mktemp("sm") / "digits_savedmodel"
+    keras.models.load_model(digits.model).export(str(out), verbose=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted(
+    digits: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Path]]:
+    """fp32 and int8 conversions of the digits CNN in both formats, made once."""
+    from converters import ConversionConfig, Format, Mode, convert
+
+    out = tmp_path_factory.mktemp("converted")
+    made = {}
+    for fmt in (Format.TFLITE, Format.ONNX):
+        for mode in (Mode.FP32, Mode.INT8):
+            cfg = ConversionConfig(
+                to=fmt, mode=mode, calibration=digits.calibration, latency_runs=5
+            )
+            report = convert(digits.model, out, cfg)
+            made[f"{fmt}-{mode}"] = out / report.artifact["file"]
+    yield made
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run ``edgeops ARGS`` in-process through the real entry point: code, stdout, stderr."""
+    from edgeops.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
