@@ -11,7 +11,7 @@ from converters.fidelity import Fidelity
 from converters.targets import OpReport
 from device_agent.benchmark import LatencySummary
 from edgeops.errors import GateError
-from edgeops.tables import fmt, render_pairs
+from edgeops.tables import fmt, render, render_pairs
 from edgeops.tensors import TensorInfo
 
 SCHEMA = "edgeops.conversion-report/1"
@@ -156,3 +156,37 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, StrEnum):
         return o.value
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def comparison_table(reports: list[ConversionReport]) -> str:
+    """One row per conversion: size, fidelity and latency side by side."""
+    headers = (
+        "artifact",
+        "status",
+        "size KB",
+        "size ratio",
+        "accuracy %",
+        "drop pts",
+        "agreement %",
+        "SNR dB",
+        "p50 ms",
+        "p99 ms",
+    )
+    rows = []
+    for r in reports:
+        f = r.fidelity
+        rows.append(
+            (
+                r.artifact["file"],
+                r.status.value,
+                r.artifact["bytes"] / 1024,
+                r.size_ratio,
+                None if f is None or f.converted_accuracy is None else f.converted_accuracy * 100,
+                None if f is None else f.accuracy_drop_points,
+                None if f is None or f.agreement is None else f.agreement * 100,
+                None if f is None else f.outputs[0].snr_db,
+                r.latency.p50_ms,
+                r.latency.p99_ms,
+            )
+        )
+    return render(headers, rows)
