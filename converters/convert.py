@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from converters import targets
 from converters.calibration import pick_samples
-from converters.config import ConversionConfig, Format
+from converters.config import ConversionConfig, Format, IOType
 from converters.fidelity import Fidelity, compare
 from converters.report import ConversionReport, Status
 from converters.sources import Source
@@ -41,9 +41,14 @@ _VERSIONED = ("edgeops", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"
 
 
 def artifact_names(name: str, cfg: ConversionConfig, rejected: bool) -> tuple[str, str]:
-    """File names of the model and its report inside the output directory."""
-    stem = f"{name}.{cfg.mode}" + (".rejected" if rejected else "")
-    return f"{stem}.{cfg.to}", f"{stem}.report.json"
+    """File names of the model and its report inside the output directory.
+
+    ``digits.int8.tflite`` and ``digits.int8.tflite.report.json``; int8 inputs and outputs add
+    ``-int8io`` to the mode, a failed gate adds ``.rejected``.
+    """
+    mode = f"{cfg.mode}-int8io" if cfg.io is IOType.INT8 else str(cfg.mode)
+    model = f"{name}.{mode}" + (".rejected" if rejected else "") + f".{cfg.to}"
+    return model, f"{model}.report.json"
 
 
 def convert(src: str | Path, out_dir: str | Path, config: ConversionConfig) -> ConversionReport:

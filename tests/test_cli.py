@@ -43,7 +43,7 @@ def test_convert_prints_report_table(cli, digits: Trained, tmp_path: Path) -> No
         "CONV_2D",
     ):
         assert text in r.out
-    assert _files(tmp_path) == ["digits.int8.report.json", "digits.int8.tflite"]
+    assert _files(tmp_path) == ["digits.int8.tflite", "digits.int8.tflite.report.json"]
 
 
 def test_failed_gate_keeps_a_rejected_artifact(cli, digits: Trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -74,8 +74,8 @@ def test_failed_gate_keeps_a_rejected_artifact(cli, digits: Trained, tmp_path: P
     )
     assert r.code == errors.GateError.exit_code
     assert r.err.startswith("error: rejected: accuracy drop") and r.err.count("\n") == 1
-    assert _files(out) == ["digits.int8.rejected.report.json", "digits.int8.rejected.tflite"]
-    report = json.loads((out / "digits.int8.rejected.report.json").read_text())
+    assert _files(out) == ["digits.int8.rejected.tflite", "digits.int8.rejected.tflite.report.json"]
+    report = json.loads((out / "digits.int8.rejected.tflite.report.json").read_text())
     assert report["status"] == "rejected" and len(report["reasons"]) == 2
     # A passing run with the same name replaces the rejected files.
     r = cli(
@@ -97,7 +97,7 @@ def test_failed_gate_keeps_a_rejected_artifact(cli, digits: Trained, tmp_path: P
         2,
     )
     assert r.code == 0, r.err
-    assert _files(out) == ["digits.int8.report.json", "digits.int8.tflite"]
+    assert _files(out) == ["digits.int8.tflite", "digits.int8.tflite.report.json"]
 
 
 @pytest.fixture

@@ -47,8 +47,9 @@ def test_tflite_modes(
 ) -> None:
     report = convert(digits.model, tmp_path, _cfg(digits, Format.TFLITE, mode, io=io))
     model = tmp_path / report.artifact["file"]
-    assert model.name == f"digits.{mode}.tflite" and model.is_file()
-    data = json.loads((tmp_path / f"digits.{mode}.report.json").read_text())
+    suffix = "-int8io" if io is IOType.INT8 else ""
+    assert model.name == f"digits.{mode}{suffix}.tflite" and model.is_file()
+    data = json.loads((tmp_path / f"{model.name}.report.json").read_text())
     assert data["status"] == "ungated" and data["artifact"]["bytes"] == model.stat().st_size
     f = report.fidelity
     assert f is not None and f.samples == 450 and f.source_accuracy is not None
@@ -67,6 +68,25 @@ def test_tflite_modes(
         assert out.dtype == "int8" and data["inputs"][0]["scale"] == pytest.approx(inp.scale)
     else:
         assert inp.dtype == "float32" and not inp.quantized
+
+
+def test_formats_and_io_types_do_not_overwrite_each_other(digits: Trained, tmp_path: Path) -> None:
+    for to, io in ((Format.TFLITE, None), (Format.TFLITE, IOType.INT8), (Format.ONNX, None)):
+        convert(
+            digits.model,
+            tmp_path,
+            ConversionConfig(
+                to=to, mode=Mode.INT8, io=io, calibration=digits.calibration, latency_runs=3
+            ),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "digits.int8-int8io.tflite",
+        "digits.int8-int8io.tflite.report.json",
+        "digits.int8.onnx",
+        "digits.int8.onnx.report.json",
+        "digits.int8.tflite",
+        "digits.int8.tflite.report.json",
+    ]
 
 
 def test_int8_tflite_is_about_a_quarter_of_fp32(converted: dict[str, Path]) -> None:
