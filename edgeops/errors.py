@@ -1,8 +1,8 @@
 """The one error tree of edgeops.
 
 Every error a user can cause derives from :class:`EdgeOpsError` and carries the exit code the CLI
-returns for it. The CLI prints ``error: <message>`` on one line and exits with that code; it never
-shows a traceback for these.
+returns for it. The CLI prints ``error: <message>`` on one line, then ``details`` (such as a list of
+schema anomalies) when there are any, and exits with that code; it never shows a traceback for these.
 
 ::
 
@@ -14,7 +14,13 @@ shows a traceback for these.
     ├── ConversionError (6)          the converter or quantizer failed
     ├── GateError (7)                the converted model fell short of a fidelity gate
     ├── OutputError (8)              the output location cannot be written
-    └── RuntimeBackendError (9)      no inference runtime can run the model
+    ├── RuntimeBackendError (9)      no inference runtime can run the model
+    ├── SchemaError (10)             data breaks its schema; carries the list of anomalies
+    ├── PipelineError (11)           a training pipeline step failed
+    ├── KeyFileError (12)            a signing or verification key cannot be read
+    └── BundleError (13)             a bundle is malformed or fails verification
+        ├── BundleIntegrityError     a file's size or sha256 differs from the manifest
+        └── SignatureError           unsigned, signed by an untrusted key, or a bad signature
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class EdgeOpsError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Lines the CLI prints under the one-line message, such as a list of anomalies.
+        self.details: list[str] = []
 
     def __str__(self) -> str:
         return self.message
@@ -84,6 +92,43 @@ class RuntimeBackendError(EdgeOpsError):
     """No installed inference runtime can load or run the model."""
 
     exit_code = 9
+
+
+class SchemaError(EdgeOpsError):
+    """Data that breaks its schema. ``anomalies`` lists every problem found, one line each."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, anomalies: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.anomalies = list(anomalies or [])
+        self.details = self.anomalies
+
+
+class PipelineError(EdgeOpsError):
+    """A training pipeline step failed or its run directory is inconsistent."""
+
+    exit_code = 11
+
+
+class KeyFileError(EdgeOpsError):
+    """A signing or verification key file is missing, malformed, or of the wrong kind."""
+
+    exit_code = 12
+
+
+class BundleError(EdgeOpsError):
+    """A bundle file is not a well-formed bundle, or fails verification."""
+
+    exit_code = 13
+
+
+class BundleIntegrityError(BundleError):
+    """A file inside the bundle does not match the size or sha256 in its manifest."""
+
+
+class SignatureError(BundleError):
+    """The bundle is unsigned, signed by a key that is not trusted, or its signature is invalid."""
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

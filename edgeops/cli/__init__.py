@@ -24,6 +24,20 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "Convert and quantize a model to TFLite or ONNX.",
     ),
     "bench": ("edgeops.cli.bench", "bench", "Benchmark .tflite and .onnx models on this host."),
+    "train": (
+        "edgeops.cli.train",
+        "train",
+        "Run the training pipeline: ingest, validate, profile, transform, train, evaluate.",
+    ),
+    "validate": ("edgeops.cli.train", "validate", "Check a data file against a schema."),
+    "keys": ("edgeops.cli.keys", "keys", "Make ed25519 key pairs for signing bundles."),
+    "package": (
+        "edgeops.cli.bundle",
+        "package",
+        "Write a signed bundle from a training run and a converted model.",
+    ),
+    "verify": ("edgeops.cli.bundle", "verify", "Verify a bundle's hashes and signature."),
+    "build": ("edgeops.cli.bundle", "build", "Train, convert and package in one command."),
 }
 
 
@@ -67,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except EdgeOpsError as e:
         click.echo(f"error: {e}", err=True)
+        for detail in e.details:
+            click.echo(f"  - {detail}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
