@@ -1,8 +1,9 @@
 """The one error tree of edgeops.
 
 Every error a user can cause derives from :class:`EdgeOpsError` and carries the exit code the CLI
-returns for it. The CLI prints ``error: <message>`` on one line, then ``details`` (such as a list of
-schema anomalies) when there are any, and exits with that code; it never shows a traceback for these.
+returns for it. The CLI prints ``error: <message>`` on one line, then ``details`` (such as a list
+of schema anomalies) when there are any, and exits with that code; it never shows a traceback for
+these.
 
 ::
 
@@ -19,8 +20,8 @@ schema anomalies) when there are any, and exits with that code; it never shows a
     ├── PipelineError (11)           a training pipeline step failed
     ├── KeyFileError (12)            a signing or verification key cannot be read
     └── BundleError (13)             a bundle is malformed or fails verification
-        ├── BundleIntegrityError     a file's size or sha256 differs from the manifest
-        └── SignatureError           unsigned, signed by an untrusted key, or a bad signature
+        ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
+        └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
 """
 
 from __future__ import annotations
@@ -126,9 +127,13 @@ class BundleError(EdgeOpsError):
 class BundleIntegrityError(BundleError):
     """A file inside the bundle does not match the size or sha256 in its manifest."""
 
+    exit_code = 14
+
 
 class SignatureError(BundleError):
     """The bundle is unsigned, signed by a key that is not trusted, or its signature is invalid."""
+
+    exit_code = 15
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

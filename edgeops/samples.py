@@ -99,3 +99,54 @@ def train_diabetes_mlp(split: Split, path: Path, epochs: int = 60, seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
+
+
+# --- data files for the training pipeline -----------------------------------------------------
+
+
+def wine_csv(path: Path, *, missing: int = 6, seed: int = 0) -> Path:
+    """scikit-learn's wine (178 rows, 3 cultivars) as a CSV for ``edgeops train --target cultivar``.
+
+    Adds a categorical column, ``hue_band`` (the ``hue`` measurement's tercile as low, mid or high),
+    and blanks ``missing`` cells of ``magnesium`` so that text and missing values are exercised.
+    """
+    datasets = require("sklearn.datasets", "train")
+    d = datasets.load_wine()
+    names = [n.replace("/", "_") for n in d.feature_names]
+    hue = d.data[:, names.index("hue")]
+    cuts = np.quantile(hue, [1 / 3, 2 / 3])
+    band = np.array(["low", "mid", "high"])[np.searchsorted(cuts, hue, side="right")]
+    blanks = set(np.random.default_rng(seed).choice(len(hue), missing, replace=False).tolist())
+    mg = names.index("magnesium")
+    lines = [",".join([*names, "hue_band", "cultivar"])]
+    for i, row in enumerate(d.data):
+        cells = ["" if (i in blanks and j == mg) else f"{v:g}" for j, v in enumerate(row)]
+        lines.append(",".join([*cells, str(band[i]), f"class_{d.target[i]}"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def diabetes_csv(path: Path) -> Path:
+    """scikit-learn's diabetes (442 rows, unscaled) as a CSV with the target ``progression``;
+    ``sex`` is written as the text ``F``/``M``."""
+    datasets = require("sklearn.datasets", "train")
+    d = datasets.load_diabetes(scaled=False)
+    names = list(d.feature_names)
+    sex = names.index("sex")
+    lines = [",".join([*names, "progression"])]
+    for row, y in zip(d.data, d.target, strict=True):
+        cells = [("F" if v == 1 else "M") if j == sex else f"{v:g}" for j, v in enumerate(row)]
+        lines.append(",".join([*cells, f"{y:g}"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def digits_npz(path: Path) -> Path:
+    """scikit-learn's digits as an .npz with ``image`` (N, 8, 8) pixels 0..16 and ``label``."""
+    datasets = require("sklearn.datasets", "train")
+    d = datasets.load_digits()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, image=d.images.astype(np.float32), label=d.target.astype(np.int64))
+    return path

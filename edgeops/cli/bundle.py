@@ -1,0 +1,242 @@
+"""Bundle commands: ``edgeops package``, ``edgeops verify`` and ``edgeops build``.
+
+Each command parses options and calls :mod:`edgeops.bundle`; errors propagate as
+:class:`~edgeops.errors.EdgeOpsError` and :func:`edgeops.cli.main` prints them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeops.bundle import Bundle
+from edgeops.cli.train import echo_step, train_config, train_options
+from edgeops.errors import UsageError
+from edgeops.optional import require
+from edgeops.signing import SigningKey, load_signing_key, load_verify_keys
+
+
+def _signing_key(key: Path | None, unsigned: bool) -> SigningKey | None:
+    if key is None and not unsigned:
+        raise UsageError("pass --key KEY to sign the bundle (or --unsigned for development)")
+    if key is not None and unsigned:
+        raise UsageError("--key and --unsigned cannot be combined")
+    return None if key is None else load_signing_key(key)
+
+
+def package_options(f: click.decorators.FC) -> click.decorators.FC:
+    """Options of ``edgeops package`` shared with ``edgeops build``."""
+    options = [
+        click.option("--version", "version", required=True, help="The bundle's version."),
+        click.option("--parent", default=None, help="The version this bundle replaces."),
+        click.option(
+            "--key",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Private key (.key) to sign with; see `edgeops keys generate`.",
+        ),
+        click.option("--unsigned", is_flag=True, help="Write an unsigned bundle (development)."),
+        click.option(
+            "--samples",
+            default=8,
+            show_default=True,
+            help="Test inputs stored with their expected outputs.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def conversion_options(f: click.decorators.FC) -> click.decorators.FC:
+    """How ``package`` (when converting on the way) and ``build`` convert the run's model."""
+    options = [
+        click.option(
+            "--to",
+            "to",
+            type=click.Choice(["tflite", "onnx"]),
+            default="tflite",
+            show_default=True,
+            help="Format when converting on the way.",
+        ),
+        click.option(
+            "--quantize",
+            "mode",
+            default=None,
+            metavar="MODE",
+            help="fp32 | float16 | dynamic | int8 | int16x8; default: the target's.",
+        ),
+        click.option(
+            "--hw-target",
+            "hw_target",
+            type=click.Choice(["cpu", "gpu", "npu", "mcu"]),
+            default="cpu",
+            show_default=True,
+            help="Hardware class, as `edgeops convert --target`.",
+        ),
+        click.option(
+            "--max-conversion-drop",
+            type=float,
+            default=None,
+            metavar="POINTS",
+            help="Reject the conversion when accuracy drops by more than this many points.",
+        ),
+        click.option(
+            "--min-agreement",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="Reject the conversion when top-1 agreement is below this.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _conversion_config(
+    to: str,
+    mode: str | None,
+    hw_target: str,
+    max_conversion_drop: float | None,
+    min_agreement: float | None,
+) -> Any:
+    conv = require("converters", "convert")
+    return conv.ConversionConfig(
+        to=conv.Format(to),
+        mode=None if mode is None else conv.config.parse_mode(mode),
+        target=conv.Target(hw_target),
+        gates=conv.Gates(max_accuracy_drop=max_conversion_drop, min_agreement=min_agreement),
+    )
+
+
+@click.command()
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory."
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .tflite or .onnx converted from the run's model; without it, convert on the way.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for NAME-VERSION.bundle, or the bundle's path ending in .bundle.",
+)
+@click.option("--name", default=None, help="Model name (default: the run's).")
+@package_options
+@conversion_options
+def package(
+    run_dir: Path,
+    model: Path | None,
+    out: Path,
+    name: str | None,
+    version: str,
+    parent: str | None,
+    key: Path | None,
+    unsigned: bool,
+    samples: int,
+    **conversion: Any,
+) -> None:
+    """Write one signed bundle from a training run and its converted model."""
+    from edgeops.packaging import PackageConfig
+    from edgeops.packaging import package as make_bundle
+    from edgeops.trainer import Run
+
+    signing_key = _signing_key(key, unsigned)
+    cfg = PackageConfig(version=version, name=name, parent=parent, samples=samples).checked()
+    run = Run.load(run_dir)
+    if model is None:
+        conv = require("converters", "convert")
+        from dataclasses import replace
+
+        conversion_cfg = replace(
+            _conversion_config(**conversion),
+            calibration=run.split("train"),
+            validation=run.split("test"),
+            task=conv.Task(run.task),
+            name=name or run.name,
+        )
+        report = conv.convert(run.model, run.directory / "converted", conversion_cfg)
+        click.echo(report.table())
+        report.raise_for_status()
+        model = run.directory / "converted" / report.artifact["file"]
+    path = make_bundle(run, model, out, cfg, key=signing_key)
+    click.echo(f"wrote {path}" + ("" if signing_key else " (unsigned)"))
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--pubkey",
+    "pubkeys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="KEY",
+    help="A trusted public key (.pub) or a directory of them. Repeatable; required unless "
+    "--allow-unsigned.",
+)
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Accept a bundle that carries no signature (development only). A signed bundle is "
+    "still checked against --pubkey.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(bundle: Path, pubkeys: tuple[Path, ...], allow_unsigned: bool, as_json: bool) -> None:
+    """Verify BUNDLE: its signature, every file's size and sha256, and the container."""
+    if not pubkeys and not allow_unsigned:
+        raise UsageError("verify needs --pubkey (or --allow-unsigned to accept unsigned bundles)")
+    keys = load_verify_keys(pubkeys)
+    with Bundle.open(bundle) as b:
+        result = b.verify(keys, allow_unsigned=allow_unsigned)
+    click.echo(result.to_json() if as_json else f"verified {bundle}\n\n{result.summary()}")
+
+
+@click.command()
+@train_options
+@conversion_options
+@package_options
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+def build(
+    out: Path,
+    data: Path,
+    version: str,
+    parent: str | None,
+    key: Path | None,
+    unsigned: bool,
+    samples: int,
+    to: str,
+    mode: str | None,
+    hw_target: str,
+    max_conversion_drop: float | None,
+    min_agreement: float | None,
+    **train_opts: Any,
+) -> None:
+    """Train, convert and package: DATA to a signed bundle in one command.
+
+    Writes OUT/run (the training run), OUT/models (the converted model and its report) and
+    OUT/NAME-VERSION.bundle. An unblessed run or a rejected conversion stops the chain (exit 7).
+    """
+    require("keras", "train")
+    from edgeops.build import build as run_build
+    from edgeops.packaging import PackageConfig
+
+    signing_key = _signing_key(key, unsigned)
+    built = run_build(
+        data,
+        out,
+        train_config(**train_opts),
+        _conversion_config(to, mode, hw_target, max_conversion_drop, min_agreement),
+        PackageConfig(version=version, name=train_opts.get("name"), parent=parent, samples=samples),
+        key=signing_key,
+        on_step=echo_step,
+    )
+    click.echo(built.run.table())
+    click.echo(built.report.table())
+    click.echo(f"wrote {built.bundle}" + ("" if signing_key else " (unsigned)"))
