@@ -220,6 +220,8 @@ def validate(table: Table, schema: Schema, *, require_target: bool = True) -> li
         if f.name not in table:
             anomalies.append(Anomaly(f.name, "missing column", "the column is not in the data"))
             continue
+        if f.name == schema.target and schema.task == "classification":
+            continue  # checked against the classes below
         anomalies.extend(_check(f, table[f.name]))
     for name in table.names:
         if name not in known:
@@ -279,7 +281,7 @@ def _check(f: Feature, col: npt.NDArray[Any]) -> list[Anomaly]:
             )
         return out
     if not is_numeric(col):
-        bad = sorted({str(v) for v in col if v != ""})
+        bad = sorted({str(v) for v in col if v != "" and not _is_number(str(v))})
         out.append(
             Anomaly(f.name, "wrong type", f"expected numbers, found text such as {_ex(bad)}")
         )
@@ -289,6 +291,14 @@ def _check(f: Feature, col: npt.NDArray[Any]) -> list[Anomaly]:
         frac = sorted({float(v) for v in values if v % 1})
         out.append(Anomaly(f.name, "wrong type", f"expected integers, found {_ex(frac)}"))
     return out + _range(f, values)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _range(f: Feature, values: npt.NDArray[Any]) -> list[Anomaly]:

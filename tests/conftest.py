@@ -93,3 +93,43 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+# --- training runs ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """CSV and NPZ files made from scikit-learn's bundled datasets."""
+    d = tmp_path_factory.mktemp("data")
+    return {
+        "wine": samples.wine_csv(d / "wine.csv"),
+        "diabetes": samples.diabetes_csv(d / "diabetes.csv"),
+        "digits": samples.digits_npz(d / "digits.npz"),
+    }
+
+
+@pytest.fixture(scope="session")
+def wine_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A finished classification run on wine (text and missing values included)."""
+    from edgeops.trainer import TrainConfig, train
+
+    cfg = TrainConfig(target="cultivar", epochs=40, slice_by=("hue_band",))
+    return train(data_files["wine"], tmp_path_factory.mktemp("runs") / "wine", cfg)
+
+
+@pytest.fixture(scope="session")
+def digits_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A finished image classification run on digits (a small CNN)."""
+    from edgeops.trainer import TrainConfig, train
+
+    cfg = TrainConfig(target="label", epochs=10)
+    return train(data_files["digits"], tmp_path_factory.mktemp("runs") / "digits", cfg)
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An ed25519 key pair: (private .key, public .pub)."""
+    from edgeops.signing import generate_keypair
+
+    return generate_keypair(tmp_path_factory.mktemp("keys"), "fleet")

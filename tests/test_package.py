@@ -1,0 +1,256 @@
+"""Packaging real runs and converted models into signed bundles, verifying them, and `build`."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeops import errors
+from edgeops.bundle import Bundle
+from edgeops.packaging import PackageConfig, package
+from edgeops.signing import load_signing_key, load_verify_key
+from edgeops.trainer import Run
+
+
+@pytest.fixture(scope="session")
+def wine_int8(wine_run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wine run's model as a full-integer TFLite model, with its conversion report."""
+    from converters import ConversionConfig, Format, Mode, Task, convert
+
+    cfg = ConversionConfig(
+        to=Format.TFLITE,
+        mode=Mode.INT8,
+        calibration=wine_run.split("train"),
+        validation=wine_run.split("test"),
+        task=Task.CLASSIFICATION,
+        latency_runs=5,
+    )
+    out = tmp_path_factory.mktemp("wine-models")
+    report = convert(wine_run.model, out, cfg)
+    return out / report.artifact["file"]
+
+
+@pytest.fixture(scope="session")
+def wine_bundle(
+    wine_run: Run,
+    wine_int8: Path,
+    signing_keys: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    key = load_signing_key(signing_keys[0])
+    out = tmp_path_factory.mktemp("bundles")
+    return package(wine_run, wine_int8, out, PackageConfig(version="1.0.0"), key=key)
+
+
+def test_manifest_carries_everything(
+    wine_bundle: Path, wine_run: Run, signing_keys: tuple[Path, Path]
+) -> None:
+    assert wine_bundle.name == "wine-1.0.0.bundle"
+    with Bundle.open(wine_bundle) as b:
+        result = b.verify([load_verify_key(signing_keys[1])])
+        m = b.manifest
+    assert result.signed and {f.name for f in result.files} == {"model.tflite", "samples.npz"}
+    assert m["name"] == "wine" and m["version"] == "1.0.0" and m["parent"] is None
+    assert m["model"] == {
+        "file": "model.tflite",
+        "format": "tflite",
+        "mode": "int8",
+        "target": "cpu",
+    }
+    assert m["labels"] == list(wine_run.classes) and m["task"] == "classification"
+    (inp,) = m["signature"]["inputs"]
+    assert inp["shape"][-1] == 14
+    out = m["signature"]["outputs"][0]
+    assert out["dtype"] == "float32" or out["scale"] is not None
+    assert m["preprocessing"]["kind"] == "tabular" and len(m["preprocessing"]["columns"]) == 14
+    assert {e["name"] for e in m["baseline"]["inputs"]} >= {"alcohol", "hue_band"}
+    assert m["baseline"]["outputs"][0]["kind"] == "class_output"
+    assert m["evaluation"]["test"]["accuracy"] == wine_run.metrics["accuracy"]
+    assert m["fidelity"]["agreement"] >= 0.9
+    assert m["min_runtime"]["format"] == "tflite" and m["min_runtime"]["min_runtime_version"]
+    assert "FULLY_CONNECTED" in m["min_runtime"]["ops"]
+    assert m["samples"]["count"] == 8 and m["files"]["model.tflite"]["size"] > 0
+
+
+def test_samples_reproduce_on_the_device_runtime(
+    wine_bundle: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from device_agent.runtimes import open_runtime, run_float
+
+    with Bundle.open(wine_bundle) as b:
+        b.verify([load_verify_key(signing_keys[1])])
+        files = b.extract(tmp_path)
+        spec = b.manifest["samples"]
+    with np.load(io.BytesIO(files["samples.npz"].read_bytes())) as z:
+        x, expected = z["inputs"], z["output_0"]
+    with open_runtime(files["model.tflite"]) as rt:
+        (got,) = run_float(rt, x)
+    np.testing.assert_allclose(got, expected, atol=spec["atol"], rtol=spec["rtol"])
+
+
+def test_verify_cli(
+    cli, wine_bundle: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from edgeops.signing import generate_keypair
+
+    r = cli("verify", wine_bundle, "--pubkey", signing_keys[1])
+    assert r.code == 0 and "wine" in r.out
+    other = generate_keypair(tmp_path, "other")[1]
+    r = cli("verify", wine_bundle, "--pubkey", other)
+    assert r.code == errors.SignatureError.exit_code and r.err.count("\n") == 1
+
+
+def test_tampering_any_part_is_caught(
+    wine_bundle: Path, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key = load_verify_key(signing_keys[1])
+    blob = wine_bundle.read_bytes()
+    # Probe every part: local headers, manifest, signature, model, samples, central directory.
+    positions = sorted({*range(0, len(blob), 509), len(blob) - 1, len(blob) - 30, 40, 200})
+    target = tmp_path / "t.bundle"
+    for pos in positions:
+        data = bytearray(blob)
+        data[pos] ^= 0x10
+        target.write_bytes(bytes(data))
+        with pytest.raises(errors.BundleError), Bundle.open(target) as b:
+            b.verify([key])
+
+
+def test_package_refuses_mismatched_or_rejected_models(
+    wine_run: Run, digits_run: Run, wine_int8: Path, tmp_path: Path
+) -> None:
+    from converters import ConversionConfig, Format, Mode, convert
+
+    digits_model = convert(
+        digits_run.model, tmp_path, ConversionConfig(to=Format.TFLITE, mode=Mode.FP32)
+    )
+    with pytest.raises(errors.ModelError, match="converted from this run"):
+        package(
+            wine_run,
+            tmp_path / digits_model.artifact["file"],
+            tmp_path,
+            PackageConfig("1"),
+            key=None,
+        )
+    # A model that its conversion gate rejected is not packaged.
+    rejected = tmp_path / "wine.int8.tflite"
+    rejected.write_bytes(wine_int8.read_bytes())
+    report = json.loads(Path(str(wine_int8) + ".report.json").read_text())
+    report.update(status="rejected", reasons=["accuracy dropped 9 points"])
+    Path(str(rejected) + ".report.json").write_text(json.dumps(report))
+    with pytest.raises(errors.GateError, match="rejected"):
+        package(wine_run, rejected, tmp_path, PackageConfig("1"), key=None)
+    with pytest.raises(errors.UsageError):
+        package(wine_run, wine_int8, tmp_path, PackageConfig("not a version!"), key=None)
+
+
+def test_package_cli_converts_on_the_way(
+    cli, wine_run: Run, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(wine_run.directory, run_dir)
+    r = cli(
+        "package",
+        "--run",
+        run_dir,
+        "--to",
+        "onnx",
+        "--quantize",
+        "int8",
+        "--version",
+        "2.0.0",
+        "--parent",
+        "1.0.0",
+        "--key",
+        signing_keys[0],
+        "--out",
+        tmp_path / "b",
+    )
+    assert r.code == 0, r.err
+    bundle = tmp_path / "b" / "wine-2.0.0.bundle"
+    with Bundle.open(bundle) as b:
+        b.verify([load_verify_key(signing_keys[1])])
+        m = b.manifest
+    assert m["parent"] == "1.0.0" and m["model"]["format"] == "onnx"
+    assert m["min_runtime"]["opsets"]["ai.onnx"] >= 13
+    # Signing is not optional by accident.
+    r = cli("package", "--run", run_dir, "--version", "3", "--out", tmp_path / "b")
+    assert r.code == errors.UsageError.exit_code and "--key" in r.err
+    r = cli(
+        "package",
+        "--run",
+        run_dir,
+        "--version",
+        "3",
+        "--key",
+        signing_keys[1],
+        "--out",
+        tmp_path / "b",
+    )
+    assert r.code == errors.KeyFileError.exit_code
+
+
+def test_build_cli_end_to_end(
+    cli, data_files: dict[str, Path], signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    r = cli(
+        "build",
+        "--data",
+        data_files["digits"],
+        "--target",
+        "label",
+        "--epochs",
+        4,
+        "--quantize",
+        "int8",
+        "--max-conversion-drop",
+        5,
+        "--version",
+        "0.1.0",
+        "--key",
+        signing_keys[0],
+        "--out",
+        tmp_path,
+    )
+    assert r.code == 0, r.err
+    bundle = tmp_path / "digits-0.1.0.bundle"
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "models").is_dir()
+    r = cli("verify", bundle, "--pubkey", signing_keys[1], "--json")
+    assert r.code == 0 and json.loads(r.out)["name"] == "digits"
+
+
+def test_reading_a_bundle_needs_no_tensorflow(
+    wine_bundle: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    code = f"""
+import io, sys, numpy as np
+from edgeops.bundle import Bundle
+from edgeops.signing import load_verify_key
+from edgeops.preprocessing import Preprocessing
+from edgeops.profile import Profile
+from device_agent.runtimes import open_runtime, run_float
+import tempfile, pathlib
+with Bundle.open({str(wine_bundle)!r}) as b:
+    b.verify([load_verify_key({str(signing_keys[1])!r})])
+    pre = Preprocessing.from_dict(b.manifest["preprocessing"])
+    Profile.from_dict(b.manifest["baseline"])
+    d = pathlib.Path(tempfile.mkdtemp())
+    files = b.extract(d)
+with open_runtime(files["model.tflite"]) as rt:
+    # Features left out of a record count as missing.
+    x = pre.encode_records([{{"alcohol": 13.0, "hue_band": "mid"}}])
+    run_float(rt, x)
+heavy = ("tensorflow", "keras", "converters", "tf2onnx", "onnx")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+print(heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
