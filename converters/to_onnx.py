@@ -70,13 +70,17 @@ def _export_fp32(source: Source, opset: int, dst: Path) -> None:
             model, _ = tf2onnx.convert.from_tflite(str(source.path), opset=opset)
         else:
             tf = require("tensorflow", "convert")
+            constants = require("tensorflow.python.framework.convert_to_constants", "convert")
             sig = source.signature
             _, kw = sig.structured_input_signature
             specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in kw.items()]
-            (name,) = kw
+            # Freeze first: tf2onnx turns tensors the function captures (such as a Keras
+            # Normalization layer's mean and variance) into extra graph inputs otherwise.
+            frozen = constants.convert_variables_to_constants_v2(sig)
+            names = sorted(sig.structured_outputs)  # the order of the frozen outputs
 
             def call(x: Any) -> Any:
-                return sig(**{name: x})
+                return dict(zip(names, frozen(x), strict=True))
 
             model, _ = tf2onnx.convert.from_function(
                 tf.function(call), input_signature=specs, opset=opset

@@ -20,12 +20,17 @@ def test_device_agent_import_stays_light() -> None:
 
 
 def test_cli_help_does_not_import_tensorflow() -> None:
-    code = (
-        "from edgeops.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "try:\n    main(['convert', '--help'])\nexcept SystemExit:\n    pass\n"
-        "try:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass"
+    commands = [[], ["convert"], ["bench"], ["train"], ["validate"], ["keys", "generate"]]
+    commands += [["package"], ["verify"], ["build"]]
+    code = "from edgeops.cli import main\n" + "".join(
+        f"try:\n    main({[*c, '--help']!r})\nexcept SystemExit:\n    pass\n" for c in commands
     )
+    assert _loaded_after(code) == []
+
+
+def test_core_modules_stay_light() -> None:
+    code = "import edgeops.bundle, edgeops.signing, edgeops.profile, edgeops.stats, edgeops.metrics"
+    code += ", edgeops.preprocessing, edgeops.schema, edgeops.table, edgeops.modelinfo"
     assert _loaded_after(code) == []
 
 

@@ -150,6 +150,21 @@ def test_package_refuses_mismatched_or_rejected_models(
         package(wine_run, wine_int8, tmp_path, PackageConfig("not a version!"), key=None)
 
 
+def test_image_run_converts_to_onnx_with_one_input(digits_run: Run, tmp_path: Path) -> None:
+    """The trainer bakes a Normalization layer into image models; ONNX export must freeze it."""
+    from converters import ConversionConfig, Format, Mode, Task, convert
+
+    cfg = ConversionConfig(
+        to=Format.ONNX,
+        mode=Mode.FP32,
+        validation=digits_run.split("test"),
+        task=Task.CLASSIFICATION,
+    )
+    report = convert(digits_run.model, tmp_path, cfg)
+    assert [t.name for t in report.inputs] == ["image"]
+    assert report.fidelity is not None and report.fidelity.agreement > 0.999
+
+
 def test_package_cli_converts_on_the_way(
     cli, wine_run: Run, signing_keys: tuple[Path, Path], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
