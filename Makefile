@@ -4,7 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean broker
+
+# The tests start their own mosquitto; install the Debian package where it is missing.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { (apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)) && \
+	    echo "installed mosquitto"; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint broker
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,4 +1,5 @@
-"""The on-device side of edgeops: inference runtimes and the benchmark runner.
+"""The on-device side of edgeops: runtimes, the agent daemon, its outbox, MQTT link, model store
+and local HTTP API, and the benchmark runner.
 
 Importing this package never imports tensorflow or the converters.
 """

@@ -1,4 +1,5 @@
-"""The MQTT wire protocol: typed, versioned messages and the one place that encodes and decodes them.
+"""The MQTT wire protocol: typed, versioned messages and the one place that encodes and decodes
+them.
 
 Every message is a frozen :mod:`msgspec` struct tagged by a ``type`` field. Device messages carry
 the schema version, the device id, the boot id (new on every start) and a sequence number that
@@ -10,14 +11,24 @@ Versioning: ``schema`` is ``"MAJOR.MINOR"``. A consumer accepts any minor versio
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, get_args, overload
 
 import msgspec
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Larger payloads are refused by :func:`decode` (and never produced by :func:`encode`)."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A non-negative integer that fits a signed 64-bit database column."""
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -25,10 +36,10 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class _DeviceMessage(_Message, frozen=True, kw_only=True):
-    device: str
-    boot: str
+    device: Id
+    boot: Id
     """A random id chosen at each agent start."""
-    seq: int
+    seq: Count
     """Increases by one per message within a boot."""
     sent: float
     """Unix time (seconds) when the message was made."""
@@ -51,14 +62,14 @@ class LatencyHistogram(msgspec.Struct, frozen=True, kw_only=True):
     Histograms with the same ``relative_accuracy`` merge by adding counts.
     """
 
-    relative_accuracy: float
-    buckets: dict[int, int]
-    zero: int = 0
-    count: int = 0
+    relative_accuracy: Annotated[float, msgspec.Meta(gt=0, lt=1)]
+    buckets: dict[int, Count]
+    zero: Count = 0
+    count: Count = 0
     sum: float = 0.0
     min: float | None = None
     max: float | None = None
-    min_value: float = 1e-6
+    min_value: Annotated[float, msgspec.Meta(gt=0)] = 1e-6
 
 
 class NumericWindow(msgspec.Struct, frozen=True, kw_only=True, tag="numeric"):
@@ -69,10 +80,10 @@ class NumericWindow(msgspec.Struct, frozen=True, kw_only=True, tag="numeric"):
     """
 
     name: str
-    counts: list[int]
-    missing: int = 0
-    out_of_range: int = 0
-    count: int = 0
+    counts: list[Count]
+    missing: Count = 0
+    out_of_range: Count = 0
+    count: Count = 0
     mean: float | None = None
     m2: float = 0.0
     min: float | None = None
@@ -83,34 +94,34 @@ class CategoricalWindow(msgspec.Struct, frozen=True, kw_only=True, tag="categori
     """One categorical feature: counts per baseline category, then other and missing."""
 
     name: str
-    counts: list[int]
-    other: int = 0
-    missing: int = 0
+    counts: list[Count]
+    other: Count = 0
+    missing: Count = 0
 
 
 class ClassOutputWindow(msgspec.Struct, frozen=True, kw_only=True, tag="class_output"):
     """A classifier's predicted-class counts and confidence histogram (baseline edges)."""
 
     name: str
-    class_counts: list[int]
-    confidence_counts: list[int]
+    class_counts: list[Count]
+    confidence_counts: list[Count]
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
     """Labels sent later for earlier predictions: how many were right."""
 
-    correct: int = 0
-    total: int = 0
+    correct: Count = 0
+    total: Count = 0
 
 
 class ProcessStats(msgspec.Struct, frozen=True, kw_only=True):
-    cpu_percent: float = 0.0
-    rss_bytes: int = 0
+    cpu_percent: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rss_bytes: Count = 0
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
-    pending: int = 0
-    dropped: int = 0
+    pending: Count = 0
+    dropped: Count = 0
     """Messages dropped since the outbox was created because it was full (oldest first)."""
 
 
@@ -127,11 +138,11 @@ class Telemetry(_DeviceMessage, frozen=True, kw_only=True, tag="telemetry"):
     window_start: float
     window_end: float
     model: ModelRef | None
-    count: int
+    count: Count
     """Predictions served (samples, not calls)."""
-    errors: int
+    errors: Count
     """Predictions that failed inside the runtime."""
-    bad_inputs: int
+    bad_inputs: Count
     """Calls refused for their input (wrong shape, dtype, NaN where not allowed)."""
     latency: LatencyHistogram
     inputs: list[InputWindow] = msgspec.field(default_factory=list)
@@ -176,10 +187,249 @@ CommandKind = Literal["update", "rollback", "set-config", "ping"]
 class Command(_Message, frozen=True, kw_only=True, tag="command"):
     """An instruction to one device."""
 
-    id: str
+    id: Id
     kind: CommandKind
     issued: float
     args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 Message = Telemetry | Status | Event | Command
+DeviceMessage = Telemetry | Status | Event
+"""Messages a device sends; they carry ``(device, boot, seq)``."""
+
+M = TypeVar("M", Telemetry, Status, Event, Command)
+
+
+# --- codec ------------------------------------------------------------------------------------
+
+Reason = Literal[
+    "oversized", "not json", "no schema", "unknown major version", "bad field", "unexpected type"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+
+
+class WireError(ValueError):
+    """A payload that is not a valid message; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: Reason = reason
+        self.detail = detail
+
+
+class _Envelope(msgspec.Struct):
+    """Only what is needed to pick a decoder; every other field is skipped."""
+
+    type: object = None
+    schema: object = None
+
+
+_TYPES: dict[str, type[Message]] = {
+    str(cls.__struct_config__.tag): cls for cls in (Telemetry, Status, Event, Command)
+}
+_ENCODER = msgspec.json.Encoder()
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_DECODERS: dict[type[Message], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in _TYPES.values()
+}
+_VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
+
+
+def encode(msg: Message) -> bytes:
+    """Compact JSON for ``msg``.
+
+    Raises :class:`WireError` (a ``ValueError``) when the payload would be larger than
+    :data:`MAX_PAYLOAD_BYTES` or :func:`decode` would refuse it (a negative count, an empty device
+    id, NaN in a required float, which JSON carries as null), so a producer finds its bug at the
+    source. Raises ``TypeError`` for values JSON cannot carry (numpy scalars, for instance).
+    """
+    payload = _ENCODER.encode(msg)
+    decode(payload, type(msg))
+    return payload
+
+
+@overload
+def decode(payload: bytes | bytearray | memoryview, expected: None = None) -> Message: ...
+@overload
+def decode(payload: bytes | bytearray | memoryview, expected: type[M]) -> M: ...
+def decode(payload: bytes | bytearray | memoryview, expected: type[M] | None = None) -> Message:
+    """Parse and validate one payload, as any message type or only as ``expected``.
+
+    Checks, in order: size, JSON, the schema version (any ``1.x``; unknown fields are ignored),
+    the ``type`` tag, then every field. Raises :class:`WireError` and nothing else for any bytes.
+    """
+    if expected is not None and expected not in _DECODERS:
+        raise TypeError(f"not a message type: {expected!r}")
+    size = memoryview(payload).nbytes
+    if size > MAX_PAYLOAD_BYTES:
+        raise WireError("oversized", f"{size} bytes, more than {MAX_PAYLOAD_BYTES}")
+    try:
+        env = _ENVELOPE.decode(payload)
+    except msgspec.ValidationError as e:  # valid JSON, but not an object
+        raise WireError("no schema", f"not a message object: {_clip(e)}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise WireError("not json", _json_problem(e)) from None
+    _check_version(env.schema)
+    cls = _message_type(env.type, expected)
+    try:
+        msg: Message = _DECODERS[cls].decode(payload)
+    except msgspec.ValidationError as e:
+        raise WireError("bad field", _clip(e)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise WireError("not json", _json_problem(e)) from None
+    return msg
+
+
+def _check_version(schema: object) -> None:
+    if schema is None:
+        raise WireError("no schema", "missing `schema` - at `$.schema`")
+    m = _VERSION.fullmatch(schema) if isinstance(schema, str) else None
+    if m is None:
+        raise WireError(
+            "bad field", f"malformed schema version {_clip(repr(schema))} - at `$.schema`"
+        )
+    if int(m.group(1)) != SCHEMA_MAJOR:
+        raise WireError(
+            "unknown major version", f"schema {schema}, this side reads {SCHEMA_MAJOR}.x"
+        )
+
+
+def _message_type(tag: object, expected: type[Message] | None) -> type[Message]:
+    if tag is None:
+        raise WireError("bad field", "missing `type` - at `$.type`")
+    if not isinstance(tag, str):
+        raise WireError("bad field", f"`type` is not a string - at `$.type`: {_clip(repr(tag))}")
+    cls = _TYPES.get(tag)
+    if cls is None:
+        raise WireError("unexpected type", f"unknown message type {_clip(repr(tag))}")
+    if expected is not None and cls is not expected:
+        raise WireError("unexpected type", f"got {tag!r}, expected {expected.__name__}")
+    return cls
+
+
+def _json_problem(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(e, UnicodeDecodeError):
+        return "a string is not valid UTF-8"
+    return _clip(e)
+
+
+def _clip(e: object, limit: int = 240) -> str:
+    """One line, at most ``limit`` characters, keeping the end (where msgspec puts the path)."""
+    text = str(e).replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
+
+
+# --- consumer helpers -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _BootWindow:
+    top: int
+    """The highest seq seen."""
+    mask: int
+    """Bit ``i`` set: seq ``top - i`` was seen."""
+
+
+class Dedup:
+    """Drops QoS 1 redeliveries by ``(device, boot, seq)`` with bounded memory.
+
+    Per boot it keeps the highest seq and a bitmap of the ``window`` seqs below it, so
+    out-of-order redeliveries within the window are caught. A seq older than the window is
+    treated as already seen: a message is accepted at most once, at the price of refusing a
+    message that arrives more than ``window`` seqs late. Boots are kept in LRU order, at most
+    ``max_boots``; a redelivery for an evicted boot is accepted again. Not thread-safe.
+    """
+
+    def __init__(self, *, max_boots: int = 10_000, window: int = 1024) -> None:
+        if max_boots < 1 or window < 1:
+            raise ValueError("max_boots and window must be at least 1")
+        self.max_boots = max_boots
+        self.window = window
+        self.duplicates = 0
+        """How many times :meth:`seen` returned True."""
+        self._full = (1 << window) - 1
+        self._boots: OrderedDict[tuple[str, str], _BootWindow] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Boots currently remembered."""
+        return len(self._boots)
+
+    def seen(self, msg: DeviceMessage) -> bool:
+        """True when ``msg`` was seen before (drop it); otherwise remember it and return False."""
+        if self._check((msg.device, msg.boot), msg.seq):
+            self.duplicates += 1
+            return True
+        return False
+
+    def _check(self, key: tuple[str, str], seq: int) -> bool:
+        w = self._boots.get(key)
+        if w is None:
+            self._boots[key] = _BootWindow(top=seq, mask=1)
+            if len(self._boots) > self.max_boots:
+                self._boots.popitem(last=False)
+            return False
+        self._boots.move_to_end(key)
+        ahead = seq - w.top
+        if ahead > 0:
+            w.mask = 1 if ahead >= self.window else ((w.mask << ahead) | 1) & self._full
+            w.top = seq
+            return False
+        if -ahead >= self.window:
+            return True
+        bit = 1 << -ahead
+        if w.mask & bit:
+            return True
+        w.mask |= bit
+        return False
+
+
+class WireStats:
+    """Counts of accepted messages and of refused ones by reason. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected: dict[Reason, int] = dict.fromkeys(REASONS, 0)
+
+    @property
+    def total_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def accept(self) -> None:
+        self.accepted += 1
+
+    def reject(self, error: WireError) -> None:
+        self.rejected[error.reason] += 1
+
+    @overload
+    def decode(
+        self, payload: bytes | bytearray | memoryview, expected: None = None, *, topic: str = ""
+    ) -> Message | None: ...
+    @overload
+    def decode(
+        self, payload: bytes | bytearray | memoryview, expected: type[M], *, topic: str = ""
+    ) -> M | None: ...
+    def decode(
+        self,
+        payload: bytes | bytearray | memoryview,
+        expected: type[M] | None = None,
+        *,
+        topic: str = "",
+    ) -> Message | None:
+        """:func:`decode`, counting the outcome; a refusal is logged (one line) and gives None."""
+        try:
+            msg = decode(payload) if expected is None else decode(payload, expected)
+        except WireError as e:
+            self.reject(e)
+            log.warning("refused message on %s: %s", topic or "?", e)
+            return None
+        self.accept()
+        return msg
+
+    def as_dict(self) -> dict[str, int]:
+        """``accepted`` and one count per reason, for metrics and logs."""
+        return {"accepted": self.accepted} | {str(r): n for r, n in self.rejected.items()}

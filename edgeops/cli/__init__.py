@@ -38,7 +38,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "verify": ("edgeops.cli.bundle", "verify", "Verify a bundle's hashes and signature."),
     "build": ("edgeops.cli.bundle", "build", "Train, convert and package in one command."),
+    "agent": ("edgeops.cli.agent", "agent", "Run the on-device agent, or replay data to it."),
 }
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time, so redirections and captures work."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 class LazyGroup(click.Group):
@@ -68,7 +77,12 @@ class LazyGroup(click.Group):
 def cli(verbose: int) -> None:
     """edgeops: convert, quantize and benchmark models for edge devices."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,438 @@
+"""The on-device agent: serves the current bundle and reports how that goes.
+
+An :class:`Agent` owns its model store, the served model, the telemetry window, the outbox, the
+MQTT link, the local HTTP server and its threads; ``start()`` and ``stop()`` (or ``with``) bound
+their lives. The in-process API is :meth:`Agent.predict` and :meth:`Agent.feedback`.
+
+Every telemetry window and event becomes a typed message (:mod:`edgeops.wire`) in the disk outbox
+before anything is sent, so a broker outage or an agent restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy.typing as npt
+
+from device_agent.config import AgentConfig
+from device_agent.link import MqttLink
+from device_agent.outbox import Outbox
+from device_agent.serving import ServedModel
+from device_agent.store import ModelStore
+from edgeops import __version__, topics, wire
+from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
+from edgeops.profile import Profile
+from edgeops.signing import load_verify_keys
+from edgeops.window import WindowAccumulator
+
+log = logging.getLogger(__name__)
+
+_FEEDBACK_MEMORY = 10_000
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result of one :meth:`Agent.predict` call (one entry per sample)."""
+
+    ids: list[str]
+    """Ids to send feedback for, one per sample."""
+    outputs: list[npt.NDArray[Any]]
+    """The model's outputs, floats unless ``raw`` was asked for."""
+    predicted: list[Any]
+    """Class labels (classifiers) or values (regressors)."""
+    model: wire.ModelRef
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ids": self.ids,
+            "predicted": self.predicted,
+            "outputs": [o.tolist() for o in self.outputs],
+            "model": {"name": self.model.name, "version": self.model.version},
+            "latency_ms": self.latency_ms,
+        }
+
+
+class Agent:
+    """The device daemon's core, usable in-process (tests, or an application embedding it)."""
+
+    def __init__(self, config: AgentConfig, *, mqtt: bool | None = None, http: bool | None = None):
+        self.config = config.checked()
+        self.boot = uuid.uuid4().hex[:16]
+        self.started = time.time()
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self._use_mqtt = config.mqtt.enabled if mqtt is None else mqtt
+        self._use_http = config.http.enabled if http is None else http
+        self._model: ServedModel | None = None
+        self._window: WindowAccumulator | None = None
+        self._window_lock = threading.Lock()
+        self._window_start = time.time()
+        self._sample_counter = 0
+        self._recent: OrderedDict[str, Any] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._commands: queue.Queue[bytes | None] = queue.Queue(maxsize=100)
+        self._threads: list[threading.Thread] = []
+        self.store: ModelStore | None = None
+        self.outbox: Outbox | None = None
+        self.link: MqttLink | None = None
+        self.http: Any = None
+        self.on_window: Callable[[wire.Telemetry], None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        cfg = self.config
+        keys = load_verify_keys(cfg.model.trusted_keys) if cfg.model.trusted_keys else []
+        self.store = ModelStore(
+            cfg.model.store, trusted_keys=keys, allow_unsigned=cfg.model.allow_unsigned
+        )
+        self.outbox = Outbox(
+            cfg.mqtt.outbox,
+            max_messages=cfg.mqtt.outbox_max_messages,
+            max_bytes=cfg.mqtt.outbox_max_bytes,
+        )
+        if self.store.current() is None and cfg.model.bundle is not None:
+            self.store.activate(self.store.install(cfg.model.bundle).id)
+        current = self.store.current()
+        if current is not None:
+            self._swap_model(ServedModel(current, threads=cfg.model.threads))
+        else:
+            log.warning("no model installed; predictions fail until one is")
+            self._swap_model(None)
+        if self._use_http:  # before the birth message, which tells the fleet the device serves
+            from device_agent.http_api import HttpServer
+
+            self.http = HttpServer(self, cfg.http)
+            self.http.start()
+        if self._use_mqtt:
+            dev = cfg.device
+            self.link = MqttLink(
+                cfg.mqtt,
+                self.outbox,
+                client_id=f"edgeops-{dev.fleet}-{dev.id}",
+                command_topic=topics.cmd(dev.fleet, dev.id),
+                status_topic=topics.status(dev.fleet, dev.id),
+                birth=lambda: wire.encode(self._status(online=True)),
+                will=wire.encode(self._status(online=False)),
+                on_command=self.submit_command,
+            )
+            self.link.start()
+        self._spawn(self._window_loop, "telemetry-window")
+        self._spawn(self._command_loop, "commands")
+        self.event("started", data={"agent_version": __version__})
+        return self
+
+    def stop(self) -> None:
+        """Close the window, publish offline, drain what the broker will take, release all."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self.http is not None:
+            self.http.stop()
+        self._commands.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+        self.flush_window()
+        self.event("stopped")
+        if self.link is not None:
+            self.link.stop(offline=wire.encode(self._status(online=False)))
+        if self._model is not None:
+            self._model.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # --- serving ------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> ServedModel | None:
+        return self._model
+
+    def predict(self, data: Any, *, raw: bool = False) -> Prediction:
+        """Run the current model on ``data`` (records, columns, or an array; one sample or a
+        batch). Raises :class:`InputDataError` for bad input, :class:`ModelError` when no model
+        is loaded, :class:`RuntimeBackendError` when inference fails."""
+        model, window = self._model, self._window
+        if model is None or window is None:
+            raise ModelError("no model is loaded")
+        t0 = time.perf_counter()
+        try:
+            prepared = model.prepare(data)
+        except InputDataError:
+            window.count_bad_input(1)
+            raise
+        try:
+            tensors = model.run(prepared.x, raw=True)
+            floats = model.to_float(tensors)
+        except Exception as e:
+            window.count_error(len(prepared))
+            raise RuntimeBackendError(f"inference failed: {e}") from None
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        outputs = tensors if raw else floats
+        predicted = model.predicted(floats)
+        window.observe_latency(elapsed_ms)
+        window.observe_outputs(floats[0])
+        if self._sampled():
+            window.observe_inputs(prepared.columns)
+        ids = [uuid.uuid4().hex[:16] for _ in range(len(prepared))]
+        with self._recent_lock:
+            for i, p in zip(ids, predicted, strict=True):
+                self._recent[i] = p
+            while len(self._recent) > _FEEDBACK_MEMORY:
+                self._recent.popitem(last=False)
+        return Prediction(ids, outputs, predicted, model.ref, elapsed_ms)
+
+    def _sampled(self) -> bool:
+        rate = self.config.telemetry.sample_rate
+        if rate >= 1.0:
+            return True
+        self._sample_counter += 1
+        return (self._sample_counter * rate) % 1.0 < rate
+
+    def feedback(self, prediction_id: str, label: Any) -> bool:
+        """Record the true label of an earlier prediction; False if the id is unknown."""
+        with self._recent_lock:
+            predicted = self._recent.pop(prediction_id, None)
+        window = self._window
+        if predicted is None or window is None:
+            return False
+        if isinstance(predicted, float):
+            tol = self.config.model.feedback_tolerance
+            try:
+                truth = float(label)
+            except (TypeError, ValueError):
+                raise InputDataError(f"label {label!r} is not a number") from None
+            correct = abs(predicted - truth) <= tol * max(abs(truth), 1e-9)
+        else:
+            correct = str(predicted) == str(label)
+        window.observe_feedback(correct)
+        return True
+
+    def health(self) -> dict[str, Any]:
+        out = self.outbox.stats() if self.outbox is not None else None
+        return {
+            "status": "ok" if self._model is not None else "no-model",
+            "device": self.config.device.id,
+            "boot": self.boot,
+            "uptime_s": round(time.time() - self.started, 3),
+            "mqtt_connected": bool(self.link and self.link.connected),
+            "outbox_pending": None if out is None else out.pending,
+            "outbox_dropped": None if out is None else out.dropped,
+        }
+
+    def model_info(self) -> dict[str, Any]:
+        if self._model is None:
+            raise ModelError("no model is loaded")
+        return self._model.info()
+
+    def _swap_model(self, model: ServedModel | None) -> None:
+        """Serve ``model`` from now on; the current window is closed first."""
+        if self._window is not None:
+            self.flush_window()
+        old = self._model
+        profile = model.baseline if model is not None else Profile((), (), 10)
+        task: Literal["classification", "regression"] = (
+            "regression" if model is not None and model.task == "regression" else "classification"
+        )
+        with self._window_lock:
+            self._model = model
+            self._window = WindowAccumulator(profile, task)
+            self._window_start = time.time()
+        if old is not None:
+            old.close()
+
+    # --- telemetry ----------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            return next(self._seq)
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "device": self.config.device.id,
+            "boot": self.boot,
+            "seq": self._next_seq(),
+            "sent": time.time(),
+        }
+
+    def _status(self, *, online: bool) -> wire.Status:
+        return wire.Status(
+            **self._header(),
+            online=online,
+            model=None if self._model is None else self._model.ref,
+            agent_version=__version__,
+            started=self.started,
+            labels=dict(self.config.device.labels),
+        )
+
+    def _enqueue(self, topic: str, msg: wire.Message) -> None:
+        if self.outbox is None:
+            return
+        self.outbox.put(topic, wire.encode(msg))
+        if self.link is not None:
+            self.link.wake()
+
+    def event(
+        self,
+        kind: str,
+        *,
+        level: str = "info",
+        message: str = "",
+        command_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish an event (through the outbox)."""
+        dev = self.config.device
+        ev = wire.Event(
+            **self._header(),
+            kind=kind,
+            level=level,  # type: ignore[arg-type]
+            message=message,
+            command_id=command_id,
+            data=data or {},
+        )
+        log.log(logging.ERROR if level == "error" else logging.INFO, "event %s %s", kind, message)
+        self._enqueue(topics.events(dev.fleet, dev.id), ev)
+
+    def flush_window(self) -> wire.Telemetry | None:
+        """Close the current window now and put its telemetry in the outbox."""
+        with self._window_lock:
+            window, model = self._window, self._model
+            start, end = self._window_start, time.time()
+            self._window_start = end
+            if window is None:
+                return None
+            stats = window.snapshot(reset=True)
+        outbox = self.outbox.stats() if self.outbox is not None else None
+        msg = wire.Telemetry(
+            **self._header(),
+            window_start=start,
+            window_end=end,
+            model=None if model is None else model.ref,
+            count=stats.count,
+            errors=stats.errors,
+            bad_inputs=stats.bad_inputs,
+            latency=stats.latency,
+            inputs=list(stats.inputs),
+            outputs=list(stats.outputs),
+            feedback=stats.feedback,
+            process=_process_stats(),
+            outbox=wire.OutboxStats(
+                pending=0 if outbox is None else outbox.pending,
+                dropped=0 if outbox is None else outbox.dropped,
+            ),
+        )
+        dev = self.config.device
+        self._enqueue(topics.telemetry(dev.fleet, dev.id), msg)
+        if self.on_window is not None:
+            self.on_window(msg)
+        return msg
+
+    def _window_loop(self) -> None:
+        while not self._stop.wait(self._seconds_left()):
+            try:
+                self.flush_window()
+            except Exception:
+                log.exception("telemetry window failed")
+
+    def _seconds_left(self) -> float:
+        length = self.config.telemetry.window_seconds
+        return max(0.0, self._window_start + length - time.time())
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def submit_command(self, payload: bytes) -> None:
+        """Queue a command payload (from MQTT) for the command thread."""
+        try:
+            self._commands.put_nowait(payload)
+        except queue.Full:
+            self.event("command-rejected", level="error", message="command queue full")
+
+    def _command_loop(self) -> None:
+        while True:
+            payload = self._commands.get()
+            if payload is None:
+                return
+            self.handle_command(payload)
+
+    def handle_command(self, payload: bytes) -> None:
+        """Carry out one command; anything wrong with it becomes an error event."""
+        try:
+            cmd = wire.decode(payload, expected=wire.Command)
+        except wire.WireError as e:
+            self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
+            return
+        assert isinstance(cmd, wire.Command)
+        try:
+            result = self._run_command(cmd)
+        except EdgeOpsError as e:
+            self.event(f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id)
+            return
+        except Exception as e:
+            log.exception("command %s failed", cmd.kind)
+            self.event(f"{cmd.kind}-failed", level="error", message=repr(e), command_id=cmd.id)
+            return
+        self.event(f"{cmd.kind}-done", command_id=cmd.id, data=result)
+
+    def _run_command(self, cmd: wire.Command) -> dict[str, Any]:
+        if cmd.kind == "ping":
+            return {"pong": time.time(), "boot": self.boot}
+        if cmd.kind == "set-config":
+            return self._set_config(cmd.args)
+        if cmd.kind == "rollback":
+            assert self.store is not None
+            entry = self.store.rollback()
+            self._swap_model(ServedModel(entry, threads=self.config.model.threads))
+            if self.link is not None:
+                self.link.publish_status(wire.encode(self._status(online=True)))
+            return {"model": entry.name, "version": entry.version}
+        raise ModelError(f"command '{cmd.kind}' is not supported by this agent yet")
+
+    def _set_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"window_seconds", "sample_rate"}
+        unknown = sorted(set(args) - allowed)
+        if unknown or not args:
+            raise InputDataError(
+                f"set-config takes {', '.join(sorted(allowed))}; got {', '.join(unknown) or 'none'}"
+            )
+        values = {}
+        for k, v in args.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise InputDataError(f"set-config: {k} must be a number, got {v!r}")
+            values[k] = float(v)
+        telemetry = replace(self.config.telemetry, **values)
+        self.config = replace(self.config, telemetry=telemetry).checked()
+        return {k: getattr(telemetry, k) for k in sorted(allowed)}
+
+
+def _process_stats() -> wire.ProcessStats:
+    try:
+        import psutil
+
+        p = psutil.Process()
+        return wire.ProcessStats(
+            cpu_percent=float(p.cpu_percent(interval=None)), rss_bytes=int(p.memory_info().rss)
+        )
+    except Exception:  # psutil missing or the platform refuses: report zeros, keep serving
+        return wire.ProcessStats()

@@ -1,0 +1,158 @@
+"""The agent's local HTTP API (Starlette on uvicorn), on localhost or a Unix socket.
+
+::
+
+    POST /v1/predict   {"inputs": [...]} | {"records": [{...}]} | {"columns": {...}}, "raw": false
+                       -> {"ids", "predicted", "outputs", "model", "latency_ms"}
+    POST /v1/feedback  {"id": "...", "label": ...} or {"items": [{"id", "label"}, ...]}
+                       -> {"accepted": n, "unknown": m}
+    GET  /v1/health    -> status, device, boot, uptime, MQTT connection, outbox
+    GET  /v1/model     -> name, version, sha256, format, task, labels, signature, preprocessing
+
+Bad input answers 400 with ``{"error": "..."}``, no model 503, an inference failure 500; the
+agent keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from device_agent.config import HttpConfig
+from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
+
+if TYPE_CHECKING:
+    from device_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 * 2**20
+
+
+def _error(e: EdgeOpsError) -> JSONResponse:
+    status = 400
+    if isinstance(e, ModelError):
+        status = 503
+    elif isinstance(e, RuntimeBackendError):
+        status = 500
+    return JSONResponse({"error": str(e)}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InputDataError(f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputDataError(f"request body is not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise InputDataError("request body must be a JSON object")
+    return body
+
+
+def make_app(agent: Agent) -> Starlette:
+    """The Starlette application serving ``agent``."""
+
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            body = await _body(request)
+            keys = [k for k in ("inputs", "records", "columns") if k in body]
+            if len(keys) != 1:
+                raise InputDataError("send exactly one of 'inputs', 'records' or 'columns'")
+            raw = bool(body.get("raw", False))
+            result = await run_in_threadpool(agent.predict, body[keys[0]], raw=raw)
+        except EdgeOpsError as e:
+            return _error(e)
+        return JSONResponse(result.to_dict())
+
+    async def feedback(request: Request) -> JSONResponse:
+        try:
+            body = await _body(request)
+            items = body.get("items", [body] if "id" in body else None)
+            if not isinstance(items, list) or not all(
+                isinstance(i, dict) and "id" in i and "label" in i for i in items
+            ):
+                raise InputDataError("send {'id', 'label'} or {'items': [{'id', 'label'}, ...]}")
+            accepted = sum(agent.feedback(str(i["id"]), i["label"]) for i in items)
+        except EdgeOpsError as e:
+            return _error(e)
+        return JSONResponse({"accepted": accepted, "unknown": len(items) - accepted})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(agent.health())
+
+    async def model(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(agent.model_info())
+        except EdgeOpsError as e:
+            return _error(e)
+
+    return Starlette(
+        routes=[
+            Route("/v1/predict", predict, methods=["POST"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
+            Route("/v1/health", health, methods=["GET"]),
+            Route("/v1/model", model, methods=["GET"]),
+        ]
+    )
+
+
+class HttpServer:
+    """uvicorn serving :func:`make_app` in a background thread."""
+
+    def __init__(self, agent: Agent, config: HttpConfig) -> None:
+        import uvicorn
+
+        uds = None if config.unix_socket is None else str(config.unix_socket)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                make_app(agent),
+                host=config.host,
+                port=config.port,
+                uds=uds,
+                log_config=None,  # the daemon configures logging, not the server
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self._thread: threading.Thread | None = None
+        self.config = config
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise EdgeOpsError(f"the local HTTP API failed to start on {self.address}")
+            if time.monotonic() > deadline:
+                raise EdgeOpsError(f"the local HTTP API did not start within {timeout} s")
+            time.sleep(0.01)
+        log.info("local API on %s", self.address)
+
+    @property
+    def address(self) -> str:
+        """``http://host:port`` (the bound port when 0 was asked for) or ``unix:PATH``."""
+        if self.config.unix_socket is not None:
+            return f"unix:{self.config.unix_socket}"
+        port = self.config.port
+        servers = getattr(self._server, "servers", None)
+        if servers:
+            port = servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.config.host}:{port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,155 @@
+"""One installed model, ready to serve: its runtime, preprocessing, labels and baseline.
+
+:meth:`ServedModel.prepare` turns what a caller sends (raw records or arrays) into the model's
+input and the raw feature columns the telemetry window summarises; :meth:`ServedModel.run` runs the
+runtime. Quantized inputs and outputs are converted with the manifest's scale and zero point, so
+callers send and receive floats, unless they ask for raw tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from device_agent.runtimes import Runtime, open_runtime
+from device_agent.store import Installed
+from edgeops.errors import InputDataError, ModelError
+from edgeops.preprocessing import Preprocessing
+from edgeops.profile import Profile
+from edgeops.tensors import dequantize, quantize
+from edgeops.wire import ModelRef
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A caller's batch: the model input and the raw columns for the telemetry window."""
+
+    x: npt.NDArray[np.float32]
+    columns: Mapping[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class ServedModel:
+    """An installed bundle with an open runtime. Thread-safe: one inference at a time."""
+
+    def __init__(self, entry: Installed, *, threads: int = 1) -> None:
+        m = entry.manifest
+        self.entry = entry
+        self.task: str = str(m["task"])
+        self.labels: tuple[str, ...] = tuple(m.get("labels", ()))
+        self.preprocessing = Preprocessing.from_dict(m["preprocessing"])
+        self.baseline = Profile.from_dict(m["baseline"])
+        self.ref = ModelRef(name=entry.name, version=entry.version, sha256=entry.model_sha256)
+        self.runtime: Runtime = open_runtime(entry.model_path, threads=threads)
+        if len(self.runtime.inputs) != 1:
+            self.runtime.close()
+            raise ModelError(f"{entry.id}: models with one input are supported")
+        self.input = self.runtime.inputs[0]
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> ServedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def prepare(self, data: Any) -> Prepared:
+        """Model input from records (list of dicts), columns (dict of lists) or an array.
+
+        Tabular arrays hold raw values in the preprocessing's column order; image arrays may be one
+        sample (without the batch dimension) or a batch. Raises :class:`InputDataError`.
+        """
+        pre = self.preprocessing
+        if pre.kind == "tabular":
+            names = [c.name for c in pre.columns]
+            if isinstance(data, Mapping):
+                columns = {n: np.asarray(data.get(n, [None] * _rows(data))) for n in names}
+            elif isinstance(data, Sequence) and data and isinstance(data[0], Mapping):
+                columns = {n: np.asarray([r.get(n) for r in data]) for n in names}
+            else:
+                arr = _array(data)
+                if arr.ndim == 1:
+                    arr = arr[None, :]
+                if arr.ndim != 2 or arr.shape[1] != len(names):
+                    raise InputDataError(
+                        f"expected rows of {len(names)} features ({', '.join(names)}), "
+                        f"got shape {arr.shape}"
+                    )
+                columns = {n: arr[:, i] for i, n in enumerate(names)}
+            return Prepared(pre.encode(columns), columns)
+        arr = _array(data)
+        if tuple(arr.shape) == pre.shape:
+            arr = arr[None, ...]
+        if tuple(arr.shape[1:]) != pre.shape:
+            raise InputDataError(
+                f"input '{pre.input_name}' expects samples of shape {pre.shape}, got {arr.shape}"
+            )
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputDataError(f"input '{pre.input_name}' contains NaN or infinite values")
+        x = arr.astype(np.float32, copy=False)
+        return Prepared(x, {pre.input_name: x})
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def run(self, x: npt.NDArray[np.float32], *, raw: bool = False) -> list[npt.NDArray[Any]]:
+        """Run a prepared batch; float outputs unless ``raw`` (then the model's own tensors)."""
+        info = self.input
+        feed = quantize(x, info) if info.quantized else x.astype(info.dtype, copy=False)
+        with self._lock:
+            outs = self.runtime.run([feed])
+        return outs if raw else self.to_float(outs)
+
+    def to_float(self, outputs: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[np.float32]]:
+        """The model's own output tensors as floats (dequantized where quantized)."""
+        return [dequantize(o, i) for o, i in zip(outputs, self.runtime.outputs, strict=True)]
+
+    def predicted(self, outputs: Sequence[npt.NDArray[Any]]) -> list[Any]:
+        """Per sample: the class label (classifiers) or the first output value (regressors)."""
+        first = np.asarray(outputs[0])
+        if self.task == "classification":
+            idx = first.reshape(len(first), -1).argmax(axis=1)
+            return [self.labels[i] if i < len(self.labels) else int(i) for i in idx]
+        return [float(v) for v in first.reshape(len(first), -1)[:, 0]]
+
+    def info(self) -> dict[str, Any]:
+        m = self.entry.manifest
+        return {
+            "id": self.entry.id,
+            "name": self.ref.name,
+            "version": self.ref.version,
+            "sha256": self.ref.sha256,
+            "format": m["model"]["format"],
+            "task": self.task,
+            "labels": list(self.labels),
+            "inputs": [t.to_dict() for t in self.runtime.inputs],
+            "outputs": [t.to_dict() for t in self.runtime.outputs],
+            "preprocessing": m["preprocessing"],
+        }
+
+
+def _rows(data: Mapping[str, Any]) -> int:
+    for v in data.values():
+        return len(v)
+    return 0
+
+
+def _array(data: Any) -> npt.NDArray[Any]:
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as e:
+        raise InputDataError(f"input is not an array of numbers ({e})") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputDataError(f"input has dtype {arr.dtype}; expected numbers")
+    return arr

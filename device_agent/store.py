@@ -1,0 +1,169 @@
+"""The device's model store: verified, extracted bundles and a pointer to the current one.
+
+::
+
+    STORE/
+      current.json                  {"current": ID, "previous": ID}  (write, fsync, rename)
+      models/ID/manifest.json       one directory per installed bundle, ID = NAME-VERSION-HASH
+      models/ID/model.tflite|onnx
+      models/ID/samples.npz
+
+A bundle is verified (signature, hashes, container) before anything is extracted, and extracted
+into a staging directory that is renamed into place, so a model directory is either complete or
+absent. The previous model stays on disk, so rollback needs no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeops.bundle import MANIFEST, Bundle, canonical_json
+from edgeops.errors import BundleError, OutputError
+from edgeops.signing import VerifyKey
+
+log = logging.getLogger(__name__)
+
+POINTER = "current.json"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One installed bundle."""
+
+    id: str
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / str(self.manifest["model"]["file"])
+
+    @property
+    def samples_path(self) -> Path:
+        return self.directory / str(self.manifest["samples"]["file"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.manifest["files"][self.manifest["model"]["file"]]["sha256"])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    """Installed bundles under ``root`` and which one is current."""
+
+    def __init__(
+        self, root: Path, *, trusted_keys: Sequence[VerifyKey], allow_unsigned: bool = False
+    ) -> None:
+        self.root = root
+        self.keys = list(trusted_keys)
+        self.allow_unsigned = allow_unsigned
+        try:
+            (root / "models").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{root}: cannot create the model store ({e})") from None
+
+    # --- pointer ------------------------------------------------------------------------------
+
+    def _pointer(self) -> dict[str, str | None]:
+        try:
+            data = json.loads((self.root / POINTER).read_text())
+        except FileNotFoundError:
+            return {"current": None, "previous": None}
+        except (OSError, ValueError) as e:
+            log.warning("model store pointer unreadable (%s); starting without a model", e)
+            return {"current": None, "previous": None}
+        return {"current": data.get("current"), "previous": data.get("previous")}
+
+    def _set_pointer(self, current: str | None, previous: str | None) -> None:
+        body = json.dumps({"current": current, "previous": previous}, indent=2).encode()
+        _write_atomic(self.root / POINTER, body)
+
+    def _entry(self, entry_id: str | None) -> Installed | None:
+        if entry_id is None:
+            return None
+        d = self.root / "models" / entry_id
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+        except (OSError, ValueError):
+            log.warning("installed model %s is missing or damaged", entry_id)
+            return None
+        return Installed(entry_id, d, manifest)
+
+    def current(self) -> Installed | None:
+        return self._entry(self._pointer()["current"])
+
+    def previous(self) -> Installed | None:
+        return self._entry(self._pointer()["previous"])
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def install(self, bundle: Path) -> Installed:
+        """Verify ``bundle`` and extract it into the store (not yet current)."""
+        with Bundle.open(bundle) as b:
+            b.verify(self.keys, allow_unsigned=self.allow_unsigned)
+            manifest = b.manifest
+            digest = hashlib.sha256(canonical_json(manifest)).hexdigest()[:12]
+            entry_id = f"{b.name}-{b.version}-{digest}"
+            final = self.root / "models" / entry_id
+            if (final / MANIFEST).is_file():
+                return Installed(entry_id, final, manifest)
+            staging = self.root / "models" / f".{entry_id}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                staging.mkdir(parents=True)
+                b.extract(staging)
+                _write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
+                os.replace(staging, final)
+            except OSError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise OutputError(f"{self.root}: cannot install {bundle.name} ({e})") from None
+        log.info("installed %s", entry_id)
+        return Installed(entry_id, final, manifest)
+
+    def activate(self, entry_id: str) -> Installed:
+        """Make an installed bundle current; the one it replaces becomes previous."""
+        entry = self._entry(entry_id)
+        if entry is None:
+            raise BundleError(f"model {entry_id} is not installed")
+        current = self._pointer()["current"]
+        if current != entry_id:
+            self._set_pointer(entry_id, current)
+        return entry
+
+    def rollback(self) -> Installed:
+        """Make the previous model current again."""
+        ptr = self._pointer()
+        previous = self._entry(ptr["previous"])
+        if previous is None:
+            raise BundleError("no previous model to roll back to")
+        self._set_pointer(previous.id, ptr["current"])
+        return previous

@@ -1,0 +1,394 @@
+"""The device agent against a real mosquitto: serving, telemetry, outages, restarts, commands."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_agent.agent import Agent
+from device_agent.client import AgentClient
+from device_agent.config import (
+    AgentConfig,
+    DeviceConfig,
+    HttpConfig,
+    ModelConfig,
+    MqttConfig,
+    TelemetryConfig,
+    load_config,
+)
+from edgeops import errors, topics, wire
+from edgeops.packaging import PackageConfig, package
+from edgeops.signing import load_signing_key
+from edgeops.testing import Collector, Mosquitto
+from edgeops.trainer import Run
+
+FLEET = "test"
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def digits_bundles(
+    digits_run: Run, signing_keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Two signed bundles of the digits model: int8 TFLite with int8 inputs and outputs (1.0.0)
+    and fp32 ONNX (1.1.0)."""
+    from converters import ConversionConfig, Format, IOType, Mode, convert
+
+    out = tmp_path_factory.mktemp("agent-bundles")
+    key = load_signing_key(signing_keys[0])
+    made = []
+    for fmt, mode, version in (
+        (Format.TFLITE, Mode.INT8, "1.0.0"),
+        (Format.ONNX, Mode.FP32, "1.1.0"),
+    ):
+        io = IOType.INT8 if mode is Mode.INT8 else None
+        cfg = ConversionConfig(
+            to=fmt, mode=mode, io=io, calibration=digits_run.split("train"), latency_runs=3
+        )
+        report = convert(digits_run.model, out / "models", cfg)
+        model = out / "models" / report.artifact["file"]
+        made.append(package(digits_run, model, out, PackageConfig(version=version), key=key))
+    return made[0], made[1]
+
+
+@pytest.fixture(scope="module")
+def digits_xy(digits_run: Run) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(digits_run.split("test")) as z:
+        return z["x"], z["y"]
+
+
+def make_config(
+    tmp: Path,
+    port: int,
+    bundle: Path,
+    keys: tuple[Path, Path],
+    *,
+    device: str | None = None,
+    window: float = 0.5,
+    http: bool = False,
+) -> AgentConfig:
+    return AgentConfig(
+        device=DeviceConfig(id=device or f"dev-{uuid.uuid4().hex[:8]}", fleet=FLEET),
+        model=ModelConfig(store=tmp / "store", bundle=bundle, trusted_keys=(keys[1],)),
+        telemetry=TelemetryConfig(window_seconds=window),
+        mqtt=MqttConfig(port=port, outbox=tmp / "outbox.db", keepalive=5),
+        http=HttpConfig(enabled=http, port=0),
+    )
+
+
+def _count(c: Collector, device: str) -> int:
+    return sum(t.count for t in c.telemetry if t.device == device)
+
+
+def test_serves_and_reports_over_mqtt(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, digits_xy, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits_xy
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=30)
+    dev = cfg.device.id
+    with Collector(broker.port, client_id=f"c-{dev}") as seen:
+        with Agent(cfg) as agent:
+            assert agent.link is not None and agent.link.wait_connected(10)
+            one = agent.predict(x[0])  # one sample, no batch dimension
+            assert len(one.ids) == 1 and one.predicted[0] in agent.model.labels  # type: ignore[union-attr]
+            batch = agent.predict(x[1:20])
+            assert len(batch.ids) == 19 and batch.outputs[0].shape == (19, 10)
+            raw = agent.predict(x[:2], raw=True)
+            assert raw.outputs[0].dtype == np.int8  # the int8 model's own output tensor
+            for pid, label in zip(batch.ids, y[1:20], strict=True):
+                assert agent.feedback(pid, str(label))
+            assert not agent.feedback("no-such-id", "3")
+            with pytest.raises(errors.InputDataError, match="shape"):
+                agent.predict(np.zeros((3, 9, 9)))
+            with pytest.raises(errors.InputDataError, match="NaN"):
+                agent.predict(np.full((8, 8), np.nan))
+            window = agent.flush_window()
+            assert window is not None and window.count == 22 and window.bad_inputs == 2
+        assert seen.wait_for(lambda c: any(not s.online for s in c.status if s.device == dev), 10)
+        assert seen.wait_for(lambda c: _count(c, dev) == 22, 10)
+
+    (t,) = [t for t in seen.telemetry if t.device == dev and t.count]
+    assert t.model is not None and t.model.version == "1.0.0"
+    assert t.feedback.total == 19 and t.feedback.correct >= 17
+    assert t.latency.count == 3  # one latency per call
+    assert t.errors == 0
+    (classes,) = [o for o in t.outputs if isinstance(o, wire.ClassOutputWindow)]
+    assert sum(classes.class_counts) == 22
+    names = {i.name for i in t.inputs}
+    assert any("mean" in n for n in names) and any("std" in n for n in names)
+    assert all(
+        sum(i.counts) + i.missing == 22 for i in t.inputs if isinstance(i, wire.NumericWindow)
+    )
+    online = [s for s in seen.status if s.device == dev and s.online]
+    assert online and online[0].model is not None and online[0].model.name == "digits"
+    started = [e for e in seen.events if e.device == dev and e.kind == "started"]
+    assert started and seen.duplicates == 0
+
+
+def test_broker_outage_loses_no_window(
+    digits_bundles: tuple[Path, Path], signing_keys, digits_xy, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    x, _ = digits_xy
+    with Mosquitto(directory=tmp_path / "broker") as broker:
+        cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=0.3)
+        dev = cfg.device.id
+        served = 0
+        stop = threading.Event()
+
+        def load(agent: Agent) -> None:
+            nonlocal served
+            i = 0
+            while not stop.is_set():
+                agent.predict(x[i % len(x)])
+                served += 1
+                i += 1
+                time.sleep(0.005)
+
+        with Collector(broker.port, client_id=f"c-{dev}") as seen:
+            agent = Agent(cfg).start()
+            assert agent.link is not None and agent.link.wait_connected(10)
+            worker = threading.Thread(target=load, args=(agent,))
+            worker.start()
+            time.sleep(1.0)
+            broker.stop()  # several windows go to the outbox meanwhile
+            time.sleep(2.0)
+            assert agent.outbox is not None and agent.outbox.stats().pending >= 3
+            broker.start()
+            time.sleep(1.0)
+            stop.set()
+            worker.join()
+            agent.stop()
+            assert seen.wait_for(lambda c: _count(c, dev) == served, 30), (
+                _count(seen, dev),
+                served,
+            )
+        windows = [t for t in seen.telemetry if t.device == dev]
+        keys = [(t.boot, t.seq) for t in windows]
+        assert len(keys) == len(set(keys))
+        # The windows tile time: each starts where the previous ended.
+        ordered = sorted(windows, key=lambda t: t.seq)
+        for a, b in itertools.pairwise(ordered):
+            assert b.window_start == pytest.approx(a.window_end)
+
+
+def test_restart_with_a_full_outbox_drains(
+    digits_bundles: tuple[Path, Path], signing_keys, digits_xy, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    x, _ = digits_xy
+    broker = Mosquitto(directory=tmp_path / "broker")  # not started yet: the agent is offline
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    dev = cfg.device.id
+    first = Agent(cfg).start()
+    for i in range(5):
+        first.predict(x[i : i + 2])
+        first.flush_window()
+    first_boot = first.boot
+    first.stop()
+    with broker, Collector(broker.port, client_id=f"c-{dev}") as seen:
+        second = Agent(cfg).start()
+        assert seen.wait_for(lambda c: _count(c, dev) == 10, 20)
+        second.stop()
+    boots = {t.boot for t in seen.telemetry if t.device == dev and t.count}
+    assert boots == {first_boot}
+    assert seen.events_of("stopped")
+
+
+def _send(port: int, device: str, cmd: wire.Command | bytes) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    payload = cmd if isinstance(cmd, bytes) else wire.encode(cmd)
+    c.publish(topics.cmd(FLEET, device), payload, qos=1).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _cmd(kind: str, **args: object) -> wire.Command:
+    return wire.Command(id=uuid.uuid4().hex[:8], kind=kind, issued=time.time(), args=args)  # type: ignore[arg-type]
+
+
+def test_commands(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=30)
+    dev = cfg.device.id
+    with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
+        assert agent.link is not None and agent.link.wait_connected(10)
+
+        def reply(kind: str, cmd: wire.Command | bytes) -> wire.Event:
+            before = len(seen.events_of(kind))
+            _send(broker.port, dev, cmd)
+            assert seen.wait_for(lambda c: len(c.events_of(kind)) > before, 10), kind
+            return seen.events_of(kind)[-1]
+
+        ping = _cmd("ping")
+        assert reply("ping-done", ping).command_id == ping.id
+        done = reply("set-config-done", _cmd("set-config", window_seconds=5, sample_rate=0.5))
+        assert done.data == {"window_seconds": 5.0, "sample_rate": 0.5}
+        assert agent.config.telemetry.window_seconds == 5.0
+        failed = reply("set-config-failed", _cmd("set-config", window_seconds="soon"))
+        assert "must be a number" in failed.message
+        assert reply("command-rejected", b"{not json").data["reason"] == "not json"
+        future = b'{"type":"command","schema":"9.0","id":"x","kind":"ping","issued":0}'
+        assert reply("command-rejected", future).data["reason"] == "unknown major version"
+        assert "no previous model" in reply("rollback-failed", _cmd("rollback")).message
+        # Install and switch to 1.1.0, then roll back to 1.0.0 by command.
+        assert agent.store is not None
+        agent.store.activate(agent.store.install(digits_bundles[1]).id)
+        done = reply("rollback-done", _cmd("rollback"))
+        assert done.data == {"model": "digits", "version": "1.0.0"}
+        assert agent.model is not None and agent.model.ref.version == "1.0.0"
+        assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
+    assert seen.rejected == []
+
+
+def test_local_http_api(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, digits_xy, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits_xy
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, http=True)
+    with Agent(cfg, mqtt=False) as agent, AgentClient(agent.http.address) as client:
+        assert client.health()["status"] == "ok"
+        info = client.model()
+        assert info["name"] == "digits" and info["labels"][:2] == ["0", "1"]
+        result = client.predict(x[:3].tolist())
+        assert len(result["ids"]) == 3 and len(result["outputs"][0]) == 3
+        fb = client.feedback([(result["ids"][0], str(y[0])), ("unknown", "1")])
+        assert fb == {"accepted": 1, "unknown": 1}
+        with pytest.raises(errors.InputDataError, match="shape"):
+            client.predict([[1, 2, 3]])
+        with pytest.raises(errors.InputDataError, match="exactly one"):
+            client._call("POST", "/v1/predict", {"nothing": 1})
+        assert client.health()["status"] == "ok"  # still serving
+
+
+def test_unix_socket_and_replay_cli(
+    cli,
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    data_files,
+    tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    sock = tmp_path / "agent.sock"
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, http=True)
+    cfg = replace(cfg, http=HttpConfig(unix_socket=sock))
+    with Agent(cfg, mqtt=False) as agent:
+        r = cli(
+            "agent",
+            "replay",
+            data_files["digits"],
+            "--rate",
+            500,
+            "--limit",
+            40,
+            "--url",
+            f"unix:{sock}",
+        )
+        assert r.code == 0, r.err
+        assert "sent 40 rows" in r.out and "40 ok" in r.out and "40 labels sent back" in r.out
+        window = agent.flush_window()
+        assert window is not None and window.count == 40 and window.feedback.total == 40
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text(
+        '[device]\nid = "pi-7"\nfleet = "lab"\nlabels = { site = "bench" }\n'
+        '[model]\nstore = "models"\n[telemetry]\nwindow_seconds = 5\n'
+        '[mqtt]\nhost = "broker.local"\n[mqtt.tls]\nca = "ca.pem"\n'
+    )
+    cfg = load_config(f, env={"EDGEOPS_AGENT_MQTT_PORT": "8883", "EDGEOPS_AGENT_LOG_JSON": "true"})
+    assert cfg.device.id == "pi-7" and cfg.device.labels == {"site": "bench"}
+    assert cfg.model.store == tmp_path / "models"
+    assert cfg.mqtt.port == 8883 and cfg.mqtt.host == "broker.local" and cfg.log.json
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca == tmp_path / "ca.pem"
+    assert cfg.telemetry.window_seconds == 5.0
+    for text, message in [
+        ("[mqtt]\nport = 'x'\n", "mqtt.port must be an integer"),
+        ("[mqtt]\nprt = 1\n", "unknown key(s) in [mqtt]: prt"),
+        ("[nope]\n", "unknown section"),
+        ("[device]\nid = 'a/b'\n", "config"),
+        ("[telemetry]\nsample_rate = 2\n", "sample_rate"),
+        ("not toml = = 1", "not valid TOML"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(errors.UsageError, match=re.escape(message)):
+            load_config(f, env={})
+    with pytest.raises(errors.UsageError, match="names no config section"):
+        load_config(None, env={"EDGEOPS_AGENT_NOPE_X": "1"})
+
+
+def test_daemon_stops_cleanly_on_sigterm(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    dev = f"daemon-{uuid.uuid4().hex[:6]}"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[device]\nid = "{dev}"\nfleet = "{FLEET}"\n'
+        f'[model]\nstore = "store"\nbundle = "{digits_bundles[0]}"\n'
+        f'trusted_keys = ["{signing_keys[1]}"]\n'
+        '[telemetry]\nwindow_seconds = 60\n[mqtt]\noutbox = "outbox.db"\n'
+        f'[http]\nunix_socket = "{tmp_path / "a.sock"}"\n'
+    )
+    env = {**os.environ, "EDGEOPS_AGENT_MQTT_PORT": str(broker.port)}
+    with Collector(broker.port, client_id=f"c-{dev}") as seen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeops", "agent", "run", "--config", str(conf), "--json-logs"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert seen.wait_for(
+                lambda c: any(s.online for s in c.status if s.device == dev), 30
+            ), "no birth"
+            with AgentClient(f"unix:{tmp_path / 'a.sock'}") as client:
+                client.predict(np.zeros((2, 8, 8)).tolist())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert seen.wait_for(lambda c: any(not s.online for s in c.status if s.device == dev), 10)
+        assert seen.wait_for(lambda c: _count(c, dev) == 2, 10)
+        assert any(e.kind == "stopped" for e in seen.events if e.device == dev)
+    logs = proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    first = next(line for line in logs.splitlines() if line.startswith("{"))
+    assert '"level"' in first and '"message"' in first
+
+
+def test_agent_modules_never_import_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "import device_agent.agent, device_agent.daemon, device_agent.http_api, device_agent.link\n"
+        "import device_agent.client, device_agent.replay, device_agent.store, edgeops.cli.agent\n"
+        "heavy = ('tensorflow', 'keras', 'converters', 'tf2onnx', 'onnx')\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in heavy or m.startswith('edgeops.trainer')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
