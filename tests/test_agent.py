@@ -392,3 +392,29 @@ def test_agent_modules_never_import_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_full_outbox_drops_oldest_and_says_so(
+    digits_bundles: tuple[Path, Path], signing_keys, digits_xy, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    x, _ = digits_xy
+    broker = Mosquitto(directory=tmp_path / "broker")  # offline for the first boot
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = replace(cfg, mqtt=replace(cfg.mqtt, outbox_max_messages=4))
+    dev = cfg.device.id
+    agent = Agent(cfg).start()
+    for i in range(8):
+        agent.predict(x[i])
+        agent.flush_window()
+    assert agent.outbox is not None
+    stats = agent.outbox.stats()
+    assert stats.pending == 4 and stats.dropped == 5  # "started" and the 4 oldest windows
+    agent.stop()
+    with broker, Collector(broker.port, client_id=f"c-{dev}") as seen:
+        again = Agent(cfg).start()
+        again.predict(x[:3])
+        again.flush_window()
+        assert seen.wait_for(lambda c: any(t.count == 3 for t in c.telemetry), 20)
+        again.stop()
+    latest = max((t for t in seen.telemetry if t.device == dev), key=lambda t: t.sent)
+    assert latest.outbox.dropped >= 5
