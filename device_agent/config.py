@@ -216,10 +216,13 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if section is None:
             raise UsageError(f"environment: {key} names no config section")
         name = rest[len(section) + 1 :]
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
+        kinds = {f.name: str(f.type) for f in fields(_SECTIONS[section])}
+        value: Any = raw
+        if not kinds.get(name, "").startswith("str"):  # strings stay as given: a password "1234"
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = raw
         out.setdefault(section, {})[name] = value
     return out
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from device_agent.config import MqttConfig
 from device_agent.outbox import Outbox
+from edgeops.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class MqttLink:
         c.will_set(status_topic, will, qos=1, retain=True)
         if config.username is not None:
             c.username_pw_set(config.username, config.password)
+        elif config.password is not None:
+            raise UsageError("config: mqtt.password needs mqtt.username")
         if config.tls is not None:
             t = config.tls
             c.tls_set(
@@ -82,6 +86,7 @@ class MqttLink:
         c.max_inflight_messages_set(max(config.max_in_flight, 1))
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._handle_connect
+        c.on_connect_fail = self._handle_connect_fail
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_publish = self._handle_publish
@@ -163,11 +168,19 @@ class MqttLink:
         self._connected.set()
         self._wake.set()
 
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the TLS or socket error is at hand.
+        log.warning(
+            "cannot connect to %s:%s: %s", self.config.host, self.config.port, sys.exc_info()[1]
+        )
+
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if self._connected.is_set():
             log.warning("disconnected from the broker: %s", reason)
+        elif not self._stopping.is_set():
+            log.warning("the broker closed the connection before accepting it: %s", reason)
         self._connected.clear()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -8,17 +8,32 @@ message, dropping QoS 1 duplicates by ``(device, boot, seq)``.
     with Mosquitto() as broker, Collector(broker.port) as seen:
         ...  # run agents against broker.port
         seen.wait_for(lambda c: len(c.telemetry) >= 3, timeout=30)
+
+:func:`make_test_pki` writes a throwaway CA with a server certificate (valid for ``127.0.0.1``
+and ``localhost``) and a client certificate; give it to the broker for a TLS listener, with
+passwords and client certificates if wanted, and to the collector to connect to it:
+
+    pki = make_test_pki(tmp_path / "pki")
+    with Mosquitto(tls=pki, passwords={"agent": "pw", "ops": "pw2"}) as broker, Collector(
+        broker.port, tls=pki, username="ops", password="pw2"
+    ) as seen:
+        ...  # agents use TlsConfig(ca=pki.ca) and username "agent"
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import ipaddress
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +43,11 @@ MOSQUITTO_PATHS = (
     "/usr/sbin/mosquitto",
     "/usr/local/sbin/mosquitto",
     "/opt/homebrew/sbin/mosquitto",
+)
+MOSQUITTO_PASSWD_PATHS = (
+    "/usr/bin/mosquitto_passwd",
+    "/usr/local/bin/mosquitto_passwd",
+    "/opt/homebrew/bin/mosquitto_passwd",
 )
 
 
@@ -44,24 +64,173 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Mosquitto:
-    """A mosquitto process on 127.0.0.1 and a free port, with its own config and data dir."""
+@dataclass(frozen=True)
+class TestPki:
+    """The PEM files of a throwaway PKI made by :func:`make_test_pki` (keys unencrypted)."""
 
-    def __init__(self, *, port: int | None = None, directory: Path | None = None) -> None:
+    __test__ = False  # not a pytest test class, whatever its name says
+
+    ca: Path
+    """The CA certificate: the ``ca`` both sides trust."""
+    server_cert: Path
+    """Signed by the CA for ``127.0.0.1``, ``::1`` and ``localhost``."""
+    server_key: Path
+    client_cert: Path
+    """Signed by the CA for client authentication."""
+    client_key: Path
+
+
+def make_test_pki(
+    directory: Path, *, client_name: str = "edgeops-test-client", days: int = 2
+) -> TestPki:
+    """Write a new CA, a server certificate and a client certificate to ``directory``.
+
+    Each call makes a different CA, so a broker given one :class:`TestPki` is not trusted by a
+    client given another's ``ca``. EC P-256 keys: fast to make, and OpenSSL and mosquitto take
+    them.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def usage(*, ca: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"edgeops test CA {os.urandom(4).hex()}")
+
+    def issue(
+        subject: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        *extensions: x509.ExtensionType,
+        ca: bool = False,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
+            .add_extension(usage(ca=ca), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def write_cert(file: str, cert: x509.Certificate) -> Path:
+        path = directory / file
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def write_key(file: str, key: ec.EllipticCurvePrivateKey) -> Path:
+        path = directory / file
+        path.touch(mode=0o600)
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return path
+
+    directory.mkdir(parents=True, exist_ok=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    hosts = x509.SubjectAlternativeName(
+        [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+    )
+    server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    client_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    return TestPki(
+        ca=write_cert("ca.pem", issue(ca_name, ca_key, ca=True)),
+        server_cert=write_cert(
+            "server.pem", issue(name("localhost"), server_key, hosts, server_auth)
+        ),
+        server_key=write_key("server.key", server_key),
+        client_cert=write_cert("client.pem", issue(name(client_name), client_key, client_auth)),
+        client_key=write_key("client.key", client_key),
+    )
+
+
+class Mosquitto:
+    """A mosquitto process on 127.0.0.1 and a free port, with its own config and data dir.
+
+    By default the listener is plain MQTT and anonymous. With ``tls`` it speaks TLS only, with
+    ``tls.server_cert``; ``require_certificate`` also makes clients present a certificate signed
+    by ``tls.ca`` (the certificate does not name the user). ``passwords`` (user name to password)
+    turns anonymous access off and writes a mosquitto password file.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        directory: Path | None = None,
+        tls: TestPki | None = None,
+        passwords: Mapping[str, str] | None = None,
+        require_certificate: bool = False,
+    ) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        if require_certificate and tls is None:
+            raise ValueError("require_certificate needs tls")
         self.binary = binary
         self.port = port or free_port()
+        self.tls = tls
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="mosquitto-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.directory.mkdir(parents=True, exist_ok=True)
+        listener = [f"listener {self.port} 127.0.0.1"]
+        if tls is not None:
+            listener += [
+                f"cafile {tls.ca}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
+            ]
+            if require_certificate:
+                listener += ["require_certificate true", "use_identity_as_username false"]
+        if passwords:
+            access = ["allow_anonymous false", f"password_file {self._password_file(passwords)}"]
+        else:
+            access = ["allow_anonymous true"]
+        # As root, mosquitto would switch to the "mosquitto" user, which cannot read or write
+        # this private directory (log, persistence, password file): stay the test's user.
+        user = ["user root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         self.config = self.directory / "mosquitto.conf"
         self.config.write_text(
             "\n".join(
                 [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
+                    *listener,
+                    *access,
+                    *user,
                     "persistence true",
                     f"persistence_location {self.directory}/",
                     "autosave_interval 1",
@@ -73,6 +242,26 @@ class Mosquitto:
             )
         )
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _password_file(self, passwords: Mapping[str, str]) -> Path:
+        """Hash ``user:password`` lines in place with ``mosquitto_passwd -U``."""
+        tool = shutil.which("mosquitto_passwd") or next(
+            (p for p in MOSQUITTO_PASSWD_PATHS if Path(p).is_file()), "mosquitto_passwd"
+        )
+        if any(":" in user or "\n" in user + password for user, password in passwords.items()):
+            raise ValueError("user names may not contain ':', nor passwords new lines")
+        path = self.directory / "passwd"
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{u}:{p}\n" for u, p in passwords.items()))
+        try:
+            subprocess.run([tool, "-U", str(path)], check=True, capture_output=True)
+        except FileNotFoundError:
+            raise RuntimeError(
+                "mosquitto_passwd is not installed (apt-get install mosquitto)"
+            ) from None
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"mosquitto_passwd failed: {e.stderr.decode().strip()}") from None
+        return path
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         self.process = subprocess.Popen(
@@ -118,7 +307,11 @@ class Mosquitto:
 
 
 class Collector:
-    """Collects the device messages of a fleet from a broker, deduplicated, in arrival order."""
+    """Collects the device messages of a fleet from a broker, deduplicated, in arrival order.
+
+    For a TLS broker pass its :class:`TestPki`: the collector trusts ``tls.ca`` and presents
+    ``tls.client_cert``. ``username`` and ``password`` are for brokers with a password file.
+    """
 
     def __init__(
         self,
@@ -127,6 +320,9 @@ class Collector:
         fleet: str = "+",
         host: str = "127.0.0.1",
         client_id: str = "edgeops-test-collector",
+        tls: TestPki | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -138,12 +334,20 @@ class Collector:
         self.status: list[wire.Status] = []
         self.duplicates = 0
         self.rejected: list[str] = []
+        self.refused: str | None = None
+        """The broker's reason when it refused the last connection attempt."""
         self._dedup = wire.Dedup()
         self._lock = threading.RLock()  # conditions given to wait_for may call events_of
         self._changed = threading.Condition(self._lock)
         kinds: tuple[topics.Kind, ...] = ("telemetry", "events", "status")
         self._filters = [topics.device_filter(fleet, kind=k) for k in kinds]
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username is not None:
+            c.username_pw_set(username, password)
+        if tls is not None:
+            c.tls_set(
+                ca_certs=str(tls.ca), certfile=str(tls.client_cert), keyfile=str(tls.client_key)
+            )
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.reconnect_delay_set(min_delay=1, max_delay=2)
@@ -154,6 +358,9 @@ class Collector:
         self.client = c
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            return
         for f in self._filters:
             client.subscribe(f, qos=1)
         self._connected.set()
@@ -169,20 +376,22 @@ class Collector:
         with self._changed:
             if isinstance(m, wire.Status):
                 self.status.append(m)  # retained presence: keep every one, no dedup
-            elif isinstance(m, wire.Command):
-                self.rejected.append(f"a command on {msg.topic}")
+            elif not isinstance(m, wire.Telemetry | wire.Event):  # commands, alerts: not devices'
+                self.rejected.append(f"a {type(m).__name__.lower()} on {msg.topic}")
             elif self._dedup.seen(m):
                 self.duplicates += 1
             elif isinstance(m, wire.Telemetry):
                 self.telemetry.append(m)
-            elif isinstance(m, wire.Event):
+            else:
                 self.events.append(m)
             self._changed.notify_all()
 
     def start(self, timeout: float = 10.0) -> Collector:
         self.client.loop_start()
         if not self._connected.wait(timeout):
-            raise RuntimeError("the collector could not connect to the broker")
+            self.stop()
+            why = f" (refused: {self.refused})" if self.refused else ""
+            raise RuntimeError(f"the collector could not connect to the broker{why}")
         return self
 
     def stop(self) -> None:
@@ -209,3 +418,74 @@ class Collector:
     def events_of(self, kind: str) -> list[wire.Event]:
         with self._lock:
             return [e for e in self.events if e.kind == kind]
+
+
+POSTGRES_BIN_DIRS = (
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+    "/usr/local/bin",
+    "/usr/bin",
+)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (initdb + pg_ctl) on a free port, for tests.
+
+    PostgreSQL refuses to run as root; as root the server runs as the ``postgres`` user (via
+    ``runuser``). ``url`` is a ``postgresql://`` URL for :func:`edgeops.service.db.connect`.
+    """
+
+    def __init__(self) -> None:
+        import os
+        import pwd
+
+        bindir = next((d for d in POSTGRES_BIN_DIRS if Path(d, "initdb").is_file()), None)
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.bindir = Path(bindir)
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="edgeops-pg-", dir="/tmp"))
+        self._prefix: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.directory, pw.pw_uid, pw.pw_gid)
+            self._prefix = ["runuser", "-u", "postgres", "--"]
+        self.data = self.directory / "data"
+        self.user = "postgres" if self._prefix else pwd_name()
+        self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._prefix, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> Postgres:
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user)
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.directory / "log"),
+            "-o",
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        )
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pwd_name() -> str:
+    import getpass
+
+    return getpass.getuser()

@@ -193,11 +193,35 @@ class Command(_Message, frozen=True, kw_only=True, tag="command"):
     args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-Message = Telemetry | Status | Event | Command
+class ActiveAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """One raised alert: what drifted, for which model, since when, and the distances."""
+
+    kind: str
+    """input, output, dataset, concept or latency."""
+    feature: str
+    model: str
+    version: str
+    raised: float
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Alert(_Message, frozen=True, kw_only=True, tag="alert"):
+    """The current alert state of a device (retained): every alert still raised for it.
+
+    ``device`` is ``_fleet`` for alerts on a fleet's merged windows of one model version.
+    """
+
+    fleet: Id
+    device: Id
+    sent: float
+    alerts: list[ActiveAlert] = msgspec.field(default_factory=list)
+
+
+Message = Telemetry | Status | Event | Command | Alert
 DeviceMessage = Telemetry | Status | Event
 """Messages a device sends; they carry ``(device, boot, seq)``."""
 
-M = TypeVar("M", Telemetry, Status, Event, Command)
+M = TypeVar("M", Telemetry, Status, Event, Command, Alert)
 
 
 # --- codec ------------------------------------------------------------------------------------

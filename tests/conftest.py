@@ -133,3 +133,42 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from edgeops.signing import generate_keypair
 
     return generate_keypair(tmp_path_factory.mktemp("keys"), "fleet")
+
+
+# --- fleet: a broker and bundles for agents -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def broker():  # type: ignore[no-untyped-def]
+    """A real mosquitto on a free port, shared by the fleet tests."""
+    from edgeops.testing import Mosquitto
+
+    with Mosquitto() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def digits_bundles(  # type: ignore[no-untyped-def]
+    digits_run, signing_keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Two signed bundles of the digits model: int8 TFLite with int8 inputs and outputs (1.0.0)
+    and fp32 ONNX (1.1.0)."""
+    from converters import ConversionConfig, Format, IOType, Mode, convert
+    from edgeops.packaging import PackageConfig, package
+    from edgeops.signing import load_signing_key
+
+    out = tmp_path_factory.mktemp("agent-bundles")
+    key = load_signing_key(signing_keys[0])
+    made = []
+    for fmt, mode, version in (
+        (Format.TFLITE, Mode.INT8, "1.0.0"),
+        (Format.ONNX, Mode.FP32, "1.1.0"),
+    ):
+        io = IOType.INT8 if mode is Mode.INT8 else None
+        cfg = ConversionConfig(
+            to=fmt, mode=mode, io=io, calibration=digits_run.split("train"), latency_runs=3
+        )
+        report = convert(digits_run.model, out / "models", cfg)
+        model = out / "models" / report.artifact["file"]
+        made.append(package(digits_run, model, out, PackageConfig(version=version), key=key))
+    return made[0], made[1]

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,43 +31,10 @@ from device_agent.config import (
     load_config,
 )
 from edgeops import errors, topics, wire
-from edgeops.packaging import PackageConfig, package
-from edgeops.signing import load_signing_key
 from edgeops.testing import Collector, Mosquitto
 from edgeops.trainer import Run
 
 FLEET = "test"
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def digits_bundles(
-    digits_run: Run, signing_keys: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
-    """Two signed bundles of the digits model: int8 TFLite with int8 inputs and outputs (1.0.0)
-    and fp32 ONNX (1.1.0)."""
-    from converters import ConversionConfig, Format, IOType, Mode, convert
-
-    out = tmp_path_factory.mktemp("agent-bundles")
-    key = load_signing_key(signing_keys[0])
-    made = []
-    for fmt, mode, version in (
-        (Format.TFLITE, Mode.INT8, "1.0.0"),
-        (Format.ONNX, Mode.FP32, "1.1.0"),
-    ):
-        io = IOType.INT8 if mode is Mode.INT8 else None
-        cfg = ConversionConfig(
-            to=fmt, mode=mode, io=io, calibration=digits_run.split("train"), latency_runs=3
-        )
-        report = convert(digits_run.model, out / "models", cfg)
-        model = out / "models" / report.artifact["file"]
-        made.append(package(digits_run, model, out, PackageConfig(version=version), key=key))
-    return made[0], made[1]
 
 
 @pytest.fixture(scope="module")
