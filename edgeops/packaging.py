@@ -22,6 +22,7 @@ import numpy as np
 from edgeops import modelinfo
 from edgeops.bundle import write_bundle
 from edgeops.errors import GateError, ModelError, OutputError, UsageError
+from edgeops.profile import Profile, profile_class_outputs, profile_regression_outputs
 from edgeops.signing import SigningKey
 from edgeops.table import sha256_file
 from edgeops.trainer import Run
@@ -103,6 +104,8 @@ def package(
     pre = r.preprocessing
     with np.load(r.split("test")) as z:
         x_test = z["x"][: cfg.samples]
+    with np.load(r.split("validation")) as z:
+        x_val = z["x"]
 
     with open_runtime(model_path) as rt:
         if len(rt.inputs) != 1:
@@ -115,6 +118,9 @@ def package(
                 f"{expected}; was it converted from this run's model?"
             )
         outputs = run_float(rt, x_test)
+        val_outputs = np.concatenate(
+            [run_float(rt, x_val[i : i + 256])[0] for i in range(0, len(x_val), 256)]
+        )
         inputs_info = [t.to_dict() for t in rt.inputs]
         outputs_info = [t.to_dict() for t in rt.outputs]
         quantized = [t for t in rt.outputs if t.quantized]
@@ -148,7 +154,7 @@ def package(
         "labels": list(r.classes),
         "signature": {"inputs": inputs_info, "outputs": outputs_info},
         "preprocessing": pre.to_dict(),
-        "baseline": r.baseline,
+        "baseline": _baseline(r, val_outputs),
         "evaluation": {
             "test": evaluation["test"],
             "validation": evaluation["validation"],
@@ -183,6 +189,18 @@ def package(
     except OSError as e:
         raise OutputError(f"{dest.parent}: cannot create directory ({e})") from None
     return write_bundle(dest, manifest, files, key=key)
+
+
+def _baseline(r: Run, val_outputs: Any) -> dict[str, Any]:
+    """The run's baseline, with the output distribution of the converted model itself on the
+    validation split (what the device will run), not of the Keras model."""
+    p = Profile.from_dict(r.baseline)
+    outputs: tuple[Any, ...]
+    if r.task == "classification":
+        outputs = (profile_class_outputs(val_outputs, r.classes),)
+    else:
+        outputs = profile_regression_outputs("prediction", val_outputs, p.n_bins)
+    return Profile(p.inputs, outputs, p.n_bins).to_dict()
 
 
 def _data_sha(r: Run) -> str | None:

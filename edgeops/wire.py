@@ -249,7 +249,7 @@ class _Envelope(msgspec.Struct):
 
 
 _TYPES: dict[str, type[Message]] = {
-    str(cls.__struct_config__.tag): cls for cls in (Telemetry, Status, Event, Command)
+    str(cls.__struct_config__.tag): cls for cls in (Telemetry, Status, Event, Command, Alert)
 }
 _ENCODER = msgspec.json.Encoder()
 _ENVELOPE = msgspec.json.Decoder(_Envelope)

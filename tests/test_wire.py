@@ -212,7 +212,7 @@ REFUSED = [
     ("bad field", payload_with(latency={"relative_accuracy": 1.0, "buckets": {}}), "$.latency"),
     ("bad field", payload_with(inputs=[{"type": "weird", "name": "x"}]), "$.inputs[0]"),
     ("bad field", payload_with(window_end="@1E999@"), "$.window_end"),
-    ("unexpected type", payload_with(type="alert"), "alert"),
+    ("unexpected type", payload_with(type="alarm"), "alarm"),
 ]
 
 

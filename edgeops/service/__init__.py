@@ -1,0 +1,243 @@
+"""The central service: fleet telemetry in, drift verdicts and alerts out (``edgeops serve``).
+
+A :class:`Service` owns its database engine, its MQTT client (a persistent MQTT 5 session on a
+shared subscription, so several processes split one fleet's load), a worker thread that stores
+messages and evaluates drift, a timer thread for fleet-wide evaluations, and the REST API.
+
+Messages are acknowledged to the broker only after they are stored (paho's manual ack), so a
+service crash loses nothing the broker delivered; a redelivery is dropped by the database's
+unique ``(fleet, device, boot, seq)`` key.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeops import topics, wire
+from edgeops.bundle import Bundle
+from edgeops.errors import EdgeOpsError
+from edgeops.service import db
+from edgeops.service.config import ServiceConfig
+from edgeops.service.engine import Engine
+from edgeops.signing import load_verify_keys
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Service", "ServiceConfig"]
+
+
+@dataclass
+class Counters:
+    """What this process has seen, for ``GET /v1/stats``."""
+
+    received: int = 0
+    stored_windows: int = 0
+    stored_events: int = 0
+    statuses: int = 0
+    duplicates: int = 0
+    mismatched_topic: int = 0
+    evaluation_errors: int = 0
+    wire: wire.WireStats = field(default_factory=wire.WireStats)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "wire"}
+        out["rejected"] = self.wire.as_dict()
+        return out
+
+
+class Service:
+    """Consumes a fleet's telemetry; see the module docstring."""
+
+    def __init__(self, config: ServiceConfig, *, http: bool = True, client_id: str | None = None):
+        self.config = config
+        self.engine_db = db.connect(config.db)
+        self.store = db.Store(self.engine_db)
+        self.counters = Counters()
+        self.engine = Engine(self.store, config, publish=self._publish_retained)
+        self._queue: queue.Queue[tuple[mqtt.MQTTMessage, int] | None] = queue.Queue(maxsize=10_000)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._use_http = http
+        self.http: Any = None
+        self.connected = threading.Event()
+        self.client_id = (
+            client_id or f"edgeops-service-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        )
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.reconnect_delay_set(min_delay=1, max_delay=10)
+        c.max_inflight_messages_set(100)
+        self.client = c
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Service:
+        for path in self.config.bundles:
+            self.register_bundle(path)
+        host, port = self.config.broker_host_port
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 24 * 3600
+        self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        for target, name in ((self._work, "store"), (self._fleet_loop, "fleet-drift")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self._use_http:
+            from edgeops.service.api import ApiServer
+
+            self.http = ApiServer(self)
+            self.http.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
+        if self.http is not None:
+            self.http.stop()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.engine_db.dispose()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def register_bundle(self, path: Path | bytes) -> dict[str, Any]:
+        """Verify a bundle and store its manifest (baseline, evaluation) for drift."""
+        keys = load_verify_keys(self.config.trusted_keys) if self.config.trusted_keys else []
+        if isinstance(path, bytes):
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(suffix=".bundle") as f:
+                f.write(path)
+                f.flush()
+                return self.register_bundle(Path(f.name))
+        with Bundle.open(path) as b:
+            b.verify(keys, allow_unsigned=self.config.allow_unsigned)
+            manifest = b.manifest
+        self.store.add_model(manifest)
+        log.info("registered %s %s", manifest["name"], manifest["version"])
+        return manifest
+
+    # --- MQTT ---------------------------------------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        fleet, group = self.config.fleet, self.config.group
+        subs = [
+            (topics.shared(group, topics.device_filter(fleet, kind="telemetry")), 1),
+            (topics.shared(group, topics.device_filter(fleet, kind="events")), 1),
+            # Retained presence is not delivered to shared subscriptions: every process takes it.
+            (topics.device_filter(fleet, kind="status"), 1),
+        ]
+        client.subscribe(subs)
+        self.connected.set()
+        log.info("service connected (session present: %s)", flags.session_present)
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put((msg, msg.mid))
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1, retain=True)
+
+    # --- storing ------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            msg, mid = item
+            try:
+                self.handle(msg.topic, bytes(msg.payload))
+            except Exception:  # storage down: do not ack, the broker redelivers
+                log.exception("storing a message from %s failed", msg.topic)
+                time.sleep(1.0)
+                continue
+            if msg.qos > 0:
+                self.client.ack(mid, msg.qos)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Decode, check, store and evaluate one message. Bad messages are counted, never raised."""
+        self.counters.received += 1
+        try:
+            t = topics.parse(topic)
+        except ValueError as e:
+            log.warning("ignored a message on %s: %s", topic, e)
+            self.counters.mismatched_topic += 1
+            return
+        m: wire.Message | None
+        if t.kind == "telemetry":
+            m = self.counters.wire.decode(payload, wire.Telemetry, topic=topic)
+        elif t.kind == "events":
+            m = self.counters.wire.decode(payload, wire.Event, topic=topic)
+        elif t.kind == "status":
+            m = self.counters.wire.decode(payload, wire.Status, topic=topic)
+        else:
+            self.counters.mismatched_topic += 1
+            return
+        if m is None:
+            return
+        if getattr(m, "device", None) != t.device:
+            log.warning("message on %s names device %r; ignored", topic, getattr(m, "device", None))
+            self.counters.mismatched_topic += 1
+            return
+        if isinstance(m, wire.Status):
+            self.counters.statuses += 1
+            self.store.set_status(t.fleet, m)
+        elif isinstance(m, wire.Event):
+            if self.store.add_event(t.fleet, m):
+                self.counters.stored_events += 1
+            else:
+                self.counters.duplicates += 1
+        elif isinstance(m, wire.Telemetry):
+            window_id = self.store.add_window(t.fleet, m, payload)
+            if window_id is None:
+                self.counters.duplicates += 1
+                return
+            self.counters.stored_windows += 1
+            try:
+                self.engine.evaluate_device(t.fleet, window_id, m)
+            except (EdgeOpsError, ValueError, KeyError) as e:
+                self.counters.evaluation_errors += 1
+                log.error("drift evaluation for %s failed: %s", m.device, e)
+
+    def _fleet_loop(self) -> None:
+        while not self._stop.wait(self.config.fleet_interval):
+            try:
+                self.engine.evaluate_fleets()
+            except Exception:
+                self.counters.evaluation_errors += 1
+                log.exception("fleet drift evaluation failed")

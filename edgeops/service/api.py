@@ -1,0 +1,191 @@
+"""The service's REST API (Starlette on uvicorn).
+
+::
+
+    GET  /v1/fleet[?fleet=F]              devices: presence, model, last seen, active alerts
+    GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles, drift, alerts,
+                                          recent events
+    GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
+                                          latest distances per feature (all rows with all=1)
+    GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
+    GET  /v1/models                       registered bundles
+    POST /v1/models                       register a bundle (the body is the bundle file)
+    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from edgeops.errors import EdgeOpsError
+from edgeops.latency import merge_wire
+
+if TYPE_CHECKING:
+    from edgeops.service import Service
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    import json
+
+    return JSONResponse(json.loads(json.dumps(data, default=str)), status_code=status)
+
+
+def _float(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise EdgeOpsError(f"{name} must be a number (unix time), got {value!r}") from None
+
+
+def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
+    """Everything the service knows about one device."""
+    store = service.store
+    record = store.device(fleet, device)
+    if record is None:
+        raise KeyError(device)
+    recent = store.recent_windows(fleet=fleet, device=device, limit=30)
+    latency: dict[str, Any] = {}
+    if recent:
+        h = merge_wire([w.telemetry.latency for w in recent])
+        latency = {
+            "windows": len(recent),
+            "count": h.count,
+            "p50_ms": h.quantile(0.5),
+            "p95_ms": h.quantile(0.95),
+            "p99_ms": h.quantile(0.99),
+        }
+    return {
+        "device": record,
+        "latency": latency,
+        "predictions": sum(w.telemetry.count for w in recent),
+        "errors": sum(w.telemetry.errors for w in recent),
+        "bad_inputs": sum(w.telemetry.bad_inputs for w in recent),
+        "alerts": store.active_alerts(fleet=fleet, device=device),
+        "drift": store.drift_rows(fleet=fleet, device=device),
+        "events": store.events_of(fleet, device, limit=20),
+    }
+
+
+def make_app(service: Service) -> Starlette:
+    store = service.store
+
+    async def fleet(request: Request) -> JSONResponse:
+        f = request.query_params.get("fleet")
+        devices = await run_in_threadpool(store.devices, f)
+        active = await run_in_threadpool(store.active_alerts, f)
+        per: dict[tuple[str, str], int] = {}
+        for a in active:
+            per[(a["fleet"], a["device"])] = per.get((a["fleet"], a["device"]), 0) + 1
+        for dev in devices:
+            dev["active_alerts"] = per.get((dev["fleet"], dev["device"]), 0)
+        fleet_alerts = [a for a in active if a["device"] == "_fleet"]
+        return _json({"devices": devices, "fleet_alerts": fleet_alerts, "now": time.time()})
+
+    async def device(request: Request) -> JSONResponse:
+        name = request.path_params["device"]
+        f = request.query_params.get("fleet")
+        matches = await run_in_threadpool(store.find_device, name)
+        if f is not None:
+            matches = [m for m in matches if m["fleet"] == f]
+        if not matches:
+            return _json({"error": f"no device {name!r}"}, 404)
+        if len(matches) > 1:
+            fleets = ", ".join(m["fleet"] for m in matches)
+            return _json(
+                {"error": f"device {name!r} is in several fleets ({fleets}); pass fleet"}, 400
+            )
+        return _json(await run_in_threadpool(device_summary, service, matches[0]["fleet"], name))
+
+    async def drift(request: Request) -> JSONResponse:
+        q = request.query_params
+        try:
+            since = _float(q.get("since"), "since")
+        except EdgeOpsError as e:
+            return _json({"error": str(e)}, 400)
+        model = (q["model"], q.get("version")) if "model" in q else None
+        rows = await run_in_threadpool(
+            lambda: store.drift_rows(
+                model=model, since=since, device=q.get("device"), latest=q.get("all") != "1"
+            )
+        )
+        return _json({"drift": rows})
+
+    async def alerts(request: Request) -> JSONResponse:
+        every = request.query_params.get("all") == "1"
+        rows = await run_in_threadpool(store.all_alerts if every else store.active_alerts)
+        return _json({"alerts": rows})
+
+    async def models(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            body = await request.body()
+            try:
+                manifest = await run_in_threadpool(service.register_bundle, body)
+            except EdgeOpsError as e:
+                return _json({"error": str(e)}, 400)
+            return _json({"name": manifest["name"], "version": manifest["version"]}, 201)
+        return _json({"models": await run_in_threadpool(store.models)})
+
+    async def stats(request: Request) -> JSONResponse:
+        return _json(service.counters.as_dict())
+
+    return Starlette(
+        routes=[
+            Route("/v1/fleet", fleet),
+            Route("/v1/devices/{device}", device),
+            Route("/v1/drift", drift),
+            Route("/v1/alerts", alerts),
+            Route("/v1/models", models, methods=["GET", "POST"]),
+            Route("/v1/stats", stats),
+        ]
+    )
+
+
+class ApiServer:
+    """uvicorn serving :func:`make_app` in a background thread."""
+
+    def __init__(self, service: Service) -> None:
+        import uvicorn
+
+        cfg = service.config
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                make_app(service),
+                host=cfg.http_host,
+                port=cfg.http_port,
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self._thread: threading.Thread | None = None
+        self.host = cfg.http_host
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EdgeOpsError("the service's REST API failed to start")
+            time.sleep(0.01)
+
+    @property
+    def address(self) -> str:
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)

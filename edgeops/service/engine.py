@@ -1,0 +1,367 @@
+"""Drift evaluation: windows from storage, distances from :mod:`edgeops.drift`, alerts with
+hysteresis, retained alert messages, and policy actions.
+
+A device is evaluated each time one of its windows is stored: the span is its newest windows of
+the same model, as many as it takes to reach the minimum sample count (at most ``span_windows``,
+no older than ``span_seconds``). A fleet (per model version) is evaluated every
+``fleet_interval`` seconds over all its devices' windows in the span. Every raw distance is
+stored, alert or not. Alert state transitions happen inside one transaction that also records
+the newest window they account for, so two service processes never advance one state twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from edgeops import drift as d
+from edgeops import topics, wire
+from edgeops.profile import Profile
+from edgeops.service import db
+from edgeops.service.config import ServiceConfig
+from edgeops.window import merge_windows
+
+log = logging.getLogger(__name__)
+
+FLEET_SCOPE_DEVICE = "_fleet"
+
+
+class Engine:
+    """Evaluates drift and keeps alerts; ``publish(topic, payload)`` sends retained alerts."""
+
+    def __init__(
+        self,
+        store: db.Store,
+        config: ServiceConfig,
+        publish: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.publish = publish
+        self._profiles: dict[tuple[str, str], tuple[Profile, dict[str, Any]] | None] = {}
+        self.missing_baselines: set[tuple[str, str]] = set()
+
+    def _baseline(self, name: str, version: str) -> tuple[Profile, dict[str, Any]] | None:
+        key = (name, version)
+        if self._profiles.get(key) is None:
+            manifest = self.store.model(name, version)
+            if manifest is None:
+                if key not in self.missing_baselines:
+                    log.warning("no registered bundle for %s %s: drift not evaluated", *key)
+                self.missing_baselines.add(key)
+                return None
+            self.missing_baselines.discard(key)
+            self._profiles[key] = (Profile.from_dict(manifest["baseline"]), manifest)
+        return self._profiles[key]
+
+    # --- spans --------------------------------------------------------------------------------
+
+    def _span(self, rows: Sequence[db.StoredWindow], min_samples: int) -> list[db.StoredWindow]:
+        span: list[db.StoredWindow] = []
+        samples = 0
+        for r in rows:
+            span.append(r)
+            samples += r.telemetry.count
+            if samples >= min_samples or len(span) >= self.config.span_windows:
+                break
+        return span
+
+    def evaluate_device(self, fleet: str, window_id: int, t: wire.Telemetry) -> None:
+        if t.model is None:
+            return
+        base = self._baseline(t.model.name, t.model.version)
+        if base is None:
+            return
+        policy = self.config.policy(t.model.name)
+        rows = self.store.recent_windows(
+            fleet=fleet,
+            device=t.device,
+            model=(t.model.name, t.model.version),
+            since=t.window_end - self.config.span_seconds,
+            limit=self.config.span_windows,
+        )
+        span = self._span(rows, policy.drift.min_samples)
+        self._evaluate("device", fleet, t.device, t.model.name, t.model.version, span, window_id)
+
+    def evaluate_fleets(self) -> None:
+        """Evaluate every (fleet, model version) with windows in the span."""
+        since = time.time() - self.config.span_seconds
+        groups: dict[tuple[str, str, str], list[db.StoredWindow]] = {}
+        for r in self.store.recent_windows(since=since, limit=20_000):
+            m = r.telemetry.model
+            if m is not None:
+                groups.setdefault((r.fleet, m.name, m.version), []).append(r)
+        for (fleet, name, version), rows in groups.items():
+            policy = self.config.policy(name)
+            per_device: dict[str, list[db.StoredWindow]] = {}
+            for r in rows:
+                per_device.setdefault(r.device, []).append(r)
+            span = [
+                w for ws in per_device.values() for w in self._span(ws, policy.drift.min_samples)
+            ]
+            newest = max(r.id for r in rows)
+            self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
+
+    def _evaluate(
+        self,
+        scope: str,
+        fleet: str,
+        device: str,
+        name: str,
+        version: str,
+        span: Sequence[db.StoredWindow],
+        window_id: int,
+    ) -> None:
+        base = self._baseline(name, version)
+        if base is None or not span:
+            return
+        profile, manifest = base
+        policy = self.config.policy(name)
+        th = policy.drift
+        tele = [r.telemetry for r in span]
+        inputs = merge_windows([t.inputs for t in tele])
+        outputs = merge_windows([t.outputs for t in tele])
+        result = d.evaluate(profile, inputs, outputs, th)
+        now = time.time()
+        samples = sum(t.count for t in tele)
+        verdicts: list[tuple[str, str, bool | None, dict[str, Any]]] = []
+        records: list[dict[str, Any]] = []
+
+        def record(kind: str, feature: str, **values: Any) -> None:
+            records.append(
+                {
+                    "evaluated": now,
+                    "scope": scope,
+                    "fleet": fleet,
+                    "device": device,
+                    "model_name": name,
+                    "model_version": version,
+                    "feature": feature,
+                    "kind": kind,
+                    "samples": samples,
+                    **dict.fromkeys(("js", "psi", "wasserstein", "linf", "value", "drifted")),
+                    "reason": None,
+                    **values,
+                }
+            )
+
+        for f, kind in [(f, "input") for f in result.features] + [
+            (f, "output") for f in result.outputs
+        ]:
+            enough = f.samples >= th.min_samples
+            record(
+                kind,
+                f.feature,
+                samples=f.samples,
+                js=f.js,
+                psi=f.psi,
+                wasserstein=f.wasserstein,
+                linf=f.linf,
+                drifted=f.drifted if enough else None,
+                reason=f.reason,
+            )
+            verdicts.append((kind, f.feature, f.drifted if enough else None, _distances(f)))
+        enough = samples >= th.min_samples
+        record("dataset", "*", drifted=result.dataset_drifted if enough else None)
+        verdicts.append(("dataset", "*", result.dataset_drifted if enough else None, {}))
+
+        reference = (manifest.get("evaluation") or {}).get("test", {}).get("accuracy")
+        correct = sum(t.feedback.correct for t in tele)
+        total = sum(t.feedback.total for t in tele)
+        if reference is not None and total > 0:
+            c = d.accuracy_drop(
+                correct,
+                total,
+                float(reference),
+                th.accuracy_confidence,
+                min_feedback=th.min_feedback,
+            )
+            verdict = c.drifted if total >= th.min_feedback else None
+            record(
+                "concept",
+                "accuracy",
+                samples=total,
+                value=c.accuracy,
+                drifted=verdict,
+                reason=c.reason,
+            )
+            verdicts.append(
+                (
+                    "concept",
+                    "accuracy",
+                    verdict,
+                    {"accuracy": c.accuracy, "upper": c.upper, "reference": reference},
+                )
+            )
+        if policy.latency_budget_ms is not None:
+            lat = d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
+            record("latency", "p95", value=lat.p95, drifted=lat.over)
+            verdicts.append(
+                ("latency", "p95", lat.over, {"p95_ms": lat.p95, "budget_ms": lat.budget})
+            )
+
+        changed = self._store_and_step(
+            scope, fleet, device, name, version, window_id, records, verdicts, th
+        )
+        if changed:
+            self._announce(fleet, device)
+            for kind, feature, transition, detail in changed:
+                if transition == "raised":
+                    self._act(policy.on_alert, fleet, device, name, version, kind, feature, detail)
+
+    def _store_and_step(
+        self,
+        scope: str,
+        fleet: str,
+        device: str,
+        name: str,
+        version: str,
+        window_id: int,
+        records: list[dict[str, Any]],
+        verdicts: list[tuple[str, str, bool | None, dict[str, Any]]],
+        th: d.DriftThresholds,
+    ) -> list[tuple[str, str, str, dict[str, Any]]]:
+        changed: list[tuple[str, str, str, dict[str, Any]]] = []
+        now = time.time()
+        with self.store.begin() as conn:
+            if records:
+                conn.execute(sa.insert(db.drift), records)
+            for kind, feature, verdict, detail in verdicts:
+                key = "|".join((scope, fleet, device, name, version, kind, feature))
+                row = (
+                    conn.execute(
+                        sa.select(db.alert_state)
+                        .where(db.alert_state.c.key == key)
+                        .with_for_update()
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is not None and row["last_window"] >= window_id:
+                    continue  # another process already accounted for this window
+                state = (
+                    d.AlertState(False, 0, 0)
+                    if row is None
+                    else d.AlertState(row["active"], row["over"], row["under"])
+                )
+                new, transition = d.step(state, verdict, th.k_raise, th.k_clear)
+                values = {
+                    "active": new.active,
+                    "over": new.over,
+                    "under": new.under,
+                    "last_window": window_id,
+                    "updated": now,
+                }
+                if row is None:
+                    conn.execute(sa.insert(db.alert_state).values(key=key, **values))
+                else:
+                    conn.execute(
+                        sa.update(db.alert_state)
+                        .where(db.alert_state.c.key == key)
+                        .values(**values)
+                    )
+                if transition == "raised":
+                    conn.execute(
+                        sa.insert(db.alerts).values(
+                            key=key,
+                            scope=scope,
+                            fleet=fleet,
+                            device=device,
+                            model_name=name,
+                            model_version=version,
+                            feature=feature,
+                            kind=kind,
+                            raised=now,
+                            detail=detail,
+                        )
+                    )
+                    changed.append((kind, feature, transition, detail))
+                elif transition == "cleared":
+                    conn.execute(
+                        sa.update(db.alerts)
+                        .where(db.alerts.c.key == key, db.alerts.c.cleared.is_(None))
+                        .values(cleared=now)
+                    )
+                    changed.append((kind, feature, transition, detail))
+        for kind, feature, what, _ in changed:
+            log.warning(
+                "alert %s: %s %s %s %s %s/%s",
+                what,
+                scope,
+                fleet,
+                device,
+                kind,
+                feature,
+                f"{name} {version}",
+            )
+        return changed
+
+    def _announce(self, fleet: str, device: str) -> None:
+        """Publish the device's current alerts, retained."""
+        if self.publish is None:
+            return
+        active = self.store.active_alerts(fleet=fleet, device=device)
+        msg = wire.Alert(
+            fleet=fleet,
+            device=device,
+            sent=time.time(),
+            alerts=[
+                wire.ActiveAlert(
+                    kind=a["kind"],
+                    feature=a["feature"],
+                    model=a["model_name"],
+                    version=a["model_version"],
+                    raised=a["raised"],
+                    detail=a["detail"] or {},
+                )
+                for a in active
+            ],
+        )
+        self.publish(topics.alert(fleet, device), wire.encode(msg))
+
+    def _act(
+        self,
+        action: Any,
+        fleet: str,
+        device: str,
+        name: str,
+        version: str,
+        kind: str,
+        feature: str,
+        detail: dict[str, Any],
+    ) -> None:
+        alert = {
+            "fleet": fleet,
+            "device": device,
+            "model": name,
+            "version": version,
+            "kind": kind,
+            "feature": feature,
+            "detail": detail,
+        }
+        if action.command:
+            env = {**os.environ, "EDGEOPS_ALERT": json.dumps(alert)}
+            try:
+                subprocess.Popen(list(action.command), env=env, start_new_session=True)
+                log.info("alert action: started %s", " ".join(action.command))
+            except OSError as e:
+                log.error("alert action %s failed to start: %s", action.command[0], e)
+        if action.deploy:
+            log.error(
+                "alert action: deploy %s requested, but staged rollouts are not available yet",
+                action.deploy,
+            )
+
+
+def _distances(f: Any) -> dict[str, Any]:
+    out = {k: v for k, v in asdict(f).items() if k in ("js", "psi", "wasserstein", "linf")}
+    out["samples"] = f.samples
+    return {k: v for k, v in out.items() if v is not None}

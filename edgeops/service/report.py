@@ -1,0 +1,162 @@
+"""Terminal tables for ``edgeops fleet`` and ``edgeops drift``, from the REST API's JSON, and the
+small HTTP client the CLI uses to get it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from edgeops.errors import EdgeOpsError, UsageError
+from edgeops.tables import render
+
+DEFAULT_URL = "http://127.0.0.1:8480"
+
+
+def get(url: str, path: str, **params: Any) -> Any:
+    """GET ``url + path`` with query ``params`` (None values left out); the decoded JSON."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    full = url.rstrip("/") + path + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(full, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", "")
+        except ValueError:
+            message = ""
+        raise EdgeOpsError(message or f"{full}: HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise EdgeOpsError(f"cannot reach the service at {url}: {e}") from None
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(text: str | None, now: float | None = None) -> float | None:
+    """``30m``, ``2h``, ``1d`` ago, or a unix time."""
+    if text is None:
+        return None
+    m = _DURATION.match(text.strip())
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return (now or time.time()) - seconds
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: use a duration such as 30m, 2h, 1d, or a unix time"
+        ) from None
+
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return "-"
+    s = max(0.0, now - t)
+    return (
+        f"{s:.0f} s ago"
+        if s < 120
+        else f"{s / 60:.0f} min ago"
+        if s < 7200
+        else f"{s / 3600:.1f} h ago"
+    )
+
+
+def fleet_table(data: dict[str, Any]) -> str:
+    now = data.get("now", time.time())
+    rows = [
+        (
+            d["fleet"],
+            d["device"],
+            "online" if d["online"] else "offline",
+            f"{d.get('model_name') or '-'} {d.get('model_version') or ''}".strip(),
+            d.get("agent_version") or "-",
+            _ago(d.get("last_seen"), now),
+            d.get("active_alerts", 0),
+        )
+        for d in data["devices"]
+    ]
+    out = render(("fleet", "device", "status", "model", "agent", "last seen", "alerts"), rows)
+    if data.get("fleet_alerts"):
+        out += "\n\nfleet-wide alerts:\n" + alerts_table(data["fleet_alerts"])
+    return out
+
+
+def alerts_table(alerts: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            a["fleet"],
+            a["device"],
+            f"{a['model_name']} {a['model_version']}",
+            a["kind"],
+            a["feature"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["raised"])),
+        )
+        for a in alerts
+    ]
+    return render(("fleet", "device", "model", "kind", "feature", "raised"), rows)
+
+
+def drift_table(rows: list[dict[str, Any]]) -> str:
+    body = [
+        (
+            r["scope"],
+            r["device"] or "-",
+            f"{r['model_name']} {r['model_version']}",
+            r["kind"],
+            r["feature"],
+            r["samples"],
+            r.get("js"),
+            r.get("psi"),
+            r.get("wasserstein"),
+            r.get("linf"),
+            r.get("value"),
+            "-" if r.get("drifted") is None else ("DRIFT" if r["drifted"] else "ok"),
+        )
+        for r in sorted(rows, key=lambda r: (r["scope"], r["device"], r["kind"], r["feature"]))
+    ]
+    return render(
+        (
+            "scope",
+            "device",
+            "model",
+            "kind",
+            "feature",
+            "n",
+            "JS",
+            "PSI",
+            "W1/std",
+            "L-inf",
+            "value",
+            "verdict",
+        ),
+        body,
+    )
+
+
+def device_report(data: dict[str, Any]) -> str:
+    d = data["device"]
+    lat = data.get("latency") or {}
+    lines = [
+        f"device   {d['fleet']}/{d['device']} ({'online' if d['online'] else 'offline'})",
+        f"model    {d.get('model_name')} {d.get('model_version')} "
+        f"(sha256 {str(d.get('model_sha256'))[:16]})",
+        f"agent    {d.get('agent_version')}, boot {d.get('boot')}",
+        f"served   {data['predictions']} predictions, {data['errors']} errors, "
+        f"{data['bad_inputs']} bad inputs (last {lat.get('windows', 0)} windows)",
+    ]
+    if lat:
+        lines.append(
+            f"latency  p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms, "
+            f"p99 {lat['p99_ms']:.3f} ms"
+        )
+    out = "\n".join(lines)
+    if data["alerts"]:
+        out += "\n\nactive alerts:\n" + alerts_table(data["alerts"])
+    if data["drift"]:
+        out += "\n\ndrift (latest evaluation):\n" + drift_table(data["drift"])
+    return out
