@@ -6,12 +6,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean broker
 
-# The tests start their own mosquitto; install the Debian package where it is missing.
+# The tests start their own mosquitto and PostgreSQL; install the Debian packages where missing.
 broker:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { (apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)) && \
 	    echo "installed mosquitto"; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { (apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)) && \
+	    echo "installed postgresql"; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +34,10 @@ lint: $(STAMP)
 test: lint broker
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) broker
 	$(BIN)/python benchmarks/conversion.py --out benchmarks/results
+	$(BIN)/python benchmarks/agent.py --out benchmarks/results
+	$(BIN)/python benchmarks/service.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) demo-output benchmarks/results .mypy_cache .ruff_cache .pytest_cache
