@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 _FEEDBACK_MEMORY = 10_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """The result of one :meth:`Agent.predict` call (one entry per sample)."""
 
@@ -71,12 +72,14 @@ class Agent:
         self.started = time.time()
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
+        self._prediction_ids = itertools.count(1)  # next() is atomic under the GIL
         self._use_mqtt = config.mqtt.enabled if mqtt is None else mqtt
         self._use_http = config.http.enabled if http is None else http
         self._model: ServedModel | None = None
         self._window: WindowAccumulator | None = None
         self._window_lock = threading.Lock()
         self._window_start = time.time()
+        self._reducer: ThreadPoolExecutor | None = None  # the window's background reductions
         self._sample_counter = 0
         self._recent: OrderedDict[str, Any] = OrderedDict()
         self._recent_lock = threading.Lock()
@@ -102,6 +105,7 @@ class Agent:
             max_messages=cfg.mqtt.outbox_max_messages,
             max_bytes=cfg.mqtt.outbox_max_bytes,
         )
+        self._reducer = ThreadPoolExecutor(1, thread_name_prefix="telemetry-reduce")
         if self.store.current() is None and cfg.model.bundle is not None:
             self.store.activate(self.store.install(cfg.model.bundle).id)
         current = self.store.current()
@@ -144,6 +148,8 @@ class Agent:
         for t in self._threads:
             t.join(timeout=5)
         self.flush_window()
+        if self._reducer is not None:
+            self._reducer.shutdown()  # idle: the flush waited for its reductions
         self.event("stopped")
         if self.link is not None:
             self.link.stop(offline=wire.encode(self._status(online=False)))
@@ -182,26 +188,28 @@ class Agent:
         except InputDataError:
             window.count_bad_input(1)
             raise
+        n = len(prepared)
         try:
             tensors = model.run(prepared.x, raw=True)
             floats = model.to_float(tensors)
         except Exception as e:
-            window.count_error(len(prepared))
+            window.count_error(n)
             raise RuntimeBackendError(f"inference failed: {e}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        outputs = tensors if raw else floats
         predicted = model.predicted(floats)
-        window.observe_latency(elapsed_ms)
-        window.observe_outputs(floats[0])
-        if self._sampled():
-            window.observe_inputs(prepared.columns)
-        ids = [uuid.uuid4().hex[:16] for _ in range(len(prepared))]
+        window.observe_prediction(
+            elapsed_ms, floats[0], prepared.columns if self._sampled() else None
+        )
+        ids = [f"{self.boot}-{next(self._prediction_ids)}" for _ in range(n)]
+        recent = self._recent
         with self._recent_lock:
-            for i, p in zip(ids, predicted, strict=True):
-                self._recent[i] = p
-            while len(self._recent) > _FEEDBACK_MEMORY:
-                self._recent.popitem(last=False)
-        return Prediction(ids, outputs, predicted, model.ref, elapsed_ms)
+            if n == 1:
+                recent[ids[0]] = predicted[0]
+            else:
+                recent.update(zip(ids, predicted, strict=True))
+            while len(recent) > _FEEDBACK_MEMORY:
+                recent.popitem(last=False)
+        return Prediction(ids, tensors if raw else floats, predicted, model.ref, elapsed_ms)
 
     def _sampled(self) -> bool:
         rate = self.config.telemetry.sample_rate
@@ -257,7 +265,7 @@ class Agent:
         )
         with self._window_lock:
             self._model = model
-            self._window = WindowAccumulator(profile, task)
+            self._window = WindowAccumulator(profile, task, executor=self._reducer)
             self._window_start = time.time()
         if old is not None:
             old.close()

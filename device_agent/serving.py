@@ -8,6 +8,7 @@ callers send and receive floats, unless they ask for raw tensors.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ from edgeops.profile import Profile
 from edgeops.tensors import dequantize, quantize
 from edgeops.wire import ModelRef
 
+_SUM_CHECK_ELEMENTS = 4096
+"""Up to this many elements a sample's NaN check is a float64 sum (see :func:`_all_finite`)."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A caller's batch: the model input and the raw columns for the telemetry window."""
 
@@ -52,6 +56,15 @@ class ServedModel:
             self.runtime.close()
             raise ModelError(f"{entry.id}: models with one input are supported")
         self.input = self.runtime.inputs[0]
+        # Decided once: the per-call path neither re-reads the tensor infos nor converts floats.
+        self._quantize_input = self.input.quantized
+        self._input_dtype = np.dtype(self.input.dtype)
+        self._float_outputs = all(
+            not o.quantized and np.dtype(o.dtype) == np.float32 for o in self.runtime.outputs
+        )
+        self._sample_shape = (
+            self.preprocessing.shape if self.preprocessing.kind != "tabular" else None
+        )
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -72,6 +85,15 @@ class ServedModel:
         sample (without the batch dimension) or a batch. Raises :class:`InputDataError`.
         """
         pre = self.preprocessing
+        if (
+            type(data) is np.ndarray
+            and data.dtype == np.float32
+            and data.shape == self._sample_shape
+        ):  # the usual call: one float32 sample, used as it is (a batch of one, no copy)
+            if not _all_finite(data):
+                raise InputDataError(f"input '{pre.input_name}' contains NaN or infinite values")
+            x = data[None]
+            return Prepared(x, {pre.input_name: x})
         if pre.kind == "tabular":
             names = [c.name for c in pre.columns]
             if isinstance(data, Mapping):
@@ -105,20 +127,27 @@ class ServedModel:
 
     def run(self, x: npt.NDArray[np.float32], *, raw: bool = False) -> list[npt.NDArray[Any]]:
         """Run a prepared batch; float outputs unless ``raw`` (then the model's own tensors)."""
-        info = self.input
-        feed = quantize(x, info) if info.quantized else x.astype(info.dtype, copy=False)
+        if self._quantize_input:
+            feed = quantize(x, self.input)
+        else:
+            feed = x.astype(self._input_dtype, copy=False)
         with self._lock:
             outs = self.runtime.run([feed])
         return outs if raw else self.to_float(outs)
 
     def to_float(self, outputs: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[np.float32]]:
         """The model's own output tensors as floats (dequantized where quantized)."""
+        if self._float_outputs:  # what dequantize would return: the same float32 arrays
+            return [np.asarray(o) for o in outputs]
         return [dequantize(o, i) for o, i in zip(outputs, self.runtime.outputs, strict=True)]
 
     def predicted(self, outputs: Sequence[npt.NDArray[Any]]) -> list[Any]:
         """Per sample: the class label (classifiers) or the first output value (regressors)."""
         first = np.asarray(outputs[0])
         if self.task == "classification":
+            if len(first) == 1:
+                i = int(first.argmax())
+                return [self.labels[i] if i < len(self.labels) else i]
             idx = first.reshape(len(first), -1).argmax(axis=1)
             return [self.labels[i] if i < len(self.labels) else int(i) for i in idx]
         return [float(v) for v in first.reshape(len(first), -1)[:, 0]]
@@ -143,6 +172,19 @@ def _rows(data: Mapping[str, Any]) -> int:
     for v in data.values():
         return len(v)
     return 0
+
+
+def _all_finite(a: npt.NDArray[np.float32]) -> bool:
+    """Whether every element of a float32 sample is finite.
+
+    Small samples: their float64 sum, one reduction without the temporary array of
+    ``np.isfinite``, is NaN or infinite exactly when an element is: NaN and infinities propagate
+    through additions, and float32 values (at most 3.4e38) cannot overflow a float64 sum of fewer
+    than 1e269 of them. Large samples: ``np.isfinite`` is the faster, as the widening sum is slow.
+    """
+    if a.size <= _SUM_CHECK_ELEMENTS:
+        return math.isfinite(a.sum(dtype=np.float64))
+    return bool(np.isfinite(a).all())
 
 
 def _array(data: Any) -> npt.NDArray[Any]:

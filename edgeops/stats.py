@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,14 +195,6 @@ def category_counts(values: Iterable[Any], categories: Sequence[str]) -> tuple[I
     return count_keys(category_keys(values), categories)
 
 
-_REDUCERS: dict[str, Callable[[npt.NDArray[Any]], FloatArray]] = {
-    "mean": lambda a: np.mean(a, axis=1, dtype=np.float64),
-    "std": lambda a: np.std(a, axis=1, dtype=np.float64),
-    "min": lambda a: np.min(a, axis=1).astype(np.float64),
-    "max": lambda a: np.max(a, axis=1).astype(np.float64),
-}
-
-
 def check_reductions(reductions: Sequence[str]) -> None:
     if not reductions or any(r not in REDUCTIONS for r in reductions):
         raise ValueError(f"reductions must be some of {list(REDUCTIONS)}, got {list(reductions)}")
@@ -250,8 +242,23 @@ def reduce_tensor(
     size = math.prod(a.shape[1:])
     if size == 0:
         raise ValueError(f"samples of shape {a.shape[1:]} have no elements to reduce")
-    a = a.reshape(a.shape[0], size // n_channels, n_channels)
-    return {f"{r}[c{c}]": _REDUCERS[r](a[:, :, c]) for c in range(n_channels) for r in reductions}
+    n = a.shape[0]
+    # One pass transposes to [N, C, L] and widens to float64, so that every reduction runs over
+    # contiguous rows (numpy's pairwise sums, the same for a sample alone or in any batch).
+    t = np.empty((n, n_channels, size // n_channels), dtype=np.float64)
+    t[...] = a.reshape(n, size // n_channels, n_channels).transpose(0, 2, 1)
+    found: dict[str, FloatArray] = {}
+    if "min" in reductions:
+        found["min"] = t.min(axis=2)
+    if "max" in reductions:
+        found["max"] = t.max(axis=2)
+    if "mean" in reductions or "std" in reductions:
+        found["mean"] = mean = t.mean(axis=2)
+        if "std" in reductions:  # population std, two passes, in place (t is ours)
+            t -= mean[..., None]
+            np.square(t, out=t)
+            found["std"] = np.sqrt(t.mean(axis=2))
+    return {f"{r}[c{c}]": found[r][:, c].copy() for c in range(n_channels) for r in reductions}
 
 
 def class_output_counts(

@@ -21,11 +21,13 @@ baseline's ``probs``, which are aligned bin for bin.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar, cast
 
 import msgspec
@@ -73,6 +75,8 @@ __all__ = [
     "window_name",
     "window_probs",
 ]
+
+log = logging.getLogger(__name__)
 
 Task = Literal["classification", "regression"]
 Window = NumericWindow | CategoricalWindow | ClassOutputWindow
@@ -131,8 +135,12 @@ class WindowAccumulator:
     agent's usual case) only validates its row and queues a copy of it; when the queue holds
     ``queue_rows`` rows (fewer for large tensors: a queue holds about 1 MiB at most), the call
     that filled it reduces the queue as one batch, outside the lock, so that numpy's per-call
-    overhead is paid once per batch rather than once per prediction. :meth:`snapshot` waits for
-    those reductions and adds what is queued, so every observation lands in its own window.
+    overhead is paid once per batch rather than once per prediction. With an ``executor`` (the
+    agent passes a single-thread one it owns), full queues of inputs with large tensors (at
+    least 64 KiB a row) are reduced on it instead, at most
+    ``MAX_BACKGROUND`` at a time (beyond that, and once the executor is shut down, the caller
+    reduces them as without one). :meth:`snapshot` waits for those reductions and adds what is
+    queued, so every observation lands in its own window.
 
     ``observe_outputs`` counts the predictions served, so call it for every successful
     prediction; ``observe_inputs`` may see only a sample of them.
@@ -147,6 +155,7 @@ class WindowAccumulator:
         queue_rows: int = 256,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -194,6 +203,10 @@ class WindowAccumulator:
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._reducing = 0  # taken queues being reduced outside the lock
+        # Only large tensors' reductions (mostly numpy work, which releases the GIL) go to the
+        # executor: small ones are mostly Python, which would contend for the GIL with callers.
+        self._executor = executor if tensor_bytes >= _BACKGROUND_ROW_BYTES else None
+        self._background = 0  # of them, those handed to the executor
         self._closing = False  # a snapshot waits for them: take no more
         self._queued_inputs: list[_Row] = []
         self._queued_outputs: list[tuple[int, bytes]] = []  # (row width, float64 row)
@@ -212,6 +225,61 @@ class WindowAccumulator:
             self._classes.clear()
 
     # --- observing ------------------------------------------------------------------------------
+
+    def observe_prediction(
+        self,
+        latency_ms: float,
+        outputs: npt.ArrayLike,
+        columns: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One served call: :meth:`observe_latency`, :meth:`observe_outputs` and (unless
+        ``columns`` is None, for a call not sampled) :meth:`observe_inputs` in one.
+
+        A call of one row (the agent's usual case) takes the lock once for all three; any other
+        is passed on to the three methods in turn.
+        """
+        out = self._output_row(outputs)
+        row: _Row | None = None
+        if columns is not None and self._states:
+            row = self._one_row(columns)
+        if out is None or (row is None and columns is not None and self._states):
+            self.observe_latency(latency_ms)
+            self.observe_outputs(outputs)
+            if columns is not None:
+                self.observe_inputs(columns)
+            return
+        inputs: list[_Row] = []
+        with self._lock:
+            self._latency.add(latency_ms)  # first: a bad latency counts nothing
+            self._count += 1
+            if out:
+                self._queued_outputs.append(out)
+                outputs_batch = self._take(self._queued_outputs, self._output_rows)
+            else:
+                outputs_batch = []
+            if row is not None:
+                self._queued_inputs.append(row)
+                inputs = self._take(self._queued_inputs, self._input_rows)
+        if outputs_batch:
+            self._reduce(self._output_steps, outputs_batch)
+        if inputs:
+            self._hand_off(self._row_steps, inputs)
+
+    def _output_row(self, outputs: npt.ArrayLike) -> tuple[int, bytes] | tuple[()] | None:
+        """Validated and copied, the queue entry of one row of outputs: ``()`` when the window
+        keeps no output statistics, None unless ``outputs`` is one row of floats."""
+        if self._classes is None and not self._regression:
+            return ()
+        a = outputs if type(outputs) is np.ndarray else np.asarray(outputs)
+        if a.dtype.kind != "f" or a.ndim != 2 or a.shape[0] != 1:
+            return None
+        width = a.shape[1]
+        if self._classes is not None:
+            if max(width, 2) != self._classes.n_classes:
+                return None
+        elif width != len(self._regression):
+            return None
+        return width, a.astype(np.float64, copy=False).tobytes()
 
     def observe_latency(self, ms: float | npt.ArrayLike) -> None:
         """One call's latency in milliseconds (or an array of them)."""
@@ -266,7 +334,7 @@ class WindowAccumulator:
             self._queued_inputs.append(row)
             batch = self._take(self._queued_inputs, self._input_rows)
         if batch:
-            self._reduce(self._row_steps, batch)
+            self._hand_off(self._row_steps, batch)
 
     def _one_row(self, columns: Mapping[str, Any]) -> _Row | None:
         """One row of every input, validated and copied; None unless ``columns`` holds exactly
@@ -453,7 +521,29 @@ class WindowAccumulator:
         self._reducing += 1
         return batch
 
-    def _reduce(self, make_steps: Callable[[list[B]], list[_Step]], batch: list[B]) -> None:
+    def _hand_off(self, make_steps: Callable[[list[B]], list[_Step]], batch: list[B]) -> None:
+        """Reduce a taken queue of inputs on the executor if there is one with room, else here."""
+        if self._executor is not None:
+            with self._lock:
+                room = self._background < MAX_BACKGROUND
+                self._background += room
+            if room:
+                try:
+                    future = self._executor.submit(self._reduce, make_steps, batch, True)
+                except RuntimeError:  # shut down: reduce here
+                    with self._lock:
+                        self._background -= 1
+                else:
+                    future.add_done_callback(_log_failure)
+                    return
+        self._reduce(make_steps, batch)
+
+    def _reduce(
+        self,
+        make_steps: Callable[[list[B]], list[_Step]],
+        batch: list[B],
+        background: bool = False,
+    ) -> None:
         """Reduce a taken queue outside the lock, then add it under the lock. (Its rows were
         validated when queued; should the reduction still fail, they are dropped and the error
         raised.)"""
@@ -465,6 +555,7 @@ class WindowAccumulator:
                 for add, arg in steps:
                     add(arg)
                 self._reducing -= 1
+                self._background -= background
                 if not self._reducing:
                     self._settled.notify_all()
 
@@ -517,6 +608,9 @@ class WindowAccumulator:
 
 _ABSENT: Any = object()
 _QUEUE_BYTES = 1 << 20
+MAX_BACKGROUND = 2
+_BACKGROUND_ROW_BYTES = 1 << 16
+"""Full queues reduced on the executor at a time (which bounds the rows it holds in memory)."""
 B = TypeVar("B")
 _Step = tuple[Callable[[Any], None], Any]
 
@@ -525,6 +619,12 @@ _Row = tuple[bytes, list[str | None], list[npt.NDArray[Any]]]
 """One queued row of inputs (a plain tuple: cheaper to make than a NamedTuple): the numeric
 features' values as float64 bytes, the categorical features' keys, and a copy of each tensor
 sample ``[1, *shape]``."""
+
+
+def _log_failure(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("a telemetry reduction failed; its rows are dropped", exc_info=error)
 
 
 def _check_count(n: int) -> None:
