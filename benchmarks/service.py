@@ -1,0 +1,1381 @@
+"""Service benchmark: telemetry windows stored per second next to a bare MQTT subscriber, and
+drift detection on real data.
+
+Run::
+
+    python benchmarks/service.py [--quick] [--out benchmarks/results]
+
+What it measures
+----------------
+The model is the digits CNN of the training pipeline (``edgeops.trainer.train`` on scikit-learn's
+digits, 5 epochs), converted by ``converters.convert`` to TFLite int8 with float I/O and packaged
+by ``edgeops.packaging.package`` as a signed bundle. Every service registers it
+(``ServiceConfig.bundles``, with the public key in ``trusted_keys``), so each stored window is
+evaluated for drift against its baseline, as in production.
+
+Throughput. A real :class:`~device_agent.agent.Agent` (``mqtt=False, http=False``) serves 600
+digits one call at a time per window and closes 24 windows with ``flush_window()``: real
+``wire.Telemetry`` messages. The digits are rows of the training split, so that the fleet is a
+healthy one whose windows raise no alerts (held-out rows raise some, see below; each alert
+raised or cleared costs more SQL and a retained publish, and the ``alerts`` column counts them).
+The windows are copied (``msgspec.structs.replace``) into a stream of ``windows`` messages
+(5,000; ``--quick`` 1,000) from ``windows / 100`` devices, 100 windows each, 10 s apart and
+ending now, each device with its own boot and seq, encoded by ``wire.encode``. A device keeps 60
+windows in the service's 600-s span, so most evaluations read the full 30-window span, as in a
+fleet that has run for a while. Three phases, each on a fresh mosquitto
+(``edgeops.testing.Mosquitto``: 100,000 queued messages per client) and a fresh database:
+
+* ``sqlite``: one service process, SQLite (a file under ``<out>/service/``);
+* ``postgresql``: one service process, PostgreSQL (``edgeops.testing.Postgres``, its default
+  configuration: ``synchronous_commit`` on);
+* ``postgresql x2``: two service processes in one shared-subscription group, one database.
+
+Every consumer is a separate OS process (this script with ``--child``): a bare paho subscriber
+(MQTT 5, QoS 1, a plain subscription to every device's telemetry, which only counts) and the
+service process(es) (``Service(config, http=False, client_id=...)``). Each first connects with a
+persistent session and subscribes, then disconnects; this process publishes the stream once
+(QoS 1, one paho client, all PUBACKs awaited), so the broker queues the same messages for every
+session. Then the bare subscriber reconnects alone and drains its queue, and after it the
+service process(es). A drain measures the consumer's capacity, free of the publisher's speed
+and of the other consumer's CPU (the machine may have few cores). Rates are messages (windows)
+over the time from the first message to the last: the bare subscriber's arrivals, the service's
+first ``handle`` start to its last ``handle`` end (times from CLOCK_MONOTONIC, which the
+processes share on Linux); two processes count from the first start of either to the last end
+of either. ``ratio`` is the service's rate over the bare subscriber's in the same phase (goal:
+at least 0.7). Each phase checks that the windows table holds every window exactly once (its
+unique key makes a second copy impossible: duplicates are counted by the services) and that
+every window was evaluated (one ``dataset`` drift row each). The service's fleet-wide
+evaluation runs every 10 s, its default, over the windows of the last 600 s.
+
+Where the time goes. In this process, ``Service.handle`` on 1,000 more messages of the same kind
+(after 200 to warm up), SQLite and PostgreSQL: once timed per stage (wrappers on the service's
+own objects; SQL statements, DBAPI execution and commits counted by SQLAlchemy events; a
+commit runs to the connection's return to the pool), once under cProfile (own time grouped by
+library, and the costliest functions). cProfile's own overhead inflates functions called often
+(SQLAlchemy's); read it for shares, the stage timings for milliseconds. psycopg's own time
+includes the wait for the server.
+
+Drift detection. The same ``Service.handle`` (SQLite, not started: no broker) and real agents,
+one device per stream, windows of 600 samples (20 calls of 30) drawn with replacement:
+
+* no drift, held-out: ``drift_windows`` windows (1,000; ``--quick`` 300) from the digits test
+  split, which neither the input baseline (training split) nor the output baseline (validation
+  split) has seen. It has only 269 rows: every window is a resample of them, so their own
+  difference from the baseline (sampling noise of 269 rows) is in every window, while the
+  noise floor allows for the window's and the baseline's sizes only;
+* no drift, training: the same from the training split, the input baseline's own rows: the
+  detector's noise alone (for the inputs; the output baseline is the validation split's);
+* drifted: held-out images + 3 and + 5 (clipped to 0..16) from window 10 on, 30 drifted
+  windows, ``drift_repeats`` seeds each (10; ``--quick`` 3).
+
+Reported: alerts raised per 1,000 windows (false alarms) and each feature's share of drifted
+verdicts; for drifted streams the delay, the windows from the onset until the feature's alert
+is active (read from the service's alerts after each window; the onset's window counts 1): K = 2
+unless the window before the onset was already judged drifted or a false alarm was still up
+(both counted in the table). Defaults throughout:
+``edgeops.service.config.DEFAULT_THRESHOLDS`` (K = 2, 500 minimum samples).
+
+How to read it
+--------------
+Rates and milliseconds are from one shared machine; ratios measured in the same run matter. The
+goals are printed last with PASS or FAIL; the script exits 0 when a goal fails (it reports) and
+non-zero only if something crashed. Results go to ``<out>/service.json``; bundles, databases and
+the children's logs stay under ``<out>/service/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse
+import contextlib
+import cProfile
+import importlib.metadata
+import itertools
+import json
+import logging
+import pstats
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import paho.mqtt.client as mqtt
+import sqlalchemy as sa
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device_agent.agent import Agent
+from device_agent.config import (
+    AgentConfig,
+    DeviceConfig,
+    ModelConfig,
+    MqttConfig,
+    TelemetryConfig,
+)
+from edgeops import topics, wire
+from edgeops.service import Service, ServiceConfig, db
+from edgeops.service.config import DEFAULT_THRESHOLDS
+from edgeops.tables import fmt, render
+from edgeops.testing import Mosquitto, Postgres
+
+FloatArray = npt.NDArray[np.float32]
+
+STARTED = time.perf_counter()
+FLEET = "bench"
+GROUP = "bench-service"
+RATIO_GOAL = 0.7
+WINDOW_SECONDS = 10.0
+"""The devices' window length in the synthetic stream (the agent's default)."""
+AGENT_WINDOW_SECONDS = 3600.0
+"""The benchmark's agents close windows with flush_window() only."""
+PIXEL_MAX = 16.0
+SUBACK_GRACE_SECONDS = 1.0
+"""A service sets ``connected`` when it sends its SUBSCRIBE; this long later it holds the SUBACK."""
+STALL_SECONDS = 60.0
+"""A drain that stores nothing for this long has failed."""
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so that stdout holds only the tables and the goals."""
+    print(f"[{time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    out: Path
+    windows: int
+    """Messages of the throughput stream."""
+    drift_windows: int
+    """Windows of the no-drift stream."""
+    drift_repeats: int
+    """Drifted streams per shift (seeds)."""
+    windows_per_device: int = 100
+    base_windows: int = 24
+    """Real windows the throughput stream is copied from."""
+    window_samples: int = 600
+    drift_batch: int = 30
+    """Samples per agent.predict call in the drift streams."""
+    drift_onset: int = 10
+    drift_after: int = 30
+    """Drifted windows per drifted stream: an alert later than this is not detected."""
+    shifts: tuple[float, ...] = (3.0, 5.0)
+    profile_warmup: int = 200
+    profile_windows: int = 1000
+
+    @classmethod
+    def of(cls, quick: bool, out: Path) -> Settings:
+        if quick:
+            return cls(quick, out, windows=1000, drift_windows=300, drift_repeats=3)
+        return cls(quick, out, windows=5000, drift_windows=1000, drift_repeats=10)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    bundle: Path
+    public_key: Path
+    held_out: FloatArray
+    """The digits test split, (N, 8, 8) pixels 0..16."""
+    training: FloatArray
+    """The training split: the rows the input baseline was profiled on."""
+
+
+Stream = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    measured: str
+    passed: bool
+
+
+# --- model, bundle, messages --------------------------------------------------------------------
+
+
+def prepare(work: Path) -> Prepared:
+    """Train the digits run, convert it to TFLite int8 (float I/O), package a signed bundle."""
+    from converters import ConversionConfig, Format, Mode, convert
+    from edgeops import samples
+    from edgeops.packaging import PackageConfig, package
+    from edgeops.signing import generate_keypair, load_signing_key
+    from edgeops.trainer import TrainConfig, train
+
+    say("digits: training the run")
+    run = train(
+        samples.digits_npz(work / "digits.npz"), work / "run", TrainConfig(target="label", epochs=5)
+    )
+    say("digits: converting to TFLite int8, packaging a signed bundle")
+    cfg = ConversionConfig(
+        to=Format.TFLITE,
+        mode=Mode.INT8,
+        calibration=run.split("train"),
+        latency_runs=3,
+        name="digits",
+    )
+    report = convert(run.model, work / "models", cfg)
+    private, public = generate_keypair(work / "keys", "fleet")
+    bundle = package(
+        run,
+        work / "models" / report.artifact["file"],
+        work / "bundles",
+        PackageConfig("1.0.0"),
+        key=load_signing_key(private),
+    )
+    with np.load(run.split("test")) as test, np.load(run.split("train")) as training:
+        return Prepared(
+            bundle,
+            public,
+            np.asarray(test["x"], dtype=np.float32),
+            np.asarray(training["x"], dtype=np.float32),
+        )
+
+
+def agent_config(root: Path, p: Prepared, device: str) -> AgentConfig:
+    return AgentConfig(
+        device=DeviceConfig(id=device, fleet=FLEET),
+        model=ModelConfig(
+            store=root / "store", bundle=p.bundle, trusted_keys=(p.public_key,), threads=1
+        ),
+        telemetry=TelemetryConfig(window_seconds=AGENT_WINDOW_SECONDS),
+        mqtt=MqttConfig(outbox=root / "outbox.db"),
+    )
+
+
+def real_windows(p: Prepared, root: Path, s: Settings) -> list[wire.Telemetry]:
+    """Windows of a real agent serving training rows one call (one sample) at a time: a healthy
+    fleet, whose windows raise no alerts."""
+    rng = np.random.default_rng(0)
+    found = []
+    with Agent(agent_config(root, p, "base"), mqtt=False, http=False) as agent:
+        for _ in range(s.base_windows):
+            for i in rng.integers(0, len(p.training), s.window_samples):
+                agent.predict(p.training[i])
+            window = agent.flush_window()
+            assert window is not None and window.count == s.window_samples
+            found.append(window)
+    return found
+
+
+def make_stream(bases: Sequence[wire.Telemetry], n: int, per_device: int, tag: str) -> Stream:
+    """``n`` distinct telemetry messages from ``n / per_device`` devices, in the order a fleet
+    sends them: every device once per window length, the newest windows ending now."""
+    devices = max(1, n // per_device)
+    rounds = -(-n // devices)
+    names = [f"{tag}-{d:04d}" for d in range(devices)]
+    boots = [uuid.uuid4().hex[:16] for _ in range(devices)]
+    now = time.time()
+    stream = []
+    for i in range(n):
+        d, k = i % devices, i // devices
+        end = now - (rounds - 1 - k) * WINDOW_SECONDS - (devices - d) * WINDOW_SECONDS / devices
+        t = msgspec.structs.replace(
+            bases[i % len(bases)],
+            device=names[d],
+            boot=boots[d],
+            seq=k + 1,
+            sent=end + 0.01,
+            window_start=end - WINDOW_SECONDS,
+            window_end=end,
+        )
+        stream.append((topics.telemetry(FLEET, names[d]), wire.encode(t)))
+    return stream
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+
+def persistent_connect(c: mqtt.Client, port: int) -> None:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    c.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+
+
+def reply(**values: Any) -> None:
+    print(json.dumps(values), flush=True)
+
+
+def await_word(word: str) -> None:
+    line = sys.stdin.readline().strip()
+    if line != word:
+        raise SystemExit(f"expected {word!r} on stdin, got {line!r}")
+
+
+@dataclass
+class Stamps:
+    """First start and last end of a series of events (CLOCK_MONOTONIC)."""
+
+    n: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def add(self, start: float, end: float) -> None:
+        if self.first is None:
+            self.first = start
+        self.last = end
+        self.n += 1
+
+
+def child_bare(spec: dict[str, Any]) -> None:
+    """Prime a persistent session subscribed to every device's telemetry; on ``go`` drain it,
+    counting arrivals, until ``expected`` messages or the timeout."""
+
+    def client(on_connect: Callable[..., None]) -> mqtt.Client:
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=spec["client_id"], protocol=mqtt.MQTTv5
+        )
+        c.on_connect = on_connect
+        return c
+
+    subscribed = threading.Event()
+    c = client(lambda cl, *_: cl.subscribe(spec["filter"], qos=1))
+    c.on_subscribe = lambda *_: subscribed.set()
+    persistent_connect(c, spec["port"])
+    c.loop_start()
+    if not subscribed.wait(10):
+        raise SystemExit("the bare subscriber got no SUBACK")
+    c.disconnect()
+    c.loop_stop()
+    reply(event="primed")
+
+    await_word("go")
+    got, done = Stamps(), threading.Event()
+
+    def on_message(cl: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        got.add(now, now)
+        if got.n >= spec["expected"]:
+            done.set()
+
+    c = client(lambda *_: None)  # the session keeps the subscription
+    c.on_message = on_message
+    persistent_connect(c, spec["port"])
+    c.loop_start()
+    done.wait(spec["timeout"])
+    c.disconnect()
+    c.loop_stop()
+    reply(event="done", count=got.n, first=got.first, last=got.last)
+
+
+def child_service(spec: dict[str, Any]) -> None:
+    """Prime the service's persistent session; on ``go`` run a Service on it until ``stop``,
+    timing every ``handle``."""
+    cfg = ServiceConfig(
+        broker=f"mqtt://127.0.0.1:{spec['port']}",
+        db=spec["db"],
+        group=spec["group"],
+        bundles=(Path(spec["bundle"]),),
+        trusted_keys=(Path(spec["key"]),),
+    )
+    with Service(cfg, http=False, client_id=spec["client_id"]) as svc:
+        if not svc.connected.wait(10):
+            raise SystemExit("the service did not connect")
+        time.sleep(SUBACK_GRACE_SECONDS)
+    reply(event="primed")
+
+    await_word("go")
+    svc = Service(cfg, http=False, client_id=spec["client_id"])
+    stamps = Stamps()
+    handle = svc.handle
+
+    def timed(topic: str, payload: bytes) -> None:
+        start = time.monotonic()
+        handle(topic, payload)
+        stamps.add(start, time.monotonic())
+
+    svc.handle = timed  # type: ignore[method-assign]
+    with svc:
+        reply(event="started")
+        await_word("stop")
+    reply(
+        event="done",
+        handled=stamps.n,
+        first=stamps.first,
+        last=stamps.last,
+        counters=svc.counters.as_dict(),
+    )
+
+
+class Child:
+    """This script run with ``--child``: one word per line on stdin, one JSON reply per line on
+    stdout, its stderr in ``log``."""
+
+    def __init__(self, role: str, spec: dict[str, Any], log: Path) -> None:
+        self.role = role
+        self.log_path = log
+        self._log: IO[str] = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def send(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"{self.role}: no {event!r} within {timeout:.0f} s") from None
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"{self.role} exited ({code}); see {self.log_path}")
+        found: dict[str, Any] = json.loads(line)
+        if found.get("event") != event:
+            raise RuntimeError(f"{self.role}: expected {event!r}, got {found}")
+        return found
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# --- throughput ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    database: str
+    processes: int
+
+    @property
+    def slug(self) -> str:
+        return f"{self.database}_{self.processes}"
+
+
+PHASES = (
+    Phase("sqlite", "sqlite", 1),
+    Phase("postgresql", "postgresql", 1),
+    Phase("postgresql x2", "postgresql", 2),
+)
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    stored: int
+    per_s: float
+    duplicates: int
+    evaluation_errors: int
+    received: int
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    phase: str
+    database: str
+    processes: int
+    windows: int
+    payload_bytes_mean: float
+    publish_per_s: float
+    bare_received: int
+    bare_per_s: float
+    stored_per_s: float
+    """All processes together: windows over the first handle start to the last handle end."""
+    ratio: float
+    """stored_per_s / bare_per_s."""
+    drain_seconds: float
+    per_process: tuple[ProcessResult, ...]
+    windows_in_db: int
+    evaluations_in_db: int
+    """Device-scope ``dataset`` drift rows: one per evaluated window."""
+    alerts_in_db: int
+    """Alerts raised (device and fleet scope): each one costs a retained publish and more SQL."""
+
+    @property
+    def exactly_once(self) -> bool:
+        stored = sum(p.stored for p in self.per_process)
+        return self.windows_in_db == self.windows == stored and not any(
+            p.duplicates for p in self.per_process
+        )
+
+
+def count_rows(engine: sa.Engine, table: sa.Table, *where: Any) -> int:
+    with engine.connect() as conn:
+        q = sa.select(sa.func.count()).select_from(table).where(*where)
+        return int(conn.execute(q).scalar_one())
+
+
+def pg_database(pg: Postgres, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+def publish(port: int, stream: Stream) -> float:
+    """Publish the stream at QoS 1; messages per second until the last PUBACK."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv5)
+    connected = threading.Event()
+    c.on_connect = lambda *_: connected.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if not connected.wait(10):
+        raise RuntimeError("the publisher could not connect")
+    start = time.monotonic()
+    infos = [c.publish(topic, payload, qos=1) for topic, payload in stream]
+    for info in infos:
+        info.wait_for_publish(timeout=120)
+    seconds = time.monotonic() - start
+    c.disconnect()
+    c.loop_stop()
+    if not all(i.is_published() for i in infos):
+        raise RuntimeError("the broker did not acknowledge every message")
+    return len(stream) / seconds
+
+
+def wait_stored(engine: sa.Engine, n: int) -> None:
+    """Until the windows table holds ``n`` rows, or nothing was stored for STALL_SECONDS."""
+    last, changed = -1, time.monotonic()
+    while True:
+        found = count_rows(engine, db.windows)
+        if found >= n:
+            return
+        if found != last:
+            last, changed = found, time.monotonic()
+        elif time.monotonic() - changed > STALL_SECONDS:
+            say(f"  stalled at {found} of {n} windows")
+            return
+        time.sleep(0.25)
+
+
+def run_phase(phase: Phase, stream: Stream, p: Prepared, pg: Postgres, s: Settings) -> PhaseResult:
+    work = s.out / "service" / phase.slug
+    work.mkdir(parents=True)
+    url = (
+        f"sqlite:///{work / 'service.db'}"
+        if phase.database == "sqlite"
+        else pg_database(pg, f"bench_{phase.slug}")
+    )
+    engine = db.connect(url)  # creates the tables once, before the services start
+    n = len(stream)
+    with Mosquitto() as broker, contextlib.ExitStack() as stack:
+        common = {"port": broker.port, "timeout": max(60.0, n / 100)}
+        bare = stack.enter_context(
+            Child(
+                "bare subscriber",
+                {
+                    **common,
+                    "role": "bare",
+                    "client_id": "bench-bare",
+                    "filter": topics.device_filter(FLEET, kind="telemetry"),
+                    "expected": n,
+                },
+                work / "bare.log",
+            )
+        )
+        services = [
+            stack.enter_context(
+                Child(
+                    f"service {i}",
+                    {
+                        **common,
+                        "role": "service",
+                        "client_id": f"bench-service-{i}",
+                        "db": url,
+                        "group": GROUP,
+                        "bundle": str(p.bundle),
+                        "key": str(p.public_key),
+                    },
+                    work / f"service-{i}.log",
+                )
+            )
+            for i in range(phase.processes)
+        ]
+        for c in (bare, *services):
+            c.expect("primed", 120)
+        say(f"{phase.name}: publishing {n} windows")
+        publish_rate = publish(broker.port, stream)
+        say(f"{phase.name}: the bare subscriber drains")
+        bare.send("go")
+        b = bare.expect("done", common["timeout"] + 30)
+        say(f"{phase.name}: {phase.processes} service process(es) drain")
+        for c in services:
+            c.send("go")
+        for c in services:
+            c.expect("started", 120)
+        wait_stored(engine, n)
+        time.sleep(0.5)
+        for c in services:
+            c.send("stop")
+        reports = [c.expect("done", 60) for c in services]
+    in_db = count_rows(engine, db.windows)
+    evaluations = count_rows(
+        engine, db.drift, db.drift.c.scope == "device", db.drift.c.kind == "dataset"
+    )
+    alerts = count_rows(engine, db.alerts)
+    engine.dispose()
+    started = [r["first"] for r in reports if r["first"] is not None]
+    ended = [r["last"] for r in reports if r["last"] is not None]
+    stored = sum(r["counters"]["stored_windows"] for r in reports)
+    drain = max(ended) - min(started) if started else float("nan")
+    bare_seconds = (b["last"] - b["first"]) if b["count"] > 1 else float("nan")
+    bare_rate = b["count"] / bare_seconds
+    combined = stored / drain
+    return PhaseResult(
+        phase=phase.name,
+        database=phase.database,
+        processes=phase.processes,
+        windows=n,
+        payload_bytes_mean=statistics.fmean(len(payload) for _, payload in stream),
+        publish_per_s=publish_rate,
+        bare_received=b["count"],
+        bare_per_s=bare_rate,
+        stored_per_s=combined,
+        ratio=combined / bare_rate,
+        drain_seconds=drain,
+        per_process=tuple(
+            ProcessResult(
+                stored=r["counters"]["stored_windows"],
+                per_s=r["counters"]["stored_windows"] / (r["last"] - r["first"]),
+                duplicates=r["counters"]["duplicates"],
+                evaluation_errors=r["counters"]["evaluation_errors"],
+                received=r["counters"]["received"],
+            )
+            for r in reports
+        ),
+        windows_in_db=in_db,
+        evaluations_in_db=evaluations,
+        alerts_in_db=alerts,
+    )
+
+
+# --- where the time goes ------------------------------------------------------------------------
+
+
+class Stages:
+    """Wall time per labelled method, wrapped on the instance (the class is left alone)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._wrapped: list[tuple[object, str]] = []
+
+    def wrap(self, obj: object, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+        self._wrapped.append((obj, name))
+        clock = time.perf_counter
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += clock() - start
+                self.calls[label] += 1
+
+        setattr(obj, name, timed)
+
+    def unwrap(self) -> None:
+        """The class's methods again."""
+        for obj, name in self._wrapped:
+            delattr(obj, name)
+        self._wrapped.clear()
+
+
+class SqlMeter:
+    """Statements, DBAPI execution time, transactions and commit time of one engine."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.statements = 0
+        self.execute_seconds = 0.0
+        self.commits = 0
+        self.commit_seconds = 0.0
+        self._started = 0.0
+        self._committing: float | None = None
+        self._listeners: list[tuple[Any, str, Callable[..., None]]] = [
+            (engine, "before_cursor_execute", self._before),
+            (engine, "after_cursor_execute", self._after),
+            (engine, "commit", self._commit),
+            (engine.pool, "checkin", self._checkin),
+        ]
+        for target, name, fn in self._listeners:
+            sa.event.listen(target, name, fn)
+
+    def detach(self) -> None:
+        for target, name, fn in self._listeners:
+            sa.event.remove(target, name, fn)
+
+    def _before(self, *_: Any) -> None:
+        self._started = time.perf_counter()
+
+    def _after(self, *_: Any) -> None:
+        self.execute_seconds += time.perf_counter() - self._started
+        self.statements += 1
+
+    def _commit(self, *_: Any) -> None:
+        self.commits += 1
+        self._committing = time.perf_counter()
+
+    def _checkin(self, *_: Any) -> None:
+        """The connection goes back to the pool right after its commit (and a reset)."""
+        if self._committing is not None:
+            self.commit_seconds += time.perf_counter() - self._committing
+            self._committing = None
+
+
+STAGES = (
+    ("decode", "decode and validate the payload (wire.decode)"),
+    ("add_window", "store window: INSERT .. ON CONFLICT + device upsert"),
+    ("recent_windows", "read span: SELECT <= 30 windows, decode payloads"),
+    ("maths", "drift maths: merge windows, distances, verdicts"),
+    ("_store_and_step", "store drift rows + alert hysteresis"),
+    ("other", "rest: topic parse, counters, baseline lookup, span"),
+)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    database: str
+    windows: int
+    per_s: float
+    """handle() alone, in this process, timed per stage (no MQTT)."""
+    stage_ms: dict[str, float]
+    statements_per_window: float
+    transactions_per_window: float
+    dbapi_execute_ms: float
+    commit_ms: float
+    profile_per_s: float
+    """Under cProfile."""
+    by_library: dict[str, float]
+    """cProfile own time per window (us), grouped."""
+    top: list[dict[str, Any]] = field(default_factory=list)
+
+
+def library(file: str, func: str) -> str:
+    """Where a cProfile row belongs: a package, the standard library, or a C built-in's owner."""
+    if file == "~":
+        for key in ("sqlite3", "psycopg", "msgspec", "numpy"):
+            if key in func:
+                return key
+        return "builtins"
+    for key in ("sqlalchemy", "psycopg", "numpy", "msgspec", "paho"):
+        if key in file:
+            return key
+    if "/edgeops/" in file:
+        return "edgeops"
+    return "stdlib" if "/lib/python3" in file or file.startswith("<frozen") else "other"
+
+
+def new_service(url: str, p: Prepared) -> Service:
+    """A service that is not started (no broker): handle() is called directly."""
+    cfg = ServiceConfig(
+        db=url, bundles=(p.bundle,), trusted_keys=(p.public_key,), fleet_interval=3600.0
+    )
+    svc = Service(cfg, http=False)
+    svc.register_bundle(p.bundle)
+    return svc
+
+
+def breakdown(name: str, url: str, stream: Stream, p: Prepared, s: Settings) -> Breakdown:
+    """Stage timings, then cProfile, of ``Service.handle`` over two runs of the stream's tail."""
+    warm, n = s.profile_warmup, s.profile_windows
+    assert len(stream) >= warm + 2 * n
+    svc = new_service(url, p)
+    try:
+        for topic, payload in stream[:warm]:
+            svc.handle(topic, payload)
+        stages = Stages()
+        stages.wrap(svc, "handle", "handle")
+        stages.wrap(svc.counters.wire, "decode", "decode")
+        stages.wrap(svc.store, "add_window", "add_window")
+        stages.wrap(svc.store, "recent_windows", "recent_windows")
+        stages.wrap(svc.engine, "evaluate_device", "evaluate_device")
+        stages.wrap(svc.engine, "_evaluate", "_evaluate")
+        stages.wrap(svc.engine, "_store_and_step", "_store_and_step")
+        sql = SqlMeter(svc.engine_db)
+        start = time.perf_counter()
+        for topic, payload in stream[warm : warm + n]:
+            svc.handle(topic, payload)
+        seconds = time.perf_counter() - start
+        sql.detach()
+        stages.unwrap()
+        sec = stages.seconds
+        parts = {
+            "decode": sec["decode"],
+            "add_window": sec["add_window"],
+            "recent_windows": sec["recent_windows"],
+            "maths": sec["_evaluate"] - sec["_store_and_step"],
+            "_store_and_step": sec["_store_and_step"],
+        }
+        parts["other"] = sec["handle"] - sum(parts.values())
+        stage_ms = {k: v / n * 1000 for k, v in parts.items()} | {"total": sec["handle"] / n * 1000}
+        assert stages.calls["add_window"] == n and stages.calls["_evaluate"] == n
+
+        prof = cProfile.Profile()
+        start = time.perf_counter()
+        prof.enable()
+        for topic, payload in stream[warm + n : warm + 2 * n]:
+            svc.handle(topic, payload)
+        prof.disable()
+        profiled = time.perf_counter() - start
+        stored = svc.counters.stored_windows
+        assert stored == warm + 2 * n, f"{stored} stored"
+    finally:
+        svc.stop()
+    own: dict[str, float] = defaultdict(float)
+    rows = []
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        own[library(file, func)] += tottime / n * 1e6
+        where = func if file == "~" else f"{Path(file).parent.name}/{Path(file).name}:{line} {func}"
+        rows.append(
+            {
+                "function": where,
+                "calls_per_window": ncalls / n,
+                "own_us": tottime / n * 1e6,
+                "cumulative_us": cumtime / n * 1e6,
+            }
+        )
+    rows.sort(key=lambda r: -r["own_us"])
+    return Breakdown(
+        database=name,
+        windows=n,
+        per_s=n / seconds,
+        stage_ms=stage_ms,
+        statements_per_window=sql.statements / n,
+        transactions_per_window=sql.commits / n,
+        dbapi_execute_ms=sql.execute_seconds / n * 1000,
+        commit_ms=sql.commit_seconds / n * 1000,
+        profile_per_s=n / profiled,
+        by_library=dict(sorted(own.items(), key=lambda kv: -kv[1])),
+        top=rows[:40],
+    )
+
+
+# --- drift detection ----------------------------------------------------------------------------
+
+
+HELD_OUT, TRAINING = "held-out", "training"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One device's stream: ``windows`` windows of rows of ``source``, from ``onset`` on
+    shifted by ``shift``."""
+
+    source: str
+    windows: int
+    seed: int
+    onset: int | None = None
+    shift: float = 0.0
+
+    @property
+    def device(self) -> str:
+        return f"{self.source}-{self.seed}-{self.shift:g}"
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """One device's stream through Service.handle: verdicts and alerts per window."""
+
+    spec: StreamSpec
+    features: tuple[str, ...]
+    """``kind feature``: ``input image:mean[c0]``, ``output class``, ``dataset *``."""
+    drifted: dict[str, list[bool | None]]
+    js: dict[str, list[float | None]]
+    active: list[frozenset[str]]
+    """The features whose alert is active after each window."""
+
+    @property
+    def raised(self) -> list[tuple[int, str]]:
+        """(window index, feature) of every alert raised."""
+        before: frozenset[str] = frozenset()
+        found = []
+        for w, now in enumerate(self.active):
+            found += [(w, f) for f in sorted(now - before)]
+            before = now
+        return found
+
+
+def drift_stream(p: Prepared, spec: StreamSpec, work: Path, s: Settings) -> StreamRun:
+    """Serve the stream with a real agent, hand each window to a service, read back verdicts."""
+    device, onset = spec.device, spec.onset
+    root = work / device
+    root.mkdir(parents=True)
+    svc = new_service(f"sqlite:///{root / 'service.db'}", p)
+    rows = p.held_out if spec.source == HELD_OUT else p.training
+    rng = np.random.default_rng(spec.seed)
+    topic = topics.telemetry(FLEET, device)
+    active: list[frozenset[str]] = []
+    try:
+        with Agent(agent_config(root, p, device), mqtt=False, http=False) as agent:
+            for w in range(spec.windows):
+                x = rows[rng.integers(0, len(rows), s.window_samples)]
+                if onset is not None and w >= onset:
+                    x = np.clip(x + spec.shift, 0.0, PIXEL_MAX)
+                for i in range(0, len(x), s.drift_batch):
+                    agent.predict(x[i : i + s.drift_batch])
+                t = agent.flush_window()
+                assert t is not None
+                svc.handle(topic, wire.encode(t))
+                alerts = svc.store.active_alerts(device=device)
+                active.append(frozenset(f"{a['kind']} {a['feature']}" for a in alerts))
+        found = list(reversed(svc.store.drift_rows(device=device, latest=False)))
+    finally:
+        svc.stop()
+    evaluations = [list(g) for _, g in itertools.groupby(found, key=lambda r: r["evaluated"])]
+    assert len(evaluations) == spec.windows, f"{len(evaluations)} evaluations of {spec.windows}"
+    features = tuple(f"{r['kind']} {r['feature']}" for r in evaluations[0])
+    drifted: dict[str, list[bool | None]] = {f: [] for f in features}
+    js: dict[str, list[float | None]] = {f: [] for f in features}
+    for ev in evaluations:
+        by = {f"{r['kind']} {r['feature']}": r for r in ev}
+        for f in features:
+            drifted[f].append(by[f]["drifted"])
+            js[f].append(by[f]["js"])
+    return StreamRun(spec, features, drifted, js, active)
+
+
+@dataclass(frozen=True)
+class CalmRow:
+    source: str
+    feature: str
+    windows: int
+    drifted_share: float | None
+    js_median: float | None
+    js_p99: float | None
+    alerts: int
+    per_1000: float
+
+
+@dataclass(frozen=True)
+class DelayRow:
+    shift: float
+    feature: str
+    repeats: int
+    detected: int
+    delay_median: float | None
+    delay_min: int | None
+    delay_max: int | None
+    drifted_share: float | None
+    """Share of drifted verdicts in the windows after the onset."""
+    alerts_before_onset: int
+    """Alerts raised before the onset (false alarms), in all repeats."""
+    active_at_onset: int
+    """Repeats whose alert was already active before the onset's window was handled."""
+
+
+def share(values: Sequence[bool | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def calm_rows(run: StreamRun) -> list[CalmRow]:
+    found = []
+    for f in (*run.features, "any"):
+        n_alerts = sum(1 for _, a in run.raised if f in ("any", a))
+        values = [j for j in run.js[f] if j is not None] if f != "any" else []
+        found.append(
+            CalmRow(
+                source=run.spec.source,
+                feature=f,
+                windows=run.spec.windows,
+                drifted_share=share(run.drifted[f]) if f != "any" else None,
+                js_median=statistics.median(values) if values else None,
+                js_p99=float(np.percentile(values, 99)) if values else None,
+                alerts=n_alerts,
+                per_1000=n_alerts / run.spec.windows * 1000,
+            )
+        )
+    return found
+
+
+def delay_rows(runs: Sequence[StreamRun]) -> list[DelayRow]:
+    found = []
+    for f in (*runs[0].features, "any"):
+        delays, shares, early, carried = [], [], 0, 0
+        for r in runs:
+            onset = r.spec.onset
+            assert onset is not None
+            early += sum(1 for w, a in r.raised if w < onset and f in ("any", a))
+            on = [bool(a) if f == "any" else f in a for a in r.active]
+            carried += on[onset - 1]
+            after = [w for w in range(onset, len(on)) if on[w]]
+            if after:
+                delays.append(after[0] - onset + 1)
+            if f != "any":
+                s = share(r.drifted[f][onset:])
+                if s is not None:
+                    shares.append(s)
+        found.append(
+            DelayRow(
+                shift=runs[0].spec.shift,
+                feature=f,
+                repeats=len(runs),
+                detected=len(delays),
+                delay_median=statistics.median(delays) if delays else None,
+                delay_min=min(delays) if delays else None,
+                delay_max=max(delays) if delays else None,
+                drifted_share=statistics.fmean(shares) if shares else None,
+                alerts_before_onset=early,
+                active_at_onset=carried,
+            )
+        )
+    return found
+
+
+# --- goals and output ---------------------------------------------------------------------------
+
+
+def goals(phases: Sequence[PhaseResult]) -> list[Goal]:
+    found = []
+    for r in phases:
+        if r.processes == 1:
+            found.append(
+                Goal(
+                    f"{r.phase}: windows stored/s >= {RATIO_GOAL} x bare subscriber",
+                    f"{r.ratio:.3f} ({r.stored_per_s:,.0f} vs {r.bare_per_s:,.0f} /s)",
+                    r.ratio >= RATIO_GOAL,
+                )
+            )
+    for r in phases:
+        stored = sum(p.stored for p in r.per_process)
+        dup = sum(p.duplicates for p in r.per_process)
+        found.append(
+            Goal(
+                f"{r.phase}: every window stored exactly once and evaluated",
+                f"{r.windows_in_db} rows, {stored} stored, {dup} duplicates, "
+                f"{r.evaluations_in_db} evaluations of {r.windows}",
+                r.exactly_once and r.evaluations_in_db == r.windows,
+            )
+        )
+    return found
+
+
+def throughput_table(rows: Sequence[PhaseResult]) -> str:
+    headers = (
+        "phase",
+        "procs",
+        "published/s",
+        "bare sub/s",
+        "stored/s",
+        "ratio",
+        "per process/s",
+        "drain s",
+        "in db",
+        "dups",
+        "evals",
+        "alerts",
+    )
+    cells = [
+        (
+            r.phase,
+            r.processes,
+            f"{r.publish_per_s:,.0f}",
+            f"{r.bare_per_s:,.0f}",
+            f"{r.stored_per_s:,.1f}",
+            f"{r.ratio:.4f}",
+            " + ".join(f"{p.per_s:,.1f}" for p in r.per_process),
+            f"{r.drain_seconds:.1f}",
+            r.windows_in_db,
+            sum(p.duplicates for p in r.per_process),
+            r.evaluations_in_db,
+            r.alerts_in_db,
+        )
+        for r in rows
+    ]
+    r0 = rows[0]
+    title = (
+        f"Telemetry windows stored per second: {r0.windows:,} windows of "
+        f"{r0.payload_bytes_mean:,.0f} bytes, QoS 1, each consumer draining the broker's "
+        f"queue alone (bare sub: paho, MQTT 5, counting only; {os.cpu_count()} CPUs)"
+    )
+    return render(headers, cells, title=title)
+
+
+def breakdown_table(rows: Sequence[Breakdown]) -> str:
+    headers = ("handle() per window, ms", *(b.database for b in rows))
+    cells: list[tuple[Any, ...]] = [
+        (label, *(f"{b.stage_ms[key]:.3f}" for b in rows)) for key, label in STAGES
+    ]
+    cells += [
+        ("total", *(f"{b.stage_ms['total']:.3f}" for b in rows)),
+        ("  = windows/s in-process, no MQTT", *(f"{b.per_s:,.0f}" for b in rows)),
+        ("SQL statements per window", *(f"{b.statements_per_window:.1f}" for b in rows)),
+        ("transactions (commits) per window", *(f"{b.transactions_per_window:.1f}" for b in rows)),
+        ("  DBAPI execute, ms", *(f"{b.dbapi_execute_ms:.3f}" for b in rows)),
+        ("  commit, ms", *(f"{b.commit_ms:.3f}" for b in rows)),
+    ]
+    title = (
+        f"Where Service.handle's time goes ({rows[0].windows} windows after "
+        "warm-up; stage wrappers, no profiler)"
+    )
+    return render(headers, cells, title=title)
+
+
+def library_table(rows: Sequence[Breakdown]) -> str:
+    names = list(dict.fromkeys(k for b in rows for k in b.by_library))
+    headers = ("cProfile own time per window", *(f"{b.database} us" for b in rows), "share")
+    totals = [sum(b.by_library.values()) for b in rows]
+    cells = [
+        (
+            name,
+            *(f"{b.by_library.get(name, 0.0):,.0f}" for b in rows),
+            " / ".join(
+                f"{b.by_library.get(name, 0.0) / t * 100:.0f} %"
+                for b, t in zip(rows, totals, strict=True)
+            ),
+        )
+        for name in names
+    ]
+    return render(headers, cells, title="Own time by library under cProfile (inflates Python)")
+
+
+def top_table(b: Breakdown, top: int = 12) -> str:
+    cells = [
+        (
+            r["function"][-70:],
+            fmt(r["calls_per_window"], 2),
+            f"{r['own_us']:.0f}",
+            f"{r['cumulative_us']:.0f}",
+        )
+        for r in b.top[:top]
+    ]
+    return render(
+        ("function", "calls/window", "own us", "cum us"),
+        cells,
+        title=f"Costliest functions by own time, {b.database} (cProfile, per window)",
+    )
+
+
+def drift_tables(calm: Sequence[CalmRow], delays: Sequence[DelayRow], s: Settings) -> str:
+    t = DEFAULT_THRESHOLDS
+    a = render(
+        ("rows", "feature", "windows", "drifted %", "JS median", "JS p99", "alerts", "per 1,000"),
+        [
+            (
+                r.source,
+                r.feature,
+                r.windows,
+                fmt(None if r.drifted_share is None else r.drifted_share * 100, 2),
+                fmt(r.js_median),
+                fmt(r.js_p99),
+                r.alerts,
+                f"{r.per_1000:.1f}",
+            )
+            for r in calm
+        ],
+        title=(
+            f"No drift: windows of {s.window_samples} digits drawn from the test split (held-out) "
+            f"or the training split (the input baseline's own rows) through Service.handle "
+            f"(K = {t.k_raise}; JS >= {t.js} or PSI >= {t.psi_alert}, raised to the noise floor "
+            f"at alpha {t.noise_alpha}); alerts = alerts raised"
+        ),
+    )
+    b = render(
+        (
+            "shift",
+            "feature",
+            "detected",
+            "delay median",
+            "min",
+            "max",
+            "drifted % after onset",
+            "raised before",
+            "up at onset",
+        ),
+        [
+            (
+                f"+{r.shift:g}",
+                r.feature,
+                f"{r.detected}/{r.repeats}",
+                fmt(r.delay_median),
+                fmt(r.delay_min),
+                fmt(r.delay_max),
+                fmt(None if r.drifted_share is None else r.drifted_share * 100, 2),
+                r.alerts_before_onset,
+                r.active_at_onset,
+            )
+            for r in delays
+        ],
+        title=(
+            f"Drift from window {s.drift_onset} on (held-out pixels + shift, clipped): delay = "
+            f"windows from the onset until the feature's alert is active (the onset's window "
+            f"counts 1; K = {t.k_raise} gives {t.k_raise} unless the window before was judged "
+            f"drifted or an alert was up); missed: not active within {s.drift_after} windows"
+        ),
+    )
+    return f"{a}\n\n{b}"
+
+
+def goal_lines(found: Sequence[Goal]) -> str:
+    width = max(len(g.name) for g in found)
+    lines = [
+        f"{'PASS' if g.passed else 'FAIL'}  {g.name.ljust(width)}  {g.measured}" for g in found
+    ]
+    return "\n".join(["Goals", *lines])
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for name in ("edgeops", "paho-mqtt", "sqlalchemy", "psycopg", "msgspec", "numpy"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=10)
+        found["mosquitto"] = out.stdout.splitlines()[0].split()[-1]
+    return found
+
+
+def write_json(path: Path, s: Settings, **parts: Any) -> None:
+    doc = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {**asdict(s), "out": str(s.out)},
+        "host": {"cpus": os.cpu_count(), "platform": sys.platform},
+        **parts,
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - STARTED, 1),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def run(s: Settings) -> None:
+    if sys.platform != "linux":
+        raise SystemExit("this benchmark reads CLOCK_MONOTONIC across processes: Linux only")
+    # The services log every alert raised and cleared; the tables count them.
+    logging.getLogger("edgeops.service").setLevel(logging.ERROR)
+    work = s.out / "service"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    p = prepare(work / "digits")
+    say(f"{s.base_windows} real windows of {s.window_samples} predictions")
+    bases = real_windows(p, work / "base-agent", s)
+    stream = make_stream(bases, s.windows, s.windows_per_device, "dev")
+    profile_stream = make_stream(
+        bases, s.profile_warmup + 2 * s.profile_windows, s.windows_per_device, "prof"
+    )
+
+    with Postgres() as pg:
+        phases = [run_phase(ph, stream, p, pg, s) for ph in PHASES]
+        say("profiling Service.handle")
+        breakdowns = [
+            breakdown("sqlite", f"sqlite:///{work / 'profile.db'}", profile_stream, p, s),
+            breakdown("postgresql", pg_database(pg, "bench_profile"), profile_stream, p, s),
+        ]
+
+    calm = []
+    for source in (HELD_OUT, TRAINING):
+        say(f"drift: a no-drift stream of {s.drift_windows} windows of {source} rows")
+        calm.append(drift_stream(p, StreamSpec(source, s.drift_windows, 0), work / "drift", s))
+    drifted: dict[float, list[StreamRun]] = {}
+    for shift in s.shifts:
+        say(f"drift: {s.drift_repeats} held-out streams shifted +{shift:g}")
+        drifted[shift] = [
+            drift_stream(
+                p,
+                StreamSpec(HELD_OUT, s.drift_onset + s.drift_after, seed, s.drift_onset, shift),
+                work / "drift",
+                s,
+            )
+            for seed in range(1, s.drift_repeats + 1)
+        ]
+    calm_summary = [row for r in calm for row in calm_rows(r)]
+    delay_summary = [row for runs in drifted.values() for row in delay_rows(runs)]
+    met = goals(phases)
+
+    one = next(r for r in phases if r.database == "postgresql" and r.processes == 1)
+    two = next(r for r in phases if r.processes == 2)
+    scaling = two.stored_per_s / one.stored_per_s
+    print(throughput_table(phases))
+    print(
+        f"Scaling, PostgreSQL: 2 processes store {two.stored_per_s:,.1f}/s, "
+        f"{scaling:.2f} x one process ({one.stored_per_s:,.1f}/s)"
+    )
+    print()
+    print(breakdown_table(breakdowns))
+    print()
+    print(library_table(breakdowns))
+    print()
+    print(top_table(breakdowns[0]))
+    print()
+    print(drift_tables(calm_summary, delay_summary, s))
+    print()
+    print(goal_lines(met))
+    out = s.out / "service.json"
+    write_json(
+        out,
+        s,
+        throughput=[asdict(r) | {"exactly_once": r.exactly_once} for r in phases],
+        scaling_two_processes=scaling,
+        breakdown=[asdict(b) for b in breakdowns],
+        drift={
+            "thresholds": asdict(DEFAULT_THRESHOLDS),
+            "no_drift": [asdict(r) for r in calm_summary],
+            "drifted": [asdict(r) for r in delay_summary],
+            "alerts_raised": {
+                r.spec.device: r.raised for r in (*calm, *itertools.chain(*drifted.values()))
+            },
+        },
+        goals=[asdict(g) for g in met],
+        all_goals_pass=all(g.passed for g in met),
+        bundle=str(p.bundle),
+    )
+    say(f"wrote {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="fewer windows, streams and repeats")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        (child_bare if spec["role"] == "bare" else child_service)(spec)
+        return 0
+    run(Settings.of(args.quick, args.out.resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
