@@ -2,7 +2,9 @@
 
 An :class:`Agent` owns its model store, the served model, the telemetry window, the outbox, the
 MQTT link, the local HTTP server and its threads; ``start()`` and ``stop()`` (or ``with``) bound
-their lives. The in-process API is :meth:`Agent.predict` and :meth:`Agent.feedback`.
+their lives. The in-process API is :meth:`Agent.predict` and :meth:`Agent.feedback`. Update
+commands go to its :class:`~device_agent.updater.Updater`, which finishes an interrupted update
+before the model is loaded at start.
 
 Every telemetry window and event becomes a typed message (:mod:`edgeops.wire`) in the disk outbox
 before anything is sent, so a broker outage or an agent restart loses nothing.
@@ -29,6 +31,7 @@ from device_agent.link import MqttLink
 from device_agent.outbox import Outbox
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
+from device_agent.updater import Updater
 from edgeops import __version__, topics, wire
 from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
 from edgeops.profile import Profile
@@ -90,6 +93,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
         self.http: Any = None
+        self.updater: Updater | None = None
         self.on_window: Callable[[wire.Telemetry], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -106,6 +110,8 @@ class Agent:
             max_bytes=cfg.mqtt.outbox_max_bytes,
         )
         self._reducer = ThreadPoolExecutor(1, thread_name_prefix="telemetry-reduce")
+        self.updater = Updater(self.store, cfg.update, self, threads=cfg.model.threads)
+        self.updater.recover()  # the model loaded below is a committed one
         if self.store.current() is None and cfg.model.bundle is not None:
             self.store.activate(self.store.install(cfg.model.bundle).id)
         current = self.store.current()
@@ -145,6 +151,8 @@ class Agent:
         if self.http is not None:
             self.http.stop()
         self._commands.put(None)
+        if self.updater is not None:
+            self.updater.stop()
         for t in self._threads:
             t.join(timeout=5)
         self.flush_window()
@@ -182,6 +190,9 @@ class Agent:
         model, window = self._model, self._window
         if model is None or window is None:
             raise ModelError("no model is loaded")
+        watch = self.updater.watch if self.updater is not None else None
+        if watch is not None and watch.model is not model:
+            watch = None
         t0 = time.perf_counter()
         try:
             prepared = model.prepare(data)
@@ -194,8 +205,12 @@ class Agent:
             floats = model.to_float(tensors)
         except Exception as e:
             window.count_error(n)
+            if watch is not None:
+                watch.error(n)
             raise RuntimeBackendError(f"inference failed: {e}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        if watch is not None:
+            watch.observe(elapsed_ms)
         predicted = model.predicted(floats)
         window.observe_prediction(
             elapsed_ms, floats[0], prepared.columns if self._sampled() else None
@@ -254,10 +269,17 @@ class Agent:
             raise ModelError("no model is loaded")
         return self._model.info()
 
-    def _swap_model(self, model: ServedModel | None) -> None:
-        """Serve ``model`` from now on; the current window is closed first."""
-        if self._window is not None:
-            self.flush_window()
+    def switch_to(self, model: ServedModel | None) -> wire.LatencyHistogram | None:
+        """Serve ``model`` from now on and tell the fleet (the updater's switch and rollback).
+        Returns the latency histogram of the window the previous model served, if it served."""
+        closed = self._swap_model(model)
+        if self.link is not None:
+            self.link.publish_status(wire.encode(self._status(online=True)))
+        return closed.latency if closed is not None and closed.latency.count else None
+
+    def _swap_model(self, model: ServedModel | None) -> wire.Telemetry | None:
+        """Serve ``model`` from now on; the current window is closed first (and returned)."""
+        closed = self.flush_window() if self._window is not None else None
         old = self._model
         profile = model.baseline if model is not None else Profile((), (), 10)
         task: Literal["classification", "regression"] = (
@@ -269,6 +291,7 @@ class Agent:
             self._window_start = time.time()
         if old is not None:
             old.close()
+        return closed
 
     # --- telemetry ----------------------------------------------------------------------------
 
@@ -392,6 +415,10 @@ class Agent:
             self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
             return
         assert isinstance(cmd, wire.Command)
+        if cmd.kind == "update":  # the updater publishes its own update-<state> events
+            assert self.updater is not None
+            self.updater.run(cmd)
+            return
         try:
             result = self._run_command(cmd)
         except EdgeOpsError as e:
@@ -410,6 +437,8 @@ class Agent:
             return self._set_config(cmd.args)
         if cmd.kind == "rollback":
             assert self.store is not None
+            if self.updater is not None and self.updater.busy:
+                raise ModelError("an update is in progress; it rolls back itself if it fails")
             entry = self.store.rollback()
             self._swap_model(ServedModel(entry, threads=self.config.model.threads))
             if self.link is not None:

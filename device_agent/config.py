@@ -26,6 +26,12 @@
     [http]
     port = 8470                     # on 127.0.0.1; or unix_socket = "/run/edgeops/agent.sock"
 
+    [update]
+    max_bytes = 524288000           # refuse bundles larger than this (500 MiB)
+    timeout = 30.0                  # seconds per network operation of a download
+    health_predictions = 100        # the health window, when the command gives neither
+    health_seconds = 60.0
+
 An environment variable such as ``EDGEOPS_AGENT_MQTT_HOST=broker.local`` overrides a key; values
 are parsed as TOML values where they parse (numbers, booleans, arrays) and as strings otherwise.
 """
@@ -111,6 +117,27 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """Over-the-air updates (:mod:`device_agent.updater`)."""
+
+    max_bytes: int = 500 * 2**20
+    """The largest bundle a download may bring."""
+    timeout: float = 30.0
+    """Seconds one network operation of a download may take (connect, or one read)."""
+    attempts: int = 3
+    """Download attempts; each one resumes (HTTP Range) where the previous stopped."""
+    health_predictions: int = 100
+    """Predictions in the health window when the update command gives neither a count nor a
+    time."""
+    health_seconds: float = 60.0
+    """The health window's length when the command gives neither; also its cap when the command
+    gives only a prediction count."""
+    bench_runs: int = 30
+    """Single-sample runs of the old and the new model on the bundle's samples, for the latency
+    comparison when traffic is too thin."""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     json: bool = False
@@ -123,6 +150,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def checked(self) -> AgentConfig:
@@ -142,6 +170,14 @@ class AgentConfig:
             raise UsageError("config: model.threads must be at least 1")
         if not 0 < self.mqtt.port < 65536 or not 0 <= self.http.port < 65536:
             raise UsageError("config: ports must be between 1 and 65535")
+        u = self.update
+        if u.max_bytes < 1 or u.attempts < 1 or u.health_predictions < 1 or u.bench_runs < 1:
+            raise UsageError(
+                "config: update.max_bytes, attempts, health_predictions and bench_runs "
+                "must be at least 1"
+            )
+        if not u.timeout > 0 or not u.health_seconds > 0:
+            raise UsageError("config: update.timeout and health_seconds must be positive")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError("config: log.level must be debug, info, warning or error")
         return self
@@ -153,6 +189,7 @@ _SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "mqtt": MqttConfig,
     "http": HttpConfig,
+    "update": UpdateConfig,
     "log": LogConfig,
 }
 

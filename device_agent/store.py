@@ -7,6 +7,8 @@
       models/ID/manifest.json       one directory per installed bundle, ID = NAME-VERSION-HASH
       models/ID/model.tflite|onnx
       models/ID/samples.npz
+      downloads/                    bundles being downloaded by the updater
+      update.json                   the updater's state (see device_agent.updater)
 
 A bundle is verified (signature, hashes, container) before anything is extracted, and extracted
 into a staging directory that is renamed into place, so a model directory is either complete or
@@ -118,6 +120,16 @@ class ModelStore:
             return None
         return Installed(entry_id, d, manifest)
 
+    @staticmethod
+    def entry_id(manifest: dict[str, Any]) -> str:
+        """The id a bundle with this (verified) manifest is installed under."""
+        digest = hashlib.sha256(canonical_json(manifest)).hexdigest()[:12]
+        return f"{manifest['name']}-{manifest['version']}-{digest}"
+
+    def pointer(self) -> dict[str, str | None]:
+        """The ids of the current and the previous model (None where there is none)."""
+        return dict(self._pointer())
+
     def current(self) -> Installed | None:
         return self._entry(self._pointer()["current"])
 
@@ -131,8 +143,7 @@ class ModelStore:
         with Bundle.open(bundle) as b:
             b.verify(self.keys, allow_unsigned=self.allow_unsigned)
             manifest = b.manifest
-            digest = hashlib.sha256(canonical_json(manifest)).hexdigest()[:12]
-            entry_id = f"{b.name}-{b.version}-{digest}"
+            entry_id = self.entry_id(manifest)
             final = self.root / "models" / entry_id
             if (final / MANIFEST).is_file():
                 return Installed(entry_id, final, manifest)
@@ -167,3 +178,26 @@ class ModelStore:
             raise BundleError("no previous model to roll back to")
         self._set_pointer(previous.id, ptr["current"])
         return previous
+
+    def set_pointer(self, current: str | None, previous: str | None) -> None:
+        """Put the pointer back to a state recorded earlier (the updater's undo)."""
+        for entry_id in (current, previous):
+            if entry_id is not None and self._entry(entry_id) is None:
+                raise BundleError(f"model {entry_id} is not installed")
+        self._set_pointer(current, previous)
+
+    def remove(self, entry_id: str) -> None:
+        """Delete an installed model that is neither current nor previous."""
+        if entry_id in self._pointer().values():
+            raise BundleError(f"model {entry_id} is in use; it cannot be removed")
+        shutil.rmtree(self.root / "models" / entry_id, ignore_errors=True)
+
+    def prune(self) -> list[str]:
+        """Delete every installed model but the current and the previous one; their ids."""
+        keep = {v for v in self._pointer().values() if v is not None}
+        removed = []
+        for d in sorted((self.root / "models").iterdir()):
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        return removed

@@ -1,0 +1,696 @@
+"""Over-the-air model updates on the device: download, verify, stage, switch, watch, commit.
+
+::
+
+    downloading -> verifying -> staged -> switching -> health -> committed
+                                                              -> rolled-back
+    failed (at any step before health: the current model is left untouched)
+
+Each state is written to ``STORE/update.json`` (write, fsync, rename) *before* it is acted on,
+and published as an ``update-<state>`` event carrying the command's id. :meth:`Updater.recover`,
+called when the agent starts, finishes an update that a crash interrupted: before the switch
+completed, the downloaded and staged files are discarded and the pointer restored
+(``update-failed``, "interrupted at <state>"); during the health window, the previous model is
+made current again (``update-rolled-back``, "interrupted during health window"). A terminal state
+is written with ``"reported": false``, acted on (pointer, files), published, then marked
+reported, so a kill between any two of these steps is finished on the next start as well.
+
+The state file::
+
+    {"command_id": "3f2a...", "state": "health", "reported": false,
+     "url": "https://...", "sha256": "...", "size": 123456, "version": "1.1.0",
+     "health": {"predictions": 100, "seconds": null, "max_error_rate": 0.05, ...},
+     "download": "downloads/<sha256>.part", "entry": "digits-1.1.0-0123456789ab",
+     "before": {"current": "digits-1.0.0-...", "previous": null},
+     "at": null, "reason": null, "updated": 1700000000.0,
+     "history": [["downloading", 1700000000.0], ...]}
+
+The health window counts the new model's predictions and inference errors and its latency
+(:class:`~edgeops.latency.LogHistogram`). The p95 budget is checked against the window's traffic
+(or, with fewer than :data:`MIN_TRAFFIC` predictions, the new model's p95 on the bundle's sample
+inputs); the ratio against the previous model compares the traffic of the telemetry window before
+the switch with the health window's, or, where either saw too little traffic, both models'
+latency on the sample inputs, measured one after the other while staging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.util
+import json
+import logging
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from device_agent.config import UpdateConfig
+from device_agent.serving import ServedModel
+from device_agent.store import ModelStore, _write_atomic
+from edgeops import wire
+from edgeops.bundle import Bundle
+from edgeops.errors import EdgeOpsError, first_line
+from edgeops.latency import LogHistogram
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "update.json"
+DOWNLOADS = "downloads"
+ACTIVE = ("downloading", "verifying", "staged", "switching", "health")
+TERMINAL = ("committed", "rolled-back", "failed")
+MIN_TRAFFIC = 10
+"""Fewer predictions than this in a window: latency is compared on the sample inputs instead."""
+_CHUNK = 64 * 1024
+
+# The runtimes a model format needs, by top-level module (found without importing them).
+_RUNTIMES = {
+    "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow"),
+    "onnx": ("onnxruntime",),
+}
+
+
+class UpdateHost(Protocol):
+    """What the updater needs from the agent."""
+
+    @property
+    def model(self) -> ServedModel | None: ...
+
+    def event(
+        self,
+        kind: str,
+        *,
+        level: str = "info",
+        message: str = "",
+        command_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    def switch_to(self, model: ServedModel | None) -> wire.LatencyHistogram | None:
+        """Serve ``model`` from now on; the latency of the window that served the old one."""
+        ...
+
+
+class _Failed(Exception):
+    """An update step failed; the message is the reason reported. Never leaves this module."""
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthGate:
+    """The health window of one update and what the new model must meet in it."""
+
+    predictions: int | None = None
+    """End the window after this many predictions by the new model."""
+    seconds: float | None = None
+    """End the window after this many seconds (the first of the two ends it)."""
+    max_error_rate: float | None = 0.05
+    max_p95_ms: float | None = None
+    max_latency_ratio: float | None = 1.5
+    """The new model's p95 over the previous model's."""
+
+    @classmethod
+    def from_args(cls, raw: Any, config: UpdateConfig) -> HealthGate:
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise _Failed("health must be an object")
+        unknown = sorted(set(raw) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise _Failed(f"unknown health setting(s): {', '.join(unknown)}")
+        values = {f: raw.get(f, getattr(cls, f)) for f in cls.__dataclass_fields__}
+        for k, v in values.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
+                raise _Failed(f"health.{k} must be a non-negative number or null, got {v!r}")
+        predictions, seconds = values["predictions"], values["seconds"]
+        if predictions is None and seconds is None:
+            predictions, seconds = config.health_predictions, config.health_seconds
+        return cls(
+            predictions=None if predictions is None else int(predictions),
+            seconds=config.health_seconds if seconds is None else float(seconds),
+            max_error_rate=values["max_error_rate"],
+            max_p95_ms=values["max_p95_ms"],
+            max_latency_ratio=values["max_latency_ratio"],
+        )
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    url: str
+    sha256: str
+    size: int
+    version: str | None
+    health: HealthGate
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any], config: UpdateConfig) -> UpdateRequest:
+        url, sha, size, version = (args.get(k) for k in ("url", "sha256", "size", "version"))
+        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise _Failed(f"url must be an http or https URL, got {url!r}")
+        if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
+            raise _Failed("sha256 must be 64 lowercase hex digits")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise _Failed(f"size must be a positive byte count, got {size!r}")
+        if size > config.max_bytes:
+            raise _Failed(f"the bundle ({size} bytes) is larger than the limit {config.max_bytes}")
+        if version is not None and not isinstance(version, str):
+            raise _Failed(f"version must be a string, got {version!r}")
+        return cls(url, sha, size, version, HealthGate.from_args(args.get("health"), config))
+
+
+# --- pure parts: the health verdict -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What the health window saw, and the latencies it is judged on."""
+
+    predictions: int
+    errors: int
+    p95_ms: float | None
+    """The new model's p95: the window's traffic, else the sample inputs."""
+    latency_ratio: float | None
+    """The new model's p95 over the previous model's, on ``ratio_basis``."""
+    ratio_basis: str
+    """"traffic" or "samples"."""
+
+    @property
+    def error_rate(self) -> float:
+        total = self.predictions + self.errors
+        return self.errors / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error_rate": self.error_rate}
+
+
+def health_report(
+    *,
+    predictions: int,
+    errors: int,
+    new_traffic: LogHistogram,
+    old_traffic: LogHistogram | None,
+    new_samples: LogHistogram,
+    old_samples: LogHistogram | None,
+) -> HealthReport:
+    """Choose the latencies to judge on: traffic where there was enough, else sample inputs."""
+    enough_new = new_traffic.count >= MIN_TRAFFIC
+    p95 = (new_traffic if enough_new else new_samples).quantile(0.95)
+    ratio: float | None = None
+    basis = "samples"
+    if enough_new and old_traffic is not None and old_traffic.count >= MIN_TRAFFIC:
+        new, old, basis = new_traffic.quantile(0.95), old_traffic.quantile(0.95), "traffic"
+    else:
+        new = new_samples.quantile(0.95)
+        old = None if old_samples is None else old_samples.quantile(0.95)
+    if new is not None and old:
+        ratio = new / old
+    return HealthReport(predictions, errors, p95, ratio, basis)
+
+
+def judge(gate: HealthGate, report: HealthReport) -> str | None:
+    """Why the new model fails the gate, or None when it passes."""
+    if gate.max_error_rate is not None and report.error_rate > gate.max_error_rate:
+        return f"error rate {report.error_rate:.3f} is above {gate.max_error_rate}"
+    p95, budget = report.p95_ms, gate.max_p95_ms
+    if budget is not None and p95 is not None and p95 > budget:
+        return f"p95 latency {p95:.3f} ms is above the budget {budget} ms"
+    ratio, most = report.latency_ratio, gate.max_latency_ratio
+    if most is not None and ratio is not None and ratio > most:
+        return (
+            f"p95 latency is {ratio:.2f}x the previous model's "
+            f"({report.ratio_basis}); at most {most}x allowed"
+        )
+    return None
+
+
+class HealthWatch:
+    """Counts the new model's predictions and errors during the health window. Thread-safe."""
+
+    def __init__(self, model: ServedModel, predictions: int | None) -> None:
+        self.model = model
+        self._target = predictions
+        self._lock = threading.Lock()
+        self._latency = LogHistogram()
+        self._errors = 0
+        self.done = threading.Event()
+
+    def observe(self, latency_ms: float) -> None:
+        with self._lock:
+            self._latency.add(latency_ms)
+            if self._target is not None and self._latency.count >= self._target:
+                self.done.set()
+
+    def error(self, n: int = 1) -> None:
+        with self._lock:
+            self._errors += n
+
+    def snapshot(self) -> tuple[int, int, LogHistogram]:
+        with self._lock:
+            copy = LogHistogram()
+            copy.merge(self._latency)
+            return self._latency.count, self._errors, copy
+
+
+# --- download ---------------------------------------------------------------------------------
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    size: int,
+    max_bytes: int,
+    timeout: float,
+    attempts: int,
+    stop: threading.Event | None = None,
+) -> None:
+    """Fetch ``url`` into ``dest``, continuing what ``dest`` already holds (HTTP Range).
+
+    Raises :class:`_Failed` when the server sends more than ``size`` or ``max_bytes``, refuses,
+    or every attempt ends early.
+    """
+    limit = min(size, max_bytes)
+    last = "no attempt made"
+    for _ in range(attempts):
+        have = dest.stat().st_size if dest.exists() else 0
+        if have > limit:
+            dest.unlink()
+            have = 0
+        if have == size:
+            return
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with urllib.request.urlopen(  # the scheme is checked: http or https
+                urllib.request.Request(url, headers=headers), timeout=timeout
+            ) as resp:
+                if have and resp.status != 206:  # the server ignored the range: start again
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                if length is not None and have + int(length) > limit:
+                    raise _Failed(_too_large(have + int(length), size, max_bytes))
+                with dest.open("ab" if have else "wb") as f:
+                    while chunk := resp.read(_CHUNK):
+                        if stop is not None and stop.is_set():
+                            raise _Failed("the agent is stopping")
+                        have += len(chunk)
+                        if have > limit:
+                            raise _Failed(_too_large(have, size, max_bytes))
+                        f.write(chunk)
+                    f.flush()
+            if have == size:
+                return
+            last = f"the transfer ended after {have} of {size} bytes"
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                raise _Failed(f"download refused: HTTP {e.code} {e.reason}") from None
+            last = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            last = first_line(e)
+        log.info("download of %s interrupted (%s); resuming", url, last)
+    raise _Failed(f"download failed after {attempts} attempt(s): {last}")
+
+
+def _too_large(got: int, size: int, max_bytes: int) -> str:
+    if got > max_bytes:
+        return f"the download ({got} bytes or more) exceeds the limit of {max_bytes} bytes"
+    return f"the download ({got} bytes or more) is larger than the expected {size} bytes"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def runtime_available(fmt: str) -> str | None:
+    """The installed runtime package for a model format, or None."""
+    for module in _RUNTIMES.get(fmt, ()):
+        if importlib.util.find_spec(module) is not None:
+            return module
+    return None
+
+
+def bench(model: ServedModel, x: np.ndarray[Any, Any], runs: int) -> LogHistogram:
+    """Latency of single-sample runs over ``x`` (after a short warm-up)."""
+    h = LogHistogram()
+    for i in range(runs + 3):
+        sample = x[i % len(x)][None]
+        t0 = time.perf_counter()
+        model.run(sample, raw=True)
+        if i >= 3:
+            h.add((time.perf_counter() - t0) * 1000.0)
+    return h
+
+
+# --- the updater ------------------------------------------------------------------------------
+
+
+class Updater:
+    """Carries out update commands one at a time, and finishes interrupted ones at start."""
+
+    def __init__(
+        self, store: ModelStore, config: UpdateConfig, host: UpdateHost, *, threads: int = 1
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.host = host
+        self.threads = threads
+        self.state_path = store.root / STATE_FILE
+        self.downloads = store.root / DOWNLOADS
+        self.watch: HealthWatch | None = None
+        """The running health window, fed by the agent's predictions."""
+        self._lock = threading.Lock()
+        self._busy = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def state(self) -> dict[str, Any] | None:
+        """The state file's record, or None when there is none (or it is unreadable)."""
+        try:
+            data = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("update state unreadable (%s); ignored", e)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def stop(self) -> None:
+        """Stop a health window without a verdict: the next start rolls the update back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish an update a crash or stop interrupted (call before loading the model)."""
+        rec = self.state()
+        if rec is None:
+            return
+        state = rec.get("state")
+        if state in TERMINAL:
+            if not rec.get("reported", True):
+                self._finish(rec, str(state), rec.get("reason") or "", interrupted=True)
+            return
+        if state == "health":
+            self._finish(rec, "rolled-back", "interrupted during health window", interrupted=True)
+        else:
+            self._finish(rec, "failed", f"interrupted at {state}", interrupted=True)
+        self._clean_downloads()
+
+    # --- the command --------------------------------------------------------------------------
+
+    def run(self, cmd: wire.Command) -> None:
+        """Carry out an update command (in the command thread); never raises. The health window
+        continues in a thread of its own."""
+        with self._lock:
+            if self._busy:
+                self.host.event(
+                    "update-failed",
+                    level="error",
+                    message="another update is in progress",
+                    command_id=cmd.id,
+                    data={"at": "request"},
+                )
+                return
+            self._busy = True
+        handed_off = False
+        try:
+            handed_off = self._run(cmd)
+        finally:
+            if not handed_off:
+                self._busy = False
+
+    def _run(self, cmd: wire.Command) -> bool:
+        try:
+            req = UpdateRequest.from_args(cmd.args, self.config)
+        except _Failed as e:
+            self.host.event(
+                "update-failed",
+                level="error",
+                message=str(e),
+                command_id=cmd.id,
+                data={"at": "request"},
+            )
+            return False
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        rec: dict[str, Any] = {
+            "command_id": cmd.id,
+            "state": None,
+            "reported": False,
+            "url": req.url,
+            "sha256": req.sha256,
+            "size": req.size,
+            "version": req.version,
+            "health": asdict(req.health),
+            "download": f"{DOWNLOADS}/{req.sha256}.part",
+            "entry": None,
+            "before": self.store.pointer(),
+            "at": None,
+            "reason": None,
+            "history": [],
+        }
+        new: ServedModel | None = None
+        try:
+            path = self.store.root / rec["download"]
+            self._enter(rec, "downloading", {"url": req.url, "size": req.size})
+            download(
+                req.url,
+                path,
+                size=req.size,
+                max_bytes=self.config.max_bytes,
+                timeout=self.config.timeout,
+                attempts=self.config.attempts,
+                stop=self._stop,
+            )
+            self._enter(rec, "verifying", {"bytes": path.stat().st_size})
+            manifest = self._verify(path, req)
+            rec["entry"] = ModelStore.entry_id(manifest)
+            rec["version"] = manifest["version"]
+            self._enter(rec, "staged", {"entry": rec["entry"]})
+            new, samples = self._stage(path, rec["entry"])
+            old = self.host.model
+            old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
+            new_bench = bench(new, samples, self.config.bench_runs)
+            self._enter(
+                rec,
+                "switching",
+                {
+                    "from": None if old is None else old.ref.version,
+                    "to": new.ref.version,
+                    "samples_p95_ms": {
+                        "previous": None if old_bench is None else old_bench.quantile(0.95),
+                        "new": new_bench.quantile(0.95),
+                    },
+                },
+            )
+            watch = HealthWatch(new, req.health.predictions)
+            self.watch = watch
+            self.store.activate(rec["entry"])
+            served, new = new, None  # the agent owns it now
+            old_window = self.host.switch_to(served)
+        except _Failed as e:
+            self._fail(rec, str(e), new)
+            return False
+        except EdgeOpsError as e:
+            self._fail(rec, str(e), new)
+            return False
+        except Exception as e:  # a bug or an unforeseen failure: the current model stays
+            log.exception("update failed")
+            self._fail(rec, first_line(e), new)
+            return False
+        old_traffic = None if old_window is None else LogHistogram.from_wire(old_window)
+        self._enter(rec, "health", asdict(req.health))
+        self._thread = threading.Thread(
+            target=self._health,
+            args=(rec, req.health, watch, old_traffic, new_bench, old_bench),
+            name="update-health",
+            daemon=True,
+        )
+        self._thread.start()
+        return True
+
+    def _verify(self, path: Path, req: UpdateRequest) -> dict[str, Any]:
+        got = path.stat().st_size
+        if got != req.size:
+            raise _Failed(f"size {got} differs from the expected {req.size} bytes")
+        if _sha256(path) != req.sha256:
+            raise _Failed("sha256 differs from the command's")
+        with Bundle.open(path) as b:
+            b.verify(self.store.keys, allow_unsigned=self.store.allow_unsigned)
+            manifest = b.manifest
+        if req.version is not None and manifest["version"] != req.version:
+            raise _Failed(f"the bundle is version {manifest['version']}, not {req.version}")
+        fmt = str((manifest.get("min_runtime") or {}).get("format") or "")
+        fmt = fmt or str(manifest.get("model", {}).get("format", ""))
+        if runtime_available(fmt) is None:
+            raise _Failed(f"no runtime for {fmt or 'an unknown'} models is installed")
+        if ModelStore.entry_id(manifest) == self.store.pointer()["current"]:
+            raise _Failed(f"{manifest['name']} {manifest['version']} is already current")
+        return manifest
+
+    def _stage(self, path: Path, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
+        entry = self.store.install(path)
+        assert entry.id == entry_id
+        try:
+            model = ServedModel(entry, threads=self.threads)
+        except EdgeOpsError as e:
+            raise _Failed(f"the model does not load: {e}") from None
+        try:
+            spec = entry.manifest["samples"]
+            with np.load(entry.samples_path) as z:
+                x = z["inputs"].astype(np.float32)
+                expected = [z[f"output_{i}"] for i in range(len(model.runtime.outputs))]
+            got = model.run(x)
+            atol, rtol = float(spec["atol"]), float(spec["rtol"])
+            for i, (g, want) in enumerate(zip(got, expected, strict=True)):
+                same_shape = g.shape == want.shape
+                if not same_shape or not np.allclose(g, want, atol=atol, rtol=rtol):
+                    worst = float(np.max(np.abs(g - want))) if same_shape else float("nan")
+                    raise _Failed(
+                        f"sample outputs differ from the bundle's expected outputs "
+                        f"(output {i}: max difference {worst:.4g}, atol {atol}, rtol {rtol})"
+                    )
+        except _Failed:
+            model.close()
+            raise
+        except Exception as e:
+            model.close()
+            raise _Failed(f"the sample check failed: {first_line(e)}") from None
+        return model, x
+
+    def _health(
+        self,
+        rec: dict[str, Any],
+        gate: HealthGate,
+        watch: HealthWatch,
+        old_traffic: LogHistogram | None,
+        new_samples: LogHistogram,
+        old_samples: LogHistogram | None,
+    ) -> None:
+        try:
+            deadline = time.monotonic() + (gate.seconds or self.config.health_seconds)
+            while not watch.done.is_set() and time.monotonic() < deadline:
+                if self._stop.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                    log.info("agent stopping during the health window; rolled back at restart")
+                    return
+            predictions, errors, latency = watch.snapshot()
+            report = health_report(
+                predictions=predictions,
+                errors=errors,
+                new_traffic=latency,
+                old_traffic=old_traffic,
+                new_samples=new_samples,
+                old_samples=old_samples,
+            )
+            rec["health_report"] = report.to_dict()
+            reason = judge(gate, report)
+            if reason is None:
+                self._finish(rec, "committed", "")
+            else:
+                self._finish(rec, "rolled-back", reason)
+        except Exception as e:
+            log.exception("health window failed")
+            try:
+                self._finish(rec, "rolled-back", f"health window failed: {first_line(e)}")
+            except Exception:
+                log.exception("rollback failed; the next start finishes it")
+        finally:
+            self.watch = None
+            self._busy = False
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _persist(self, rec: dict[str, Any]) -> None:
+        rec["updated"] = time.time()
+        _write_atomic(self.state_path, json.dumps(rec, indent=2).encode())
+
+    def _enter(self, rec: dict[str, Any], state: str, data: dict[str, Any]) -> None:
+        """Persist ``state``, then publish it; the caller acts on it after."""
+        rec["state"] = state
+        rec["history"].append([state, time.time()])
+        self._persist(rec)
+        self.host.event(
+            f"update-{state}",
+            command_id=rec["command_id"],
+            data={"version": rec["version"], **data},
+        )
+
+    def _fail(self, rec: dict[str, Any], reason: str, model: ServedModel | None) -> None:
+        if model is not None:
+            model.close()
+        self.watch = None
+        if rec["state"] is None:  # nothing persisted yet
+            self.host.event(
+                "update-failed", level="error", message=reason, command_id=rec["command_id"]
+            )
+            return
+        self._finish(rec, "failed", reason)
+
+    def _finish(
+        self, rec: dict[str, Any], state: str, reason: str, *, interrupted: bool = False
+    ) -> None:
+        """Enter a terminal state: persist it, act (pointer, files), publish, mark reported."""
+        if rec["state"] not in TERMINAL:
+            rec["at"] = rec["state"]
+            rec["reason"] = reason or None
+            rec["state"] = state
+            rec["reported"] = False
+            rec["history"].append([state, time.time()])
+            self._persist(rec)
+        if state == "committed":
+            pruned = self.store.prune()
+            if pruned:
+                log.info("pruned old models: %s", ", ".join(pruned))
+        else:
+            self._undo(rec, serve=not interrupted)
+        path = self.store.root / str(rec.get("download") or "")
+        if rec.get("download"):
+            path.unlink(missing_ok=True)
+        data: dict[str, Any] = {"version": rec.get("version"), "at": rec.get("at")}
+        if rec.get("health_report") is not None:
+            data["health"] = rec["health_report"]
+        if state != "committed":
+            data["reason"] = reason
+            current = self.store.current()
+            data["serving"] = None if current is None else current.version
+        self.host.event(
+            f"update-{state}",
+            level="info" if state == "committed" else "error",
+            message=reason,
+            command_id=rec.get("command_id"),
+            data=data,
+        )
+        rec["reported"] = True
+        self._persist(rec)
+
+    def _undo(self, rec: dict[str, Any], *, serve: bool) -> None:
+        """Restore the pointer from before the update and delete what it installed."""
+        before = rec.get("before") or {}
+        entry = rec.get("entry")
+        if entry is not None and self.store.pointer()["current"] == entry:
+            self.store.set_pointer(before.get("current"), before.get("previous"))
+            if serve:
+                current = self.store.current()
+                model = None if current is None else ServedModel(current, threads=self.threads)
+                self.host.switch_to(model)
+        if entry is not None and entry not in before.values():
+            self.store.remove(entry)
+
+    def _clean_downloads(self) -> None:
+        shutil.rmtree(self.downloads, ignore_errors=True)
