@@ -352,6 +352,7 @@ def test_agent_modules_never_import_tensorflow() -> None:
         "import sys\n"
         "import device_agent.agent, device_agent.daemon, device_agent.http_api, device_agent.link\n"
         "import device_agent.client, device_agent.replay, device_agent.store, edgeops.cli.agent\n"
+        "import device_agent.updater\n"
         "heavy = ('tensorflow', 'keras', 'converters', 'tf2onnx', 'onnx')\n"
         "print(sorted(m for m in sys.modules\n"
         "             if m.split('.')[0] in heavy or m.startswith('edgeops.trainer')))\n"

@@ -31,7 +31,7 @@ def test_cli_help_does_not_import_tensorflow() -> None:
 def test_core_modules_stay_light() -> None:
     code = "import edgeops.bundle, edgeops.signing, edgeops.profile, edgeops.stats, edgeops.metrics"
     code += ", edgeops.preprocessing, edgeops.schema, edgeops.table, edgeops.modelinfo"
-    code += ", edgeops.wire, edgeops.topics, edgeops.latency, edgeops.window"
+    code += ", edgeops.wire, edgeops.topics, edgeops.latency, edgeops.window, edgeops.drift"
     assert _loaded_after(code) == []
 
 

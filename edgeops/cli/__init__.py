@@ -78,7 +78,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="edgeops")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
-    """edgeops: convert, quantize and benchmark models for edge devices."""
+    """edgeops: train, convert, sign and serve models on edge devices, and watch the fleet."""
     level = logging.WARNING - 10 * min(verbose, 2)
     root = logging.getLogger()
     if not any(isinstance(h, _Stderr) for h in root.handlers):
