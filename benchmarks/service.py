@@ -393,14 +393,14 @@ def child_service(spec: dict[str, Any]) -> None:
     await_word("go")
     svc = Service(cfg, http=False, client_id=spec["client_id"])
     stamps = Stamps()
-    handle = svc.handle
+    handle = svc.handle_batch
 
-    def timed(topic: str, payload: bytes) -> None:
+    def timed(topic: Any, payload: Any = None, **kw: Any) -> None:
         start = time.monotonic()
-        handle(topic, payload)
+        handle(topic, **kw)
         stamps.add(start, time.monotonic())
 
-    svc.handle = timed  # type: ignore[method-assign]
+    svc.handle_batch = timed  # type: ignore[method-assign]
     with svc:
         reply(event="started")
         await_word("stop")
@@ -819,8 +819,8 @@ def breakdown(name: str, url: str, stream: Stream, p: Prepared, s: Settings) -> 
         stages = Stages()
         stages.wrap(svc, "handle", "handle")
         stages.wrap(svc.counters.wire, "decode", "decode")
-        stages.wrap(svc.store, "add_window", "add_window")
-        stages.wrap(svc.store, "recent_windows", "recent_windows")
+        stages.wrap(svc.store, "add_batch", "add_window")
+        stages.wrap(svc.store, "device_span", "recent_windows")
         stages.wrap(svc.engine, "evaluate_device", "evaluate_device")
         stages.wrap(svc.engine, "_evaluate", "_evaluate")
         stages.wrap(svc.engine, "_store_and_step", "_store_and_step")

@@ -4,19 +4,26 @@ A :class:`Service` owns its database engine, its MQTT client (a persistent MQTT 
 shared subscription, so several processes split one fleet's load), a worker thread that stores
 messages and evaluates drift, a timer thread for fleet-wide evaluations, and the REST API.
 
-Messages are acknowledged to the broker only after they are stored (paho's manual ack), so a
-service crash loses nothing the broker delivered; a redelivery is dropped by the database's
-unique ``(fleet, device, boot, seq)`` key.
+The worker takes the queued messages in batches (up to ``batch_size``, as many as are waiting)
+and stores each batch in one transaction. Its messages are acknowledged to the broker only after
+that commit (paho's manual ack), so a service crash loses nothing the broker delivered; a
+redelivery, in a later batch or the same one, is dropped by the database's unique ``(fleet,
+device, boot, seq)`` key and counted as a duplicate. Drift is then evaluated once per device
+that got new windows in the batch, at its newest one (see :mod:`edgeops.service.engine`): a
+backlog costs one evaluation per device and batch, not one per window. A crash between the ack
+and the evaluation skips that evaluation; the device's next window evaluates its span again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,9 @@ from edgeops.signing import load_verify_keys
 log = logging.getLogger(__name__)
 
 __all__ = ["Service", "ServiceConfig"]
+
+BATCH_SIZE = 500
+"""The most queued messages the worker stores in one transaction."""
 
 
 @dataclass
@@ -61,13 +71,21 @@ class Counters:
 class Service:
     """Consumes a fleet's telemetry; see the module docstring."""
 
-    def __init__(self, config: ServiceConfig, *, http: bool = True, client_id: str | None = None):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        http: bool = True,
+        client_id: str | None = None,
+        batch_size: int = BATCH_SIZE,
+    ):
         self.config = config
         self.engine_db = db.connect(config.db)
         self.store = db.Store(self.engine_db)
         self.counters = Counters()
         self.engine = Engine(self.store, config, publish=self._publish_retained)
-        self._queue: queue.Queue[tuple[mqtt.MQTTMessage, int] | None] = queue.Queue(maxsize=10_000)
+        self.batch_size = batch_size
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._use_http = http
@@ -167,7 +185,7 @@ class Service:
         self.connected.clear()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put((msg, msg.mid))
+        self._queue.put(msg)
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1, retain=True)
@@ -176,28 +194,85 @@ class Service:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            first = self._queue.get()
+            if first is None:
                 return
-            msg, mid = item
+            batch = [first]
+            stopping = False
+            while len(batch) < self.batch_size:
+                try:
+                    msg = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if msg is None:
+                    stopping = True
+                    break
+                batch.append(msg)
             try:
-                self.handle(msg.topic, bytes(msg.payload))
+                self.handle_batch(
+                    [(m.topic, bytes(m.payload)) for m in batch],
+                    on_stored=functools.partial(self._ack, batch),
+                )
             except Exception:  # storage down: do not ack, the broker redelivers
-                log.exception("storing a message from %s failed", msg.topic)
+                log.exception("storing a batch of %d messages failed", len(batch))
                 time.sleep(1.0)
-                continue
-            if msg.qos > 0:
-                self.client.ack(mid, msg.qos)
+            if stopping:
+                return
+
+    def _ack(self, batch: list[mqtt.MQTTMessage]) -> None:
+        for m in batch:
+            if m.qos > 0:
+                self.client.ack(m.mid, m.qos)
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Decode, check, store and evaluate one message. Bad messages are counted, never raised."""
-        self.counters.received += 1
+        """Decode, check, store and evaluate one message (a batch of one)."""
+        self.handle_batch([(topic, payload)])
+
+    def handle_batch(
+        self,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        """Decode and check ``(topic, payload)`` messages, store them in one transaction, call
+        ``on_stored`` (the worker acks there), then evaluate drift once per device that got new
+        windows. Bad messages are counted, never raised; a storage failure raises (nothing of
+        the batch is stored); an evaluation failure is counted and logged."""
+        new_windows: list[db.NewWindow] = []
+        new_events: list[tuple[str, wire.Event]] = []
+        statuses: list[tuple[str, wire.Status]] = []
+        for topic, payload in messages:
+            self.counters.received += 1
+            checked = self._check(topic, payload)
+            if checked is None:
+                continue
+            fleet, m = checked
+            if isinstance(m, wire.Status):
+                statuses.append((fleet, m))
+            elif isinstance(m, wire.Event):
+                new_events.append((fleet, m))
+            elif isinstance(m, wire.Telemetry):
+                new_windows.append(db.NewWindow(fleet, m, payload))
+        if new_windows or new_events or statuses:
+            stored = self.store.add_batch(new_windows, new_events, statuses)
+            self.counters.statuses += len(statuses)
+            self.counters.stored_events += stored.events
+            self.counters.stored_windows += len(stored.windows)
+            self.counters.duplicates += stored.duplicates
+        else:
+            stored = db.StoredBatch([], 0, 0)
+        if on_stored is not None:
+            on_stored()
+        self._evaluate(stored.windows)
+
+    def _check(self, topic: str, payload: bytes) -> tuple[str, wire.Message] | None:
+        """The fleet and the decoded message, or None (counted) when it is not acceptable."""
         try:
             t = topics.parse(topic)
         except ValueError as e:
             log.warning("ignored a message on %s: %s", topic, e)
             self.counters.mismatched_topic += 1
-            return
+            return None
         m: wire.Message | None
         if t.kind == "telemetry":
             m = self.counters.wire.decode(payload, wire.Telemetry, topic=topic)
@@ -207,32 +282,32 @@ class Service:
             m = self.counters.wire.decode(payload, wire.Status, topic=topic)
         else:
             self.counters.mismatched_topic += 1
-            return
+            return None
         if m is None:
-            return
+            return None
         if getattr(m, "device", None) != t.device:
             log.warning("message on %s names device %r; ignored", topic, getattr(m, "device", None))
             self.counters.mismatched_topic += 1
-            return
-        if isinstance(m, wire.Status):
-            self.counters.statuses += 1
-            self.store.set_status(t.fleet, m)
-        elif isinstance(m, wire.Event):
-            if self.store.add_event(t.fleet, m):
-                self.counters.stored_events += 1
-            else:
-                self.counters.duplicates += 1
-        elif isinstance(m, wire.Telemetry):
-            window_id = self.store.add_window(t.fleet, m, payload)
-            if window_id is None:
-                self.counters.duplicates += 1
-                return
-            self.counters.stored_windows += 1
+            return None
+        return t.fleet, m
+
+    def _evaluate(self, stored: Sequence[db.StoredWindow]) -> None:
+        """Evaluate each (fleet, device, model) once, at its newest window of the batch."""
+        newest: dict[tuple[str, str, str, str], db.StoredWindow] = {}
+        for w in stored:  # oldest id first: the last one of a device wins
+            m = w.telemetry.model
+            if m is not None:
+                newest[(w.fleet, w.device, m.name, m.version)] = w
+        known = {w.id: w for w in stored}
+        for w in newest.values():
             try:
-                self.engine.evaluate_device(t.fleet, window_id, m)
+                self.engine.evaluate_device(w, known)
             except (EdgeOpsError, ValueError, KeyError) as e:
                 self.counters.evaluation_errors += 1
-                log.error("drift evaluation for %s failed: %s", m.device, e)
+                log.error("drift evaluation for %s failed: %s", w.device, e)
+            except Exception:  # the batch is stored and acked: count, log, go on
+                self.counters.evaluation_errors += 1
+                log.exception("drift evaluation for %s failed", w.device)
 
     def _fleet_loop(self) -> None:
         while not self._stop.wait(self.config.fleet_interval):

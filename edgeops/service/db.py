@@ -3,6 +3,11 @@
 Every device message is stored once: windows and events carry a unique ``(fleet, device, boot,
 seq)`` and are inserted with ``ON CONFLICT DO NOTHING``, so a QoS 1 redelivery, or the same message
 handled by two service processes, is counted as a duplicate and never stored twice.
+
+Messages arrive in batches (:meth:`Store.add_batch`): one transaction stores a batch's windows
+and events with one multi-row insert each and upserts each device once. The statements of the
+hot paths (batch inserts, span reads, alert state locks and updates) are built once per
+:class:`Store` with bind parameters and executed with parameter lists.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +49,7 @@ devices = sa.Table(
 )
 
 _MESSAGE_KEY = ("fleet", "device", "boot", "seq")
+_MODEL_COLUMNS = ("model_name", "model_version", "model_sha256")
 
 windows = sa.Table(
     "windows",
@@ -180,12 +186,11 @@ def connect(url: str) -> Engine:
     return engine
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
+def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
+    """The dialect's ``INSERT`` construct, the one with ``ON CONFLICT``."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True)
@@ -196,11 +201,124 @@ class StoredWindow:
     telemetry: wire.Telemetry
 
 
+@dataclass(frozen=True)
+class NewWindow:
+    """A decoded telemetry window on its way into :meth:`Store.add_batch`."""
+
+    fleet: str
+    telemetry: wire.Telemetry
+    payload: bytes
+
+
+def _window_row(w: NewWindow, received: float) -> dict[str, Any]:
+    t = w.telemetry
+    return {
+        "fleet": w.fleet,
+        "device": t.device,
+        "boot": t.boot,
+        "seq": t.seq,
+        "received": received,
+        "window_start": t.window_start,
+        "window_end": t.window_end,
+        "model_name": None if t.model is None else t.model.name,
+        "model_version": None if t.model is None else t.model.version,
+        "count": t.count,
+        "errors": t.errors,
+        "bad_inputs": t.bad_inputs,
+        "payload": w.payload,
+    }
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """What :meth:`Store.add_batch` stored; the rest of the batch was already stored."""
+
+    windows: list[StoredWindow]
+    """The new windows, oldest id first."""
+    events: int
+    duplicates: int
+    """Windows and events already stored, or repeated within the batch."""
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One feature's alert state (``alert_state``) as read under lock."""
+
+    key: str
+    active: bool
+    over: int
+    under: int
+    last_window: int
+
+
+class _Statements:
+    """The statements of the hot paths, built once per store: SQLAlchemy caches their compiled
+    form, and each execution only binds parameters (lists of them for ``executemany``)."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = _insert_for(dialect)
+        key = list(_MESSAGE_KEY)
+        self.add_windows = (
+            insert(windows)
+            .on_conflict_do_nothing(index_elements=key)
+            .returning(windows.c.id, *(windows.c[k] for k in _MESSAGE_KEY))
+        )
+        self.add_events = (
+            insert(events)
+            .on_conflict_do_nothing(index_elements=key)
+            .returning(*(events.c[k] for k in _MESSAGE_KEY))
+        )
+        touch = insert(devices)
+        self.touch = touch.on_conflict_do_update(
+            index_elements=["fleet", "device"], set_={"last_seen": touch.excluded.last_seen}
+        )
+        self.touch_model = touch.on_conflict_do_update(
+            index_elements=["fleet", "device"],
+            set_={k: touch.excluded[k] for k in ("last_seen", *_MODEL_COLUMNS)},
+        )
+        w = windows.c
+        self.span_counts = (
+            sa.select(w.id, w["count"])
+            .where(
+                w.fleet == sa.bindparam("fleet"),
+                w.device == sa.bindparam("device"),
+                w.model_name == sa.bindparam("name"),
+                w.model_version == sa.bindparam("version"),
+                w.window_end >= sa.bindparam("since"),
+                w.id <= sa.bindparam("upto"),
+            )
+            .order_by(w.window_end.desc(), w.id.desc())
+            .limit(sa.bindparam("limit"))
+        )
+        self.payloads = sa.select(w.id, w.payload).where(
+            w.id.in_(sa.bindparam("ids", expanding=True))
+        )
+        self.add_drift = sa.insert(drift)
+        s = alert_state.c
+        self.lock_states = (
+            sa.select(s.key, s.active, s.over, s.under, s.last_window)
+            .where(s.key.in_(sa.bindparam("keys", expanding=True)))
+            .order_by(s.key)
+            .with_for_update()
+        )
+        self.add_states = insert(alert_state).on_conflict_do_nothing(index_elements=["key"])
+        self.set_states = sa.update(alert_state).where(s.key == sa.bindparam("b_key"))
+        self.raise_alert = sa.insert(alerts)
+        self.clear_alert = (
+            sa.update(alerts)
+            .where(alerts.c.key == sa.bindparam("b_key"), alerts.c.cleared.is_(None))
+            .values(cleared=sa.bindparam("b_cleared"))
+        )
+
+
 class Store:
     """Reads and writes of the service's tables; safe to share between threads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._insert = _insert_for(engine.dialect.name)
+        self._sql = _Statements(engine.dialect.name)
+        self._decoder = msgspec.json.Decoder(wire.Telemetry)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -209,108 +327,223 @@ class Store:
 
     # --- device messages ----------------------------------------------------------------------
 
+    def add_batch(
+        self,
+        new_windows: Sequence[NewWindow] = (),
+        new_events: Sequence[tuple[str, wire.Event]] = (),
+        statuses: Sequence[tuple[str, wire.Status]] = (),
+    ) -> StoredBatch:
+        """Store a batch of device messages in one transaction: windows and events with one
+        multi-row ``INSERT … ON CONFLICT DO NOTHING`` each (the unique ``(fleet, device, boot,
+        seq)`` key decides what is new), then each device touched once, then the statuses."""
+        now = time.time()
+        firsts: dict[tuple[Any, ...], NewWindow] = {}
+        for w in new_windows:  # a key repeated within the batch is a duplicate too
+            firsts.setdefault((w.fleet, w.telemetry.device, w.telemetry.boot, w.telemetry.seq), w)
+        event_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for fleet, e in new_events:
+            event_rows.setdefault(
+                (fleet, e.device, e.boot, e.seq),
+                {
+                    "fleet": fleet,
+                    "device": e.device,
+                    "boot": e.boot,
+                    "seq": e.seq,
+                    "sent": e.sent,
+                    "kind": e.kind,
+                    "level": e.level,
+                    "message": e.message,
+                    "command_id": e.command_id,
+                    "data": e.data,
+                },
+            )
+        with self.begin() as conn:
+            stored: list[StoredWindow] = []
+            if firsts:
+                rows = [_window_row(w, now) for w in firsts.values()]
+                for wid, *key in conn.execute(self._sql.add_windows, rows):
+                    t = firsts[tuple(key)].telemetry
+                    stored.append(StoredWindow(int(wid), key[0], t.device, t))
+            stored.sort(key=lambda sw: sw.id)
+            event_keys: list[tuple[Any, ...]] = []
+            if event_rows:
+                event_keys = [
+                    tuple(r) for r in conn.execute(self._sql.add_events, list(event_rows.values()))
+                ]
+            touched: dict[tuple[str, str], dict[str, Any]] = {}
+            for fleet, device, *_ in event_keys:
+                touched.setdefault((fleet, device), {})
+            for sw in stored:
+                m = sw.telemetry.model
+                model = touched.setdefault((sw.fleet, sw.device), {})
+                if m is not None:
+                    model.update(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
+            self._touch_many(conn, touched, now)
+            for fleet, s in statuses:
+                self._set_status(conn, fleet, s, now)
+        duplicates = len(new_windows) - len(stored) + len(new_events) - len(event_keys)
+        return StoredBatch(stored, len(event_keys), duplicates)
+
+    def _touch_many(
+        self, conn: Connection, touched: dict[tuple[str, str], dict[str, Any]], now: float
+    ) -> None:
+        """Upsert each device once, in key order (two processes lock rows in one order)."""
+        plain: list[dict[str, Any]] = []
+        with_model: list[dict[str, Any]] = []
+        for (fleet, device), model in sorted(touched.items()):
+            row = {"fleet": fleet, "device": device, "first_seen": now, "last_seen": now}
+            (with_model if model else plain).append(row | model)
+        if plain:
+            conn.execute(self._sql.touch, plain)
+        if with_model:
+            conn.execute(self._sql.touch_model, with_model)
+
     def _touch(self, conn: Connection, fleet: str, device: str, now: float, **values: Any) -> None:
         row = {"fleet": fleet, "device": device, "first_seen": now, "last_seen": now, **values}
-        stmt = _insert(conn, devices).values(**row)
+        stmt = self._insert(devices).values(**row)
         update = {k: stmt.excluded[k] for k in ("last_seen", *values)}
         conn.execute(stmt.on_conflict_do_update(index_elements=["fleet", "device"], set_=update))
 
     def add_window(self, fleet: str, t: wire.Telemetry, payload: bytes) -> int | None:
         """Store a telemetry window; its id, or None when it was already stored."""
-        now = time.time()
-        with self.begin() as conn:
-            stmt = (
-                _insert(conn, windows)
-                .values(
-                    fleet=fleet,
-                    device=t.device,
-                    boot=t.boot,
-                    seq=t.seq,
-                    received=now,
-                    window_start=t.window_start,
-                    window_end=t.window_end,
-                    model_name=None if t.model is None else t.model.name,
-                    model_version=None if t.model is None else t.model.version,
-                    count=t.count,
-                    errors=t.errors,
-                    bad_inputs=t.bad_inputs,
-                    payload=payload,
-                )
-                .on_conflict_do_nothing(index_elements=list(_MESSAGE_KEY))
-                .returning(windows.c.id)
-            )
-            row = conn.execute(stmt).first()
-            if row is None:
-                return None
-            extra = {}
-            if t.model is not None:
-                extra = {
-                    "model_name": t.model.name,
-                    "model_version": t.model.version,
-                    "model_sha256": t.model.sha256,
-                }
-            self._touch(conn, fleet, t.device, now, **extra)
-            return int(row[0])
+        stored = self.add_batch([NewWindow(fleet, t, payload)])
+        return stored.windows[0].id if stored.windows else None
 
     def add_event(self, fleet: str, e: wire.Event) -> bool:
         """Store an event; False when it was already stored."""
-        now = time.time()
-        with self.begin() as conn:
-            stmt = (
-                _insert(conn, events)
-                .values(
-                    fleet=fleet,
-                    device=e.device,
-                    boot=e.boot,
-                    seq=e.seq,
-                    sent=e.sent,
-                    kind=e.kind,
-                    level=e.level,
-                    message=e.message,
-                    command_id=e.command_id,
-                    data=e.data,
-                )
-                .on_conflict_do_nothing(index_elements=list(_MESSAGE_KEY))
-                .returning(events.c.id)
-            )
-            stored = conn.execute(stmt).first() is not None
-            if stored:
-                self._touch(conn, fleet, e.device, now)
-            return stored
+        return self.add_batch(new_events=[(fleet, e)]).events == 1
 
     def set_status(self, fleet: str, s: wire.Status) -> bool:
         """Record presence; an older status than the one stored is ignored (False)."""
-        now = time.time()
         with self.begin() as conn:
-            current = conn.execute(
-                sa.select(devices.c.status_sent).where(
-                    devices.c.fleet == fleet, devices.c.device == s.device
-                )
-            ).first()
-            if current is not None and current[0] is not None and current[0] > s.sent:
-                return False
-            values: dict[str, Any] = {
-                "online": s.online,
-                "boot": s.boot,
-                "agent_version": s.agent_version,
-                "labels": dict(s.labels),
-                "status_sent": s.sent,
-            }
-            if s.model is not None:
-                values.update(
-                    model_name=s.model.name,
-                    model_version=s.model.version,
-                    model_sha256=s.model.sha256,
-                )
-            self._touch(conn, fleet, s.device, now, **values)
-            return True
+            return self._set_status(conn, fleet, s, time.time())
+
+    def _set_status(self, conn: Connection, fleet: str, s: wire.Status, now: float) -> bool:
+        current = conn.execute(
+            sa.select(devices.c.status_sent).where(
+                devices.c.fleet == fleet, devices.c.device == s.device
+            )
+        ).first()
+        if current is not None and current[0] is not None and current[0] > s.sent:
+            return False
+        values: dict[str, Any] = {
+            "online": s.online,
+            "boot": s.boot,
+            "agent_version": s.agent_version,
+            "labels": dict(s.labels),
+            "status_sent": s.sent,
+        }
+        if s.model is not None:
+            values.update(
+                model_name=s.model.name,
+                model_version=s.model.version,
+                model_sha256=s.model.sha256,
+            )
+        self._touch(conn, fleet, s.device, now, **values)
+        return True
+
+    # --- drift --------------------------------------------------------------------------------
+
+    def device_span(
+        self,
+        newest: StoredWindow,
+        *,
+        since: float,
+        min_samples: int,
+        limit: int,
+        known: Mapping[int, StoredWindow],
+    ) -> list[StoredWindow]:
+        """The device's windows of ``newest``'s model up to ``newest`` (by id), newest first,
+        as many as reach ``min_samples`` (at most ``limit``, none that ended before
+        ``since``). Counts come from the ``count`` column; payloads are read and decoded only
+        for the windows of the span that are not in ``known``."""
+        t = newest.telemetry
+        assert t.model is not None
+        params = {
+            "fleet": newest.fleet,
+            "device": newest.device,
+            "name": t.model.name,
+            "version": t.model.version,
+            "since": since,
+            "upto": newest.id,
+            "limit": limit,
+        }
+        with self.begin() as conn:
+            ids: list[int] = []
+            samples = 0
+            for wid, count in conn.execute(self._sql.span_counts, params):
+                ids.append(int(wid))
+                samples += count
+                if samples >= min_samples:
+                    break
+            missing = [i for i in ids if i not in known]
+            rows = conn.execute(self._sql.payloads, {"ids": missing}).all() if missing else []
+        found = dict(known)
+        for wid, payload in rows:
+            found[wid] = StoredWindow(
+                wid, newest.fleet, newest.device, self._decoder.decode(payload)
+            )
+        return [found[i] for i in ids]
+
+    def add_drift(self, conn: Connection, records: Sequence[dict[str, Any]]) -> None:
+        """Insert drift rows (one ``executemany``)."""
+        if records:
+            conn.execute(self._sql.add_drift, list(records))
+
+    def lock_alert_states(
+        self, conn: Connection, keys: Sequence[str], now: float
+    ) -> dict[str, AlertRow]:
+        """The alert states of ``keys``, locked (``SELECT … FOR UPDATE``) until the transaction
+        ends; missing ones are created first (inactive), so that a concurrent process waits on
+        the same rows instead of inserting them twice."""
+        rows = self._read_states(conn, keys)
+        missing = sorted(set(keys) - rows.keys())
+        if missing:
+            conn.execute(
+                self._sql.add_states,
+                [
+                    {
+                        "key": k,
+                        "active": False,
+                        "over": 0,
+                        "under": 0,
+                        "last_window": 0,
+                        "updated": now,
+                    }
+                    for k in missing
+                ],
+            )
+            rows |= self._read_states(conn, missing)
+        return rows
+
+    def _read_states(self, conn: Connection, keys: Sequence[str]) -> dict[str, AlertRow]:
+        return {
+            r[0]: AlertRow(r[0], bool(r[1]), int(r[2]), int(r[3]), int(r[4]))
+            for r in conn.execute(self._sql.lock_states, {"keys": list(keys)})
+        }
+
+    def save_alert_states(self, conn: Connection, states: Sequence[dict[str, Any]]) -> None:
+        """Update locked alert states: each dict has ``key`` and the columns to set."""
+        if states:
+            conn.execute(
+                self._sql.set_states,
+                [{"b_key": s["key"], **{k: v for k, v in s.items() if k != "key"}} for s in states],
+            )
+
+    def raise_alerts(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(self._sql.raise_alert, list(rows))
+
+    def clear_alerts(self, conn: Connection, keys: Sequence[str], now: float) -> None:
+        if keys:
+            conn.execute(self._sql.clear_alert, [{"b_key": k, "b_cleared": now} for k in keys])
 
     # --- models -------------------------------------------------------------------------------
 
     def add_model(self, manifest: dict[str, Any]) -> None:
         model_file = manifest["model"]["file"]
         with self.begin() as conn:
-            stmt = _insert(conn, models).values(
+            stmt = self._insert(models).values(
                 name=manifest["name"],
                 version=manifest["version"],
                 model_sha256=manifest["files"][model_file]["sha256"],

@@ -1,12 +1,19 @@
 """Drift evaluation: windows from storage, distances from :mod:`edgeops.drift`, alerts with
 hysteresis, retained alert messages, and policy actions.
 
-A device is evaluated each time one of its windows is stored: the span is its newest windows of
-the same model, as many as it takes to reach the minimum sample count (at most ``span_windows``,
-no older than ``span_seconds``). A fleet (per model version) is evaluated every
+A device is evaluated after each batch that stored windows of it, once per batch (coalesced):
+the span ends at its newest window of the batch and holds its newest windows of the same model,
+as many as it takes to reach the minimum sample count (at most ``span_windows``, no older than
+``span_seconds``). A window that reaches the minimum alone is the span, read from nothing but
+memory; otherwise only the span's windows are read back. Hysteresis counts evaluations, not
+windows: under a burst (a backlog drained in batches) several windows of one device make one
+span and one verdict, so an alert may take more windows to raise or clear than ``k_raise`` or
+``k_clear``. A fleet (per model version) is evaluated every
 ``fleet_interval`` seconds over all its devices' windows in the span. Every raw distance is
-stored, alert or not. Alert state transitions happen inside one transaction that also records
-the newest window they account for, so two service processes never advance one state twice.
+stored, alert or not. Alert state transitions happen inside one transaction (the drift rows with
+one ``executemany``, the evaluation's alert states locked with one ``SELECT … FOR UPDATE``,
+stepped in Python and written back with one ``executemany``) that also records the newest window
+they account for, so two service processes never advance one state twice.
 """
 
 from __future__ import annotations
@@ -16,11 +23,9 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
-
-import sqlalchemy as sa
 
 from edgeops import drift as d
 from edgeops import topics, wire
@@ -74,22 +79,32 @@ class Engine:
                 break
         return span
 
-    def evaluate_device(self, fleet: str, window_id: int, t: wire.Telemetry) -> None:
+    def evaluate_device(
+        self, newest: db.StoredWindow, known: Mapping[int, db.StoredWindow] | None = None
+    ) -> None:
+        """Evaluate a device's span ending at its window ``newest`` (the newest of a batch).
+
+        When ``newest`` alone holds ``min_samples`` it is the span and nothing is read; else the
+        span's older windows are read, except those in ``known`` (the batch just stored)."""
+        t = newest.telemetry
         if t.model is None:
             return
-        base = self._baseline(t.model.name, t.model.version)
-        if base is None:
+        if self._baseline(t.model.name, t.model.version) is None:
             return
-        policy = self.config.policy(t.model.name)
-        rows = self.store.recent_windows(
-            fleet=fleet,
-            device=t.device,
-            model=(t.model.name, t.model.version),
-            since=t.window_end - self.config.span_seconds,
-            limit=self.config.span_windows,
+        min_samples = self.config.policy(t.model.name).drift.min_samples
+        if t.count >= min_samples or self.config.span_windows <= 1:
+            span = [newest]
+        else:
+            span = self.store.device_span(
+                newest,
+                since=t.window_end - self.config.span_seconds,
+                min_samples=min_samples,
+                limit=self.config.span_windows,
+                known=known or {newest.id: newest},
+            )
+        self._evaluate(
+            "device", newest.fleet, t.device, t.model.name, t.model.version, span, newest.id
         )
-        span = self._span(rows, policy.drift.min_samples)
-        self._evaluate("device", fleet, t.device, t.model.name, t.model.version, span, window_id)
 
     def evaluate_fleets(self) -> None:
         """Evaluate every (fleet, model version) with windows in the span."""
@@ -231,66 +246,52 @@ class Engine:
     ) -> list[tuple[str, str, str, dict[str, Any]]]:
         changed: list[tuple[str, str, str, dict[str, Any]]] = []
         now = time.time()
+        keys = ["|".join((scope, fleet, device, name, version, k, f)) for k, f, _, _ in verdicts]
         with self.store.begin() as conn:
-            if records:
-                conn.execute(sa.insert(db.drift), records)
-            for kind, feature, verdict, detail in verdicts:
-                key = "|".join((scope, fleet, device, name, version, kind, feature))
-                row = (
-                    conn.execute(
-                        sa.select(db.alert_state)
-                        .where(db.alert_state.c.key == key)
-                        .with_for_update()
-                    )
-                    .mappings()
-                    .first()
-                )
-                if row is not None and row["last_window"] >= window_id:
+            self.store.add_drift(conn, records)
+            states = self.store.lock_alert_states(conn, keys, now)
+            updates: list[dict[str, Any]] = []
+            raised: list[dict[str, Any]] = []
+            cleared: list[str] = []
+            for key, (kind, feature, verdict, detail) in zip(keys, verdicts, strict=True):
+                row = states[key]
+                if row.last_window >= window_id:
                     continue  # another process already accounted for this window
-                state = (
-                    d.AlertState(False, 0, 0)
-                    if row is None
-                    else d.AlertState(row["active"], row["over"], row["under"])
+                new, transition = d.step(
+                    d.AlertState(row.active, row.over, row.under), verdict, th.k_raise, th.k_clear
                 )
-                new, transition = d.step(state, verdict, th.k_raise, th.k_clear)
-                values = {
-                    "active": new.active,
-                    "over": new.over,
-                    "under": new.under,
-                    "last_window": window_id,
-                    "updated": now,
-                }
-                if row is None:
-                    conn.execute(sa.insert(db.alert_state).values(key=key, **values))
-                else:
-                    conn.execute(
-                        sa.update(db.alert_state)
-                        .where(db.alert_state.c.key == key)
-                        .values(**values)
-                    )
+                updates.append(
+                    {
+                        "key": key,
+                        "active": new.active,
+                        "over": new.over,
+                        "under": new.under,
+                        "last_window": window_id,
+                        "updated": now,
+                    }
+                )
                 if transition == "raised":
-                    conn.execute(
-                        sa.insert(db.alerts).values(
-                            key=key,
-                            scope=scope,
-                            fleet=fleet,
-                            device=device,
-                            model_name=name,
-                            model_version=version,
-                            feature=feature,
-                            kind=kind,
-                            raised=now,
-                            detail=detail,
-                        )
+                    raised.append(
+                        {
+                            "key": key,
+                            "scope": scope,
+                            "fleet": fleet,
+                            "device": device,
+                            "model_name": name,
+                            "model_version": version,
+                            "feature": feature,
+                            "kind": kind,
+                            "raised": now,
+                            "detail": detail,
+                        }
                     )
-                    changed.append((kind, feature, transition, detail))
                 elif transition == "cleared":
-                    conn.execute(
-                        sa.update(db.alerts)
-                        .where(db.alerts.c.key == key, db.alerts.c.cleared.is_(None))
-                        .values(cleared=now)
-                    )
+                    cleared.append(key)
+                if transition != "none":
                     changed.append((kind, feature, transition, detail))
+            self.store.save_alert_states(conn, updates)
+            self.store.raise_alerts(conn, raised)
+            self.store.clear_alerts(conn, cleared, now)
         for kind, feature, what, _ in changed:
             log.warning(
                 "alert %s: %s %s %s %s %s/%s",
