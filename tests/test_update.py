@@ -192,7 +192,9 @@ def test_good_update_goes_through_every_state(
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
         # "flaky" hangs up half way: the download resumes with a Range request.
-        cmd = _update(files, "good.bundle", "flaky", predictions=20)
+        # The latency ratio is loose here: this test is about the states, and the two formats'
+        # latencies on a loaded 2-core host vary; the gate itself is tested below.
+        cmd = _update(files, "good.bundle", "flaky", predictions=20, max_latency_ratio=20.0)
         _send(broker.port, dev, cmd)
         _wait(seen, cmd.id, "update-health")
         assert agent.model is not None and agent.model.ref.version == "1.1.0"
