@@ -65,7 +65,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
 import cProfile
-import importlib.metadata
 import io
 import itertools
 import json
@@ -83,6 +82,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 
 from converters import ConversionConfig, Format, Mode, convert
 from device_agent.agent import Agent
@@ -105,7 +105,6 @@ from edgeops.trainer import TrainConfig, train
 
 FloatArray = npt.NDArray[np.float32]
 
-STARTED = time.perf_counter()
 DIGITS_ADDED_GOAL_US = 10.0
 MOBILENET_RATIO_GOAL = 1.05
 HEAVY_MODULES = ("tensorflow", "keras", "onnxruntime", "paho", "cryptography", "psutil")
@@ -116,11 +115,6 @@ INVOKE = "bare invoke"
 AGENT = "agent.predict"
 AGENT_NO_INPUTS = "agent.predict, sample_rate 0"
 SPREAD_GROUPS = 5
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so that stdout holds only the tables and the goals."""
-    print(f"[{time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -235,13 +229,6 @@ class Startup:
     modules: dict[str, bool]
     """Which of HEAVY_MODULES were imported, in every repeat (True if in any)."""
     repeats: int
-
-
-@dataclass(frozen=True)
-class Goal:
-    name: str
-    measured: str
-    passed: bool
 
 
 # --- models and bundles -------------------------------------------------------------------------
@@ -811,22 +798,10 @@ def profile_table(rows: Sequence[dict[str, Any]], top: int = 15) -> str:
     )
 
 
-def goal_lines(found: Sequence[Goal]) -> str:
-    width = max(len(g.name) for g in found)
-    lines = [
-        f"{'PASS' if g.passed else 'FAIL'}  {g.name.ljust(width)}  {g.measured}" for g in found
-    ]
-    return "\n".join(["Goals", *lines])
-
-
 def versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for name in ("edgeops", "ai-edge-litert", "tflite-runtime", "tensorflow-cpu", "keras", "numpy"):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    return package_versions(
+        ("edgeops", "ai-edge-litert", "tflite-runtime", "tensorflow-cpu", "keras", "numpy")
+    )
 
 
 def write_json(path: Path, s: Settings, **parts: Any) -> None:
@@ -836,12 +811,9 @@ def write_json(path: Path, s: Settings, **parts: Any) -> None:
         "host": {"cpus": os.cpu_count(), "platform": sys.platform},
         **parts,
         "versions": versions(),
-        "seconds": round(time.perf_counter() - STARTED, 1),
+        "seconds": elapsed(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, doc)
 
 
 # --- main ---------------------------------------------------------------------------------------

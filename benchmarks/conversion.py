@@ -45,11 +45,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
 import hashlib
-import importlib.metadata
-import json
 import statistics
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -60,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime.quantization as ortq
+from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 
 from converters import ConversionConfig, ConversionReport, Format, IOType, Mode, convert
 from device_agent.benchmark import BenchConfig, benchmark
@@ -79,13 +77,6 @@ DEFAULT = "library default"
 TUTORIAL_SAMPLES = 100
 """Representative samples of the library-default baselines: the first 100, as tutorials do."""
 INT8_IO = "int8 (int8 I/O)"
-
-STARTED = time.perf_counter()
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so that stdout holds only the table and the goals."""
-    print(f"[{time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -203,13 +194,6 @@ class Row:
     p50_ms: float
     p50_ms_repeats: tuple[float, ...]
     latency_ratio: float
-
-
-@dataclass(frozen=True)
-class Goal:
-    name: str
-    measured: str
-    passed: bool
 
 
 # --- models and data ----------------------------------------------------------------------------
@@ -542,25 +526,14 @@ def table(rows: Sequence[Row], ref: Reference, repeats: int) -> str:
     return render(headers, cells, title=title)
 
 
-def goal_lines(found: Sequence[Goal]) -> str:
-    width = max(len(g.name) for g in found)
-    lines = [
-        f"{'PASS' if g.passed else 'FAIL'}  {g.name.ljust(width)}  {g.measured}" for g in found
-    ]
-    return "\n".join(["Goals", *lines])
-
-
 def versions() -> dict[str, str]:
-    found = {}
-    for name in (
-        *("edgeops", "tensorflow", "tensorflow-cpu", "keras"),
-        *("tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"),
-    ):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    return package_versions(
+        (
+            *("edgeops", "tensorflow", "tensorflow-cpu", "keras"),
+            *("tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"),
+        ),
+        python=False,
+    )
 
 
 def write_json(
@@ -574,11 +547,9 @@ def write_json(
         "goals": [asdict(g) for g in found],
         "all_goals_pass": all(g.passed for g in found),
         "versions": versions(),
-        "seconds": round(time.perf_counter() - STARTED, 1),
+        "seconds": elapsed(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, doc)
 
 
 # --- main ---------------------------------------------------------------------------------------

@@ -92,7 +92,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import argparse
 import contextlib
 import cProfile
-import importlib.metadata
 import itertools
 import json
 import logging
@@ -117,6 +116,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
+from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -137,7 +137,6 @@ from edgeops.testing import Mosquitto, Postgres
 
 FloatArray = npt.NDArray[np.float32]
 
-STARTED = time.perf_counter()
 FLEET = "bench"
 GROUP = "bench-service"
 RATIO_GOAL = 0.7
@@ -150,11 +149,6 @@ SUBACK_GRACE_SECONDS = 1.0
 """A service sets ``connected`` when it sends its SUBSCRIBE; this long later it holds the SUBACK."""
 STALL_SECONDS = 60.0
 """A drain that stores nothing for this long has failed."""
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so that stdout holds only the tables and the goals."""
-    print(f"[{time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -198,13 +192,6 @@ class Prepared:
 
 
 Stream = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Goal:
-    name: str
-    measured: str
-    passed: bool
 
 
 # --- model, bundle, messages --------------------------------------------------------------------
@@ -1239,21 +1226,8 @@ def drift_tables(calm: Sequence[CalmRow], delays: Sequence[DelayRow], s: Setting
     return f"{a}\n\n{b}"
 
 
-def goal_lines(found: Sequence[Goal]) -> str:
-    width = max(len(g.name) for g in found)
-    lines = [
-        f"{'PASS' if g.passed else 'FAIL'}  {g.name.ljust(width)}  {g.measured}" for g in found
-    ]
-    return "\n".join(["Goals", *lines])
-
-
 def versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for name in ("edgeops", "paho-mqtt", "sqlalchemy", "psycopg", "msgspec", "numpy"):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    found = package_versions(("edgeops", "paho-mqtt", "sqlalchemy", "psycopg", "msgspec", "numpy"))
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=10)
@@ -1268,12 +1242,9 @@ def write_json(path: Path, s: Settings, **parts: Any) -> None:
         "host": {"cpus": os.cpu_count(), "platform": sys.platform},
         **parts,
         "versions": versions(),
-        "seconds": round(time.perf_counter() - STARTED, 1),
+        "seconds": elapsed(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, doc)
 
 
 # --- main ---------------------------------------------------------------------------------------
