@@ -439,11 +439,20 @@ class Agent:
             assert self.store is not None
             if self.updater is not None and self.updater.busy:
                 raise ModelError("an update is in progress; it rolls back itself if it fails")
+            only_from = cmd.args.get("from_sha256")
+            current = self.store.current()
+            if only_from is not None and (current is None or current.model_sha256 != only_from):
+                # Conditional (a rollout's): the model to undo is not current; nothing to do.
+                return {
+                    "changed": False,
+                    "model": None if current is None else current.name,
+                    "version": None if current is None else current.version,
+                }
             entry = self.store.rollback()
             self._swap_model(ServedModel(entry, threads=self.config.model.threads))
             if self.link is not None:
                 self.link.publish_status(wire.encode(self._status(online=True)))
-            return {"model": entry.name, "version": entry.version}
+            return {"changed": True, "model": entry.name, "version": entry.version}
         raise ModelError(f"command '{cmd.kind}' is not supported by this agent yet")
 
     def _set_config(self, args: dict[str, Any]) -> dict[str, Any]:

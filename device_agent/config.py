@@ -124,8 +124,9 @@ class UpdateConfig:
     """The largest bundle a download may bring."""
     timeout: float = 30.0
     """Seconds one network operation of a download may take (connect, or one read)."""
-    attempts: int = 3
-    """Download attempts; each one resumes (HTTP Range) where the previous stopped."""
+    attempts: int = 5
+    """Download attempts; each one resumes (HTTP Range) where the previous stopped, after a
+    pause of 1, 2, 4, 8 … seconds (at most 8)."""
     health_predictions: int = 100
     """Predictions in the health window when the update command gives neither a count nor a
     time."""

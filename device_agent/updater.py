@@ -149,10 +149,21 @@ class UpdateRequest:
     size: int
     version: str | None
     health: HealthGate
+    deadline: float | None = None
+    """Unix time after which the command is refused as stale (a rollout gave up on it)."""
 
     @classmethod
     def from_args(cls, args: dict[str, Any], config: UpdateConfig) -> UpdateRequest:
         url, sha, size, version = (args.get(k) for k in ("url", "sha256", "size", "version"))
+        deadline = args.get("deadline")
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float)
+        ):
+            raise _Failed(f"deadline must be a unix time, got {deadline!r}")
+        if deadline is not None and time.time() > deadline:
+            raise _Failed(
+                f"the command expired {time.time() - deadline:.0f} s ago (deadline passed)"
+            )
         if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise _Failed(f"url must be an http or https URL, got {url!r}")
         if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
@@ -163,7 +174,8 @@ class UpdateRequest:
             raise _Failed(f"the bundle ({size} bytes) is larger than the limit {config.max_bytes}")
         if version is not None and not isinstance(version, str):
             raise _Failed(f"version must be a string, got {version!r}")
-        return cls(url, sha, size, version, HealthGate.from_args(args.get("health"), config))
+        health = HealthGate.from_args(args.get("health"), config)
+        return cls(url, sha, size, version, health, None if deadline is None else float(deadline))
 
 
 # --- pure parts: the health verdict -----------------------------------------------------------
@@ -279,7 +291,11 @@ def download(
     """
     limit = min(size, max_bytes)
     last = "no attempt made"
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt:  # back off (1, 2, 4 … s): a service restarting comes back meanwhile
+            log.info("download of %s interrupted (%s); resuming", url, last)
+            if stop is not None and stop.wait(min(2.0 ** (attempt - 1), 8.0)):
+                raise _Failed("the agent is stopping")
         have = dest.stat().st_size if dest.exists() else 0
         if have > limit:
             dest.unlink()
@@ -314,7 +330,6 @@ def download(
             last = f"HTTP {e.code} {e.reason}"
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             last = first_line(e)
-        log.info("download of %s interrupted (%s); resuming", url, last)
     raise _Failed(f"download failed after {attempts} attempt(s): {last}")
 
 
@@ -417,8 +432,13 @@ class Updater:
 
     def run(self, cmd: wire.Command) -> None:
         """Carry out an update command (in the command thread); never raises. The health window
-        continues in a thread of its own."""
+        continues in a thread of its own. A command id already handled (the one in the state
+        file: a rollout publishes unanswered commands again) is ignored."""
         with self._lock:
+            last = self.state()
+            if last is not None and last.get("command_id") == cmd.id:
+                log.info("update %s: already handled (%s); repeat ignored", cmd.id, last["state"])
+                return
             if self._busy:
                 self.host.event(
                     "update-failed",

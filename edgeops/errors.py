@@ -19,9 +19,10 @@ these.
     ├── SchemaError (10)             data breaks its schema; carries the list of anomalies
     ├── PipelineError (11)           a training pipeline step failed
     ├── KeyFileError (12)            a signing or verification key cannot be read
-    └── BundleError (13)             a bundle is malformed or fails verification
-        ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
-        └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
+    ├── BundleError (13)             a bundle is malformed or fails verification
+    │   ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
+    │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
+    └── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ class SignatureError(BundleError):
     """The bundle is unsigned, signed by a key that is not trusted, or its signature is invalid."""
 
     exit_code = 15
+
+
+class DeploymentAborted(EdgeOpsError):
+    """A deployment that was followed to its end was aborted (its devices are rolled back)."""
+
+    exit_code = 16
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -220,9 +220,13 @@ def test_commands(
         assert "no previous model" in reply("rollback-failed", _cmd("rollback")).message
         # Install and switch to 1.1.0, then roll back to 1.0.0 by command.
         assert agent.store is not None
-        agent.store.activate(agent.store.install(digits_bundles[1]).id)
-        done = reply("rollback-done", _cmd("rollback"))
-        assert done.data == {"model": "digits", "version": "1.0.0"}
+        newer = agent.store.install(digits_bundles[1])
+        agent.store.activate(newer.id)
+        # A conditional rollback (a rollout's) of a model that is not current changes nothing.
+        skip = reply("rollback-done", _cmd("rollback", from_sha256="0" * 64))
+        assert skip.data == {"changed": False, "model": "digits", "version": "1.1.0"}
+        done = reply("rollback-done", _cmd("rollback", from_sha256=newer.model_sha256))
+        assert done.data == {"changed": True, "model": "digits", "version": "1.0.0"}
         assert agent.model is not None and agent.model.ref.version == "1.0.0"
         assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
     assert seen.rejected == []

@@ -97,19 +97,18 @@ class _FileServer(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/{mode + '/' if mode else ''}{name}"
 
 
-@pytest.fixture(scope="module")
-def files(
-    tmp_path_factory: pytest.TempPathFactory, digits_bundles: tuple[Path, Path], signing_keys
-) -> Iterator[_FileServer]:  # type: ignore[no-untyped-def]
-    """The file server, holding the 1.1.0 bundle and two bad variants of it."""
-    root = tmp_path_factory.mktemp("www")
-    shutil.copy(digits_bundles[1], root / "good.bundle")
+def write_bad_bundles(
+    root: Path, good: Path, signing_keys: tuple[Path, Path], keys_dir: Path
+) -> tuple[Path, Path]:
+    """Two bad variants of ``good`` in ``root``: ``rogue.bundle`` (the same contents signed by
+    an unknown key) and ``corrupt.bundle`` (version 1.1.1, properly signed, whose sample outputs
+    are wrong, so it fails the device's sample check)."""
     trusted = load_verify_keys([signing_keys[1]])
-    with Bundle.open(digits_bundles[1]) as b:
+    with Bundle.open(good) as b:
         b.verify(trusted)
         manifest = {k: v for k, v in b.manifest.items() if k not in RESERVED_KEYS}
         contents = {n: b.read(n) for n in b.files}
-    rogue, _ = generate_keypair(tmp_path_factory.mktemp("rogue"), "rogue")
+    rogue, _ = generate_keypair(keys_dir, "rogue")
     write_bundle(root / "rogue.bundle", manifest, contents, key=load_signing_key(rogue))
     with np.load(io.BytesIO(contents["samples.npz"])) as z:
         arrays = {k: z[k] for k in z.files}
@@ -122,6 +121,17 @@ def files(
         {**contents, "samples.npz": buf.getvalue()},
         key=load_signing_key(signing_keys[0]),
     )
+    return root / "rogue.bundle", root / "corrupt.bundle"
+
+
+@pytest.fixture(scope="module")
+def files(
+    tmp_path_factory: pytest.TempPathFactory, digits_bundles: tuple[Path, Path], signing_keys
+) -> Iterator[_FileServer]:  # type: ignore[no-untyped-def]
+    """The file server, holding the 1.1.0 bundle and two bad variants of it."""
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(digits_bundles[1], root / "good.bundle")
+    write_bad_bundles(root, digits_bundles[1], signing_keys, tmp_path_factory.mktemp("rogue"))
     server = _FileServer(root)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()

@@ -42,6 +42,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("edgeops.cli.serve", "serve", "Run the central service: telemetry, drift, alerts."),
     "fleet": ("edgeops.cli.serve", "fleet", "Fleet status and device details from the service."),
     "drift": ("edgeops.cli.serve", "drift", "Drift reports from the service."),
+    "deploy": (
+        "edgeops.cli.deploy",
+        "deploy",
+        "Roll a bundle out in stages with health gates and rollback; status, abort.",
+    ),
+    "models": ("edgeops.cli.deploy", "models", "Registered bundles, lineage, where each runs."),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ def serve(
         trusted_keys=pubkeys,
         allow_unsigned=allow_unsigned,
     )
+    if cfg.client_id is None:  # stable across restarts: the broker's queued messages resume
+        import socket
+
+        name = f"{cfg.group}-{socket.gethostname()}-{cfg.http_port}"
+        cfg = replace(cfg, client_id=name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

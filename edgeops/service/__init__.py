@@ -35,10 +35,12 @@ from paho.mqtt.properties import Properties
 
 from edgeops import topics, wire
 from edgeops.bundle import Bundle
-from edgeops.errors import EdgeOpsError
+from edgeops.errors import BundleError, EdgeOpsError
+from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
 from edgeops.service.config import ServiceConfig
 from edgeops.service.engine import Engine
+from edgeops.service.rollouts import Rollouts
 from edgeops.signing import load_verify_keys
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,9 @@ class Service:
         self.engine_db = db.connect(config.db)
         self.store = db.Store(self.engine_db)
         self.counters = Counters()
-        self.engine = Engine(self.store, config, publish=self._publish_retained)
+        self.engine = Engine(
+            self.store, config, publish=self._publish_retained, deploy=self._deploy_on_alert
+        )
         self.batch_size = batch_size
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
@@ -92,7 +96,9 @@ class Service:
         self.http: Any = None
         self.connected = threading.Event()
         self.client_id = (
-            client_id or f"edgeops-service-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+            client_id
+            or config.client_id
+            or f"edgeops-service-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         )
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -106,6 +112,9 @@ class Service:
         c.reconnect_delay_set(min_delay=1, max_delay=10)
         c.max_inflight_messages_set(100)
         self.client = c
+        self.rollouts = Rollouts(
+            self.store, send=self._send_command, bundle_url=self.bundle_url, owner=self.client_id
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -117,7 +126,12 @@ class Service:
         props.SessionExpiryInterval = 24 * 3600
         self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
-        for target, name in ((self._work, "store"), (self._fleet_loop, "fleet-drift")):
+        loops = (
+            (self._work, "store"),
+            (self._fleet_loop, "fleet-drift"),
+            (self._rollout_loop, "rollouts"),
+        )
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -133,6 +147,10 @@ class Service:
         self._queue.put(None)
         for t in self._threads:
             t.join(timeout=10)
+        try:
+            self.rollouts.release()
+        except Exception:
+            log.exception("releasing deployment leases failed; they expire on their own")
         if self.http is not None:
             self.http.stop()
         self.client.disconnect()
@@ -145,22 +163,80 @@ class Service:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def register_bundle(self, path: Path | bytes) -> dict[str, Any]:
-        """Verify a bundle and store its manifest (baseline, evaluation) for drift."""
-        keys = load_verify_keys(self.config.trusted_keys) if self.config.trusted_keys else []
-        if isinstance(path, bytes):
-            import tempfile
+    def register_bundle(self, source: Path | bytes) -> dict[str, Any]:
+        """Verify a bundle, store its manifest (baseline, evaluation) for drift and its bytes
+        for devices to download in a deployment."""
+        import hashlib
+        import tempfile
 
-            with tempfile.NamedTemporaryFile(suffix=".bundle") as f:
-                f.write(path)
-                f.flush()
-                return self.register_bundle(Path(f.name))
-        with Bundle.open(path) as b:
-            b.verify(keys, allow_unsigned=self.config.allow_unsigned)
-            manifest = b.manifest
+        keys = load_verify_keys(self.config.trusted_keys) if self.config.trusted_keys else []
+        if isinstance(source, Path):
+            try:
+                data = source.read_bytes()
+            except OSError as e:
+                raise BundleError(f"{source}: {e.strerror or e}") from None
+        else:
+            data = source
+        with tempfile.NamedTemporaryFile(suffix=".bundle") as f:
+            f.write(data)
+            f.flush()
+            with Bundle.open(Path(f.name)) as b:
+                b.verify(keys, allow_unsigned=self.config.allow_unsigned)
+                manifest = b.manifest
+        self.rollouts.add_bundle(data, manifest, hashlib.sha256(data).hexdigest())
         self.store.add_model(manifest)
         log.info("registered %s %s", manifest["name"], manifest["version"])
         return manifest
+
+    def bundle_url(self, sha256: str) -> str:
+        """Where devices download a registered bundle."""
+        base = self.config.public_url
+        if base is None:
+            if self.http is None:
+                raise EdgeOpsError("deployments need the REST API (or public_url) to serve bundles")
+            base = self.http.address
+        return f"{base.rstrip('/')}/v1/bundles/{sha256}"
+
+    def deploy(
+        self,
+        bundle: str,
+        fleet: str,
+        *,
+        devices: Sequence[str] = (),
+        selector: dict[str, str] | None = None,
+        policy: RolloutPolicy | None = None,
+        trigger: str = "request",
+        once: bool = False,
+    ) -> dict[str, Any]:
+        """Start a staged deployment of a registered bundle (``NAME-VERSION`` or
+        ``NAME:VERSION``); its status."""
+        name, version = self.store.resolve_model(bundle)
+        status = self.rollouts.create(
+            name,
+            version,
+            fleet,
+            devices=devices,
+            selector=selector,
+            policy=policy,
+            trigger=trigger,
+            once=once,
+        )
+        self.rollouts.tick(only=status["id"])
+        return status
+
+    def _deploy_on_alert(self, bundle: str, fleet: str, alert: dict[str, Any]) -> None:
+        """The drift policy's ``deploy`` action: one deployment per bundle and fleet."""
+        try:
+            status = self.deploy(
+                bundle,
+                fleet,
+                policy=self.config.rollout,
+                trigger=f"alert {alert['kind']} {alert['feature']} on {alert['device']}",
+                once=True,
+            )
+            log.warning("alert action: deployment %s of %s to %s", status["id"], bundle, fleet)
+        except EdgeOpsError as e:
+            log.error("alert action: deploy %s to %s failed: %s", bundle, fleet, e)
 
     # --- MQTT ---------------------------------------------------------------------------------
 
@@ -189,6 +265,9 @@ class Service:
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1, retain=True)
+
+    def _send_command(self, fleet: str, device: str, cmd: wire.Command) -> None:
+        self.client.publish(topics.cmd(fleet, device), wire.encode(cmd), qos=1)
 
     # --- storing ------------------------------------------------------------------------------
 
@@ -308,6 +387,13 @@ class Service:
             except Exception:  # the batch is stored and acked: count, log, go on
                 self.counters.evaluation_errors += 1
                 log.exception("drift evaluation for %s failed", w.device)
+
+    def _rollout_loop(self) -> None:
+        while not self._stop.wait(self.config.rollout_interval):
+            try:
+                self.rollouts.tick()
+            except Exception:
+                log.exception("stepping deployments failed")
 
     def _fleet_loop(self) -> None:
         while not self._stop.wait(self.config.fleet_interval):

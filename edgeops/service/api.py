@@ -11,6 +11,12 @@
     GET  /v1/models                       registered bundles
     POST /v1/models                       register a bundle (the body is the bundle file)
     GET  /v1/stats                        messages received, stored, duplicated, rejected by reason
+    GET  /v1/bundles/{sha256}             a registered bundle's bytes (HTTP Range for resuming)
+    GET  /v1/deployments[?active=1]       deployments, newest first
+    POST /v1/deployments                  start one: {"bundle": "NAME-VERSION", "fleet": F,
+                                          "devices": [...], "selector": {...}, "policy": {...}}
+    GET  /v1/deployments/{id}             one deployment, with every device's state
+    POST /v1/deployments/{id}/abort       stop it and roll back the devices it updated
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgeops.errors import EdgeOpsError
+from edgeops.errors import EdgeOpsError, UsageError
 from edgeops.latency import merge_wire
+from edgeops.rollout import RolloutPolicy
+from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
     from edgeops.service import Service
@@ -45,6 +53,29 @@ def _float(value: str | None, name: str) -> float | None:
         return float(value)
     except ValueError:
         raise EdgeOpsError(f"{name} must be a number (unix time), got {value!r}") from None
+
+
+def _ranged(data: bytes, header: str | None) -> Response:
+    """``data`` whole, or the part a ``Range: bytes=START-[END]`` header asks for (206)."""
+    kind = {"media_type": "application/octet-stream", "headers": {"Accept-Ranges": "bytes"}}
+    if not header or not header.startswith("bytes="):
+        return Response(data, **kind)  # type: ignore[arg-type]
+    start_s, _, end_s = header.removeprefix("bytes=").partition("-")
+    try:
+        start = int(start_s)
+        end = int(end_s) if end_s else len(data) - 1
+    except ValueError:
+        return Response(data, **kind)  # type: ignore[arg-type]
+    if start >= len(data) or start > end:
+        return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
+    end = min(end, len(data) - 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+    return Response(
+        data[start : end + 1],
+        status_code=206,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
 
 
 def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
@@ -138,6 +169,52 @@ def make_app(service: Service) -> Starlette:
     async def stats(request: Request) -> JSONResponse:
         return _json(service.counters.as_dict())
 
+    async def bundle(request: Request) -> Response:
+        data = await run_in_threadpool(service.rollouts.bundle, request.path_params["sha256"])
+        if data is None:
+            return _json({"error": "no such bundle"}, 404)
+        return _ranged(data, request.headers.get("range"))
+
+    async def deployments(request: Request) -> JSONResponse:
+        if request.method == "GET":
+            active = request.query_params.get("active") == "1"
+            rows = await run_in_threadpool(lambda: service.rollouts.deployments(active=active))
+            return _json({"deployments": rows})
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise UsageError("the body must be a JSON object")
+            unknown = sorted(set(body) - {"bundle", "fleet", "devices", "selector", "policy"})
+            if unknown:
+                raise UsageError(f"unknown field(s): {', '.join(unknown)}")
+            policy = RolloutPolicy.from_dict(body.get("policy") or {})
+            status = await run_in_threadpool(
+                lambda: service.deploy(
+                    str(body.get("bundle") or ""),
+                    str(body.get("fleet") or ""),
+                    devices=[str(d) for d in body.get("devices") or []],
+                    selector=body.get("selector") or None,
+                    policy=policy,
+                    trigger=str(body.get("trigger") or "request"),
+                )
+            )
+        except ValueError:
+            return _json({"error": "the body must be JSON"}, 400)
+        except EdgeOpsError as e:
+            return _json({"error": str(e)}, 400)
+        return _json(status, 201)
+
+    async def deployment(request: Request) -> JSONResponse:
+        dep_id = request.path_params["id"]
+        try:
+            if request.url.path.endswith("/abort"):
+                if request.method != "POST":
+                    return _json({"error": "use POST"}, 405)
+                return _json(await run_in_threadpool(service.rollouts.abort, dep_id))
+            return _json(await run_in_threadpool(service.rollouts.status, dep_id))
+        except RolloutError as e:
+            return _json({"error": str(e)}, 404 if "no deployment" in str(e) else 409)
+
     return Starlette(
         routes=[
             Route("/v1/fleet", fleet),
@@ -146,6 +223,10 @@ def make_app(service: Service) -> Starlette:
             Route("/v1/alerts", alerts),
             Route("/v1/models", models, methods=["GET", "POST"]),
             Route("/v1/stats", stats),
+            Route("/v1/bundles/{sha256}", bundle),
+            Route("/v1/deployments", deployments, methods=["GET", "POST"]),
+            Route("/v1/deployments/{id}", deployment),
+            Route("/v1/deployments/{id}/abort", deployment, methods=["POST"]),
         ]
     )
 

@@ -12,6 +12,10 @@
     k_raise = 2
     k_clear = 2
 
+    [rollout]                            # deployments started by an alert action
+    stages = [10, 50, 100]
+    bake = 60
+
     [models.digits]                      # per model name
     drift = { js = 0.15 }
     latency_budget_ms = 5.0
@@ -29,6 +33,7 @@ from urllib.parse import urlsplit
 
 from edgeops.drift import DriftThresholds
 from edgeops.errors import UsageError
+from edgeops.rollout import RolloutPolicy
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class ServiceConfig:
     db: str = "sqlite:///edgeops.db"
     group: str = "edgeops-service"
     """MQTT 5 shared-subscription group; processes in one group split the load."""
+    client_id: str | None = None
+    """The MQTT client id. A restarted process with the same id resumes its persistent session
+    (what the broker queued while it was down); ``edgeops serve`` uses GROUP-HOST-HTTPPORT.
+    Unset: a random id (a new session each start)."""
     fleet: str = "+"
     """The fleet to watch (``+``: all)."""
     http_host: str = "127.0.0.1"
@@ -68,6 +77,13 @@ class ServiceConfig:
     """The most windows merged for one evaluation (fewer when they reach ``min_samples``)."""
     fleet_interval: float = 10.0
     """Seconds between fleet-wide evaluations."""
+    public_url: str | None = None
+    """The REST API's address as devices reach it (bundle downloads); default: where it
+    listens."""
+    rollout_interval: float = 0.5
+    """Seconds between steps of the active deployments."""
+    rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
+    """The policy of deployments started by an alert action (``[rollout]`` in the file)."""
     bundles: tuple[Path, ...] = ()
     """Bundles to register at start (their baselines are what drift is measured against)."""
     trusted_keys: tuple[Path, ...] = ()
@@ -136,6 +152,7 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
         "models",
         "bundles",
         "trusted_keys",
+        "rollout",
     }
     for k in list(data):
         if k in simple:
@@ -149,6 +166,8 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
         name: _policy(default, values, f"[models.{name}]")
         for name, values in data.pop("models", {}).items()
     }
+    if "rollout" in data:
+        cfg = replace(cfg, rollout=RolloutPolicy.from_dict(data.pop("rollout")))
     if "bundles" in data:
         cfg = replace(cfg, bundles=tuple(Path(p) for p in data.pop("bundles")))
     if "trusted_keys" in data:

@@ -88,6 +88,7 @@ events = sa.Table(
     sa.Column("command_id", sa.String(128)),
     sa.Column("data", sa.JSON),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="events_once"),
+    sa.Index("events_by_command", "command_id", "id"),
 )
 
 models = sa.Table(
@@ -153,6 +154,63 @@ alerts = sa.Table(
     sa.Column("cleared", sa.Float),
     sa.Column("detail", sa.JSON),
     sa.Index("alerts_active", "cleared", "fleet", "device"),
+)
+
+
+bundles = sa.Table(
+    "bundles",
+    md,
+    sa.Column("sha256", sa.String(64), primary_key=True),  # of the whole bundle file
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("registered", sa.Float, nullable=False),
+    sa.UniqueConstraint("name", "version", name="bundles_once"),
+)
+
+deployments = sa.Table(
+    "deployments",
+    md,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("fleet", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("bundle_sha256", sa.String(64), nullable=False),
+    sa.Column("target", sa.JSON, nullable=False),
+    sa.Column("policy", sa.JSON, nullable=False),
+    sa.Column("trigger", sa.String(256), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # running | aborting | completed | aborted
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("stage_sizes", sa.JSON, nullable=False),
+    sa.Column("stage_started", sa.Float, nullable=False),
+    sa.Column("bake_until", sa.Float),
+    sa.Column("reason", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("finished", sa.Float),
+    sa.Column("event_cursor", sa.BigInteger, nullable=False),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("history", sa.JSON, nullable=False),
+)
+
+deployment_devices = sa.Table(
+    "deployment_devices",
+    md,
+    sa.Column("deployment", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("from_version", sa.String(64)),
+    sa.Column("from_sha256", sa.String(64)),
+    sa.Column("sent", sa.Float),
+    sa.Column("last_sent", sa.Float),
+    sa.Column("decided", sa.Float),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("health", sa.JSON),
 )
 
 
@@ -561,14 +619,60 @@ class Store:
             ).first()
         return None if row is None else dict(row[0])
 
+    def resolve_model(self, text: str) -> tuple[str, str]:
+        """A registered model named ``NAME:VERSION`` or ``NAME-VERSION``."""
+        candidates = [tuple(text.split(":", 1))] if ":" in text else []
+        candidates += [(text[:i], text[i + 1 :]) for i, c in enumerate(text) if c == "-"]
+        for name, version in candidates:
+            if self.model(name, version) is not None:
+                return name, version
+        raise UsageError(f"no registered bundle {text!r} (give NAME-VERSION or NAME:VERSION)")
+
     def models(self) -> list[dict[str, Any]]:
+        """Registered models, oldest first per name, each with its lineage (parent, training
+        run, conversion) and how many devices of each fleet run it."""
         with self.begin() as conn:
-            rows = conn.execute(
-                sa.select(
-                    models.c.name, models.c.version, models.c.model_sha256, models.c.registered
-                ).order_by(models.c.name, models.c.registered)
-            ).mappings()
-            return [dict(r) for r in rows]
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(
+                        models.c.name,
+                        models.c.version,
+                        models.c.model_sha256,
+                        models.c.registered,
+                        models.c.manifest,
+                        bundles.c.sha256.label("bundle_sha256"),
+                        bundles.c.size.label("bundle_size"),
+                    )
+                    .select_from(
+                        models.outerjoin(
+                            bundles,
+                            (bundles.c.name == models.c.name)
+                            & (bundles.c.version == models.c.version),
+                        )
+                    )
+                    .order_by(models.c.name, models.c.registered)
+                ).mappings()
+            ]
+            running: dict[tuple[str, str], dict[str, int]] = {}
+            q = sa.select(
+                devices.c.model_name, devices.c.model_version, devices.c.fleet, sa.func.count()
+            ).group_by(devices.c.model_name, devices.c.model_version, devices.c.fleet)
+            for name, version, fleet, n in conn.execute(q):
+                running.setdefault((name, version), {})[fleet] = int(n)
+        for r in rows:
+            m = r.pop("manifest")
+            model = m.get("model") or {}
+            r["lineage"] = {
+                "parent": m.get("parent"),
+                "run": (m.get("training") or {}).get("run"),
+                "created": m.get("created"),
+                "format": model.get("format"),
+                "mode": model.get("mode"),
+                "accuracy": ((m.get("evaluation") or {}).get("test") or {}).get("accuracy"),
+            }
+            r["devices"] = running.get((r["name"], r["version"]), {})
+        return rows
 
     # --- reads --------------------------------------------------------------------------------
 

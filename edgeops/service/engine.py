@@ -47,10 +47,13 @@ class Engine:
         store: db.Store,
         config: ServiceConfig,
         publish: Callable[[str, bytes], None] | None = None,
+        deploy: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.publish = publish
+        self.deploy = deploy
+        """``deploy(bundle, fleet, alert)``: the ``deploy`` alert action."""
         self._profiles: dict[tuple[str, str], tuple[Profile, dict[str, Any]] | None] = {}
         self.missing_baselines: set[tuple[str, str]] = set()
 
@@ -356,10 +359,10 @@ class Engine:
             except OSError as e:
                 log.error("alert action %s failed to start: %s", action.command[0], e)
         if action.deploy:
-            log.error(
-                "alert action: deploy %s requested, but staged rollouts are not available yet",
-                action.deploy,
-            )
+            if self.deploy is None:
+                log.error("alert action: deploy %s: no deployer configured", action.deploy)
+            else:
+                self.deploy(action.deploy, fleet, alert)
 
 
 def _distances(f: Any) -> dict[str, Any]:

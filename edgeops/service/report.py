@@ -20,16 +20,31 @@ DEFAULT_URL = "http://127.0.0.1:8480"
 def get(url: str, path: str, **params: Any) -> Any:
     """GET ``url + path`` with query ``params`` (None values left out); the decoded JSON."""
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    full = url.rstrip("/") + path + (f"?{query}" if query else "")
+    return _request(url, url.rstrip("/") + path + (f"?{query}" if query else ""))
+
+
+def post(url: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
+    """POST raw bytes (a bundle) or a JSON object to ``url + path``; the decoded JSON."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+    kind = "application/json" if isinstance(body, dict) else "application/octet-stream"
+    req = urllib.request.Request(
+        url.rstrip("/") + path, data=data, method="POST", headers={"Content-Type": kind}
+    )
+    return _request(url, req)
+
+
+def _request(url: str, req: str | urllib.request.Request) -> Any:
+    full = req if isinstance(req, str) else req.full_url
     try:
-        with urllib.request.urlopen(full, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         try:
             message = json.loads(e.read()).get("error", "")
         except ValueError:
             message = ""
-        raise EdgeOpsError(message or f"{full}: HTTP {e.code}") from None
+        error = UsageError if 400 <= e.code < 500 else EdgeOpsError  # the request was refused
+        raise error(message or f"{full}: HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:
         raise EdgeOpsError(f"cannot reach the service at {url}: {e}") from None
 
@@ -160,3 +175,73 @@ def device_report(data: dict[str, Any]) -> str:
     if data["drift"]:
         out += "\n\ndrift (latest evaluation):\n" + drift_table(data["drift"])
     return out
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def deployments_table(rows: list[dict[str, Any]]) -> str:
+    body = [
+        (
+            r["id"],
+            r["fleet"],
+            f"{r['model_name']} {r['model_version']}",
+            r["state"],
+            f"{r['stage'] + 1}/{len(r['stage_sizes'])}",
+            " ".join(f"{k} {v}" for k, v in sorted(r["devices"].items())),
+            _when(r["created"]),
+            r.get("reason") or "",
+        )
+        for r in rows
+    ]
+    return render(("id", "fleet", "model", "state", "stage", "devices", "created", "reason"), body)
+
+
+def deployment_report(d: dict[str, Any]) -> str:
+    sizes = d["stage_sizes"]
+    lines = [
+        f"deployment {d['id']}: {d['model_name']} {d['model_version']} to fleet {d['fleet']}",
+        f"state      {d['state']}" + (f" ({d['reason']})" if d.get("reason") else ""),
+        f"stage      {d['stage'] + 1} of {len(sizes)} (cumulative devices {sizes})",
+        f"trigger    {d['trigger']}",
+        "devices    " + ", ".join(f"{k} {v}" for k, v in sorted(d["counts"].items())),
+        "",
+        "history:",
+        *(f"  {_when(t)}  {what}" for t, _, what in d["history"]),
+        "",
+    ]
+    rows = [
+        (
+            x["device"],
+            x["stage"] + 1,
+            x["state"],
+            x.get("from_version") or "-",
+            _when(x.get("sent")),
+            _when(x.get("decided")),
+            (x.get("reason") or "")[:70],
+        )
+        for x in d["device_states"]
+    ]
+    return "\n".join(lines) + render(
+        ("device", "stage", "state", "from", "sent", "decided", "reason"), rows
+    )
+
+
+def models_table(rows: list[dict[str, Any]]) -> str:
+    body = [
+        (
+            r["name"],
+            r["version"],
+            (r["lineage"].get("parent") or "-"),
+            r["lineage"].get("run") or "-",
+            f"{r['lineage'].get('format') or '-'} {r['lineage'].get('mode') or ''}".strip(),
+            r["lineage"].get("accuracy"),
+            r.get("bundle_size") or "-",
+            ", ".join(f"{f}: {n}" for f, n in sorted(r["devices"].items())) or "-",
+        )
+        for r in rows
+    ]
+    return render(
+        ("model", "version", "parent", "run", "format", "accuracy", "bytes", "running on"), body
+    )

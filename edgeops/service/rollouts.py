@@ -1,0 +1,697 @@
+"""Staged rollouts, driven from storage: deployments, their devices, and the commands they send.
+
+A deployment and each of its devices are rows (``deployments``, ``deployment_devices``); the
+devices' answers are the ``update-<state>`` and ``rollback-*`` events the service already stores,
+found by their command ids (``DEPLOYMENT/DEVICE/u`` for the update, ``DEPLOYMENT/DEVICE/r`` for a
+rollback). :meth:`Rollouts.tick` steps every active deployment: it reads the events that arrived
+since its cursor, updates device states, times out the silent, applies the verdicts of
+:mod:`edgeops.rollout`, and writes all of it in one transaction *before* it publishes the commands
+that follow from it. A command that never reached its device is published again after
+``resend`` seconds (a device ignores a command id it has already handled), so a crash between the
+commit and the publish delays a device but never loses it.
+
+Only one service process steps a deployment at a time: each step first takes the deployment's
+lease (``lease_owner``, ``lease_until``) with one conditional ``UPDATE``. A restarted or second
+process takes over when the lease runs out; deployments resume where their rows say they are.
+
+Update commands carry a ``deadline`` (half the policy's timeout after the first send): a device
+that comes back online later refuses the stale command instead of updating after its deployment
+gave up on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgeops import rollout as ro
+from edgeops import wire
+from edgeops.errors import BundleError, UsageError
+from edgeops.latency import merge_wire
+from edgeops.service import db
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("running", "aborting")
+DEP = db.deployments.c
+DD = db.deployment_devices.c
+
+SendCommand = Callable[[str, str, wire.Command], None]
+"""``send(fleet, device, command)`` publishes a command to a device."""
+
+
+class RolloutError(UsageError):
+    """A deployment cannot be created or changed as asked."""
+
+
+class Rollouts:
+    """Creates, steps, aborts and reports deployments; see the module docstring."""
+
+    def __init__(
+        self,
+        store: db.Store,
+        *,
+        send: SendCommand,
+        bundle_url: Callable[[str], str],
+        owner: str,
+        lease: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.send = send
+        self.bundle_url = bundle_url
+        self.owner = owner
+        self.lease = lease
+        self._bundles: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    # --- bundles ------------------------------------------------------------------------------
+
+    def add_bundle(self, data: bytes, manifest: dict[str, Any], sha256: str) -> None:
+        """Keep a verified bundle's bytes for devices to download; refuse a second, different
+        bundle under a name and version already registered."""
+        name, version = manifest["name"], manifest["version"]
+        with self.store.begin() as conn:
+            row = conn.execute(
+                sa.select(db.bundles.c.sha256).where(
+                    db.bundles.c.name == name, db.bundles.c.version == version
+                )
+            ).first()
+            if row is not None:
+                if row[0] != sha256:
+                    raise BundleError(
+                        f"{name} {version} is already registered with other contents; "
+                        "give the new bundle a new version"
+                    )
+                return
+            conn.execute(
+                sa.insert(db.bundles).values(
+                    sha256=sha256,
+                    name=name,
+                    version=version,
+                    size=len(data),
+                    data=data,
+                    registered=time.time(),
+                )
+            )
+
+    def bundle(self, sha256: str) -> bytes | None:
+        """A registered bundle's bytes (kept in memory once read)."""
+        with self._lock:
+            data = self._bundles.get(sha256)
+        if data is not None:
+            return data
+        with self.store.begin() as conn:
+            row = conn.execute(
+                sa.select(db.bundles.c.data).where(db.bundles.c.sha256 == sha256)
+            ).first()
+        if row is None:
+            return None
+        with self._lock:
+            if len(self._bundles) >= 4:
+                self._bundles.pop(next(iter(self._bundles)))
+            self._bundles[sha256] = bytes(row[0])
+        return bytes(row[0])
+
+    def _find_bundle(self, conn: Connection, name: str, version: str) -> dict[str, Any]:
+        row = (
+            conn.execute(
+                sa.select(db.bundles.c.sha256, db.bundles.c.size).where(
+                    db.bundles.c.name == name, db.bundles.c.version == version
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise RolloutError(f"no bundle {name} {version} is registered with the service")
+        model = conn.execute(
+            sa.select(db.models.c.model_sha256).where(
+                db.models.c.name == name, db.models.c.version == version
+            )
+        ).scalar_one()
+        return {"sha256": row["sha256"], "size": int(row["size"]), "model_sha256": model}
+
+    # --- creating -----------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        version: str,
+        fleet: str,
+        *,
+        devices: Sequence[str] = (),
+        selector: dict[str, str] | None = None,
+        policy: ro.RolloutPolicy | None = None,
+        trigger: str = "request",
+        once: bool = False,
+    ) -> dict[str, Any]:
+        """Start a deployment of a registered bundle; its status. With ``once``, an existing
+        deployment of the same bundle to the same fleet is returned instead (alert actions)."""
+        policy = policy or ro.RolloutPolicy()
+        if not fleet or "+" in fleet or "#" in fleet:
+            raise RolloutError("give the fleet to deploy to (--fleet)")
+        now = time.time()
+        dep_id = f"d{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
+        with self.store.begin() as conn:
+            if once:
+                existing = conn.execute(
+                    sa.select(DEP.id).where(
+                        DEP.fleet == fleet, DEP.model_name == name, DEP.model_version == version
+                    )
+                ).first()
+                if existing is not None:
+                    return self._status(conn, existing[0])
+            bundle = self._find_bundle(conn, name, version)
+            known = conn.execute(
+                sa.select(db.devices).where(db.devices.c.fleet == fleet)
+            ).mappings()
+            by_id = {d["device"]: dict(d) for d in known}
+            chosen = _targets(by_id, name, devices, selector)
+            todo = [d for d in chosen if by_id[d].get("model_sha256") != bundle["model_sha256"]]
+            if not todo:
+                already = len(chosen)
+                raise RolloutError(
+                    f"no device to update in fleet {fleet!r}"
+                    + (f" ({already} already run {name} {version})" if already else "")
+                )
+            order = ro.device_order([(d, bool(by_id[d]["online"])) for d in todo], dep_id)
+            sizes = ro.stage_sizes(len(order), policy)
+            stage_of = [
+                next(i for i, s in enumerate(sizes) if pos < s) for pos in range(len(order))
+            ]
+            cursor = conn.execute(sa.select(sa.func.max(db.events.c.id))).scalar() or 0
+            conn.execute(
+                sa.insert(db.deployments).values(
+                    id=dep_id,
+                    fleet=fleet,
+                    model_name=name,
+                    model_version=version,
+                    bundle_sha256=bundle["sha256"],
+                    target={
+                        "devices": list(devices),
+                        "selector": selector or {},
+                        "model_sha256": bundle["model_sha256"],
+                        "size": bundle["size"],
+                        "already": len(chosen) - len(todo),
+                    },
+                    policy=policy.to_dict(),
+                    trigger=trigger,
+                    state="running",
+                    stage=0,
+                    stage_sizes=sizes,
+                    stage_started=now,
+                    bake_until=None,
+                    reason=None,
+                    created=now,
+                    updated=now,
+                    finished=None,
+                    event_cursor=int(cursor),
+                    lease_owner=None,
+                    lease_until=0.0,
+                    history=[[now, "created", f"{len(order)} devices in {len(sizes)} stages"]],
+                )
+            )
+            conn.execute(
+                sa.insert(db.deployment_devices),
+                [
+                    {
+                        "deployment": dep_id,
+                        "device": d,
+                        "position": pos,
+                        "stage": stage_of[pos],
+                        "state": ro.PENDING,
+                        "from_version": by_id[d].get("model_version"),
+                        "from_sha256": by_id[d].get("model_sha256"),
+                        "updated": now,
+                    }
+                    for pos, d in enumerate(order)
+                ],
+            )
+            log.info(
+                "deployment %s: %s %s to %d devices of %s in stages %s",
+                dep_id,
+                name,
+                version,
+                len(order),
+                fleet,
+                sizes,
+            )
+            return self._status(conn, dep_id)
+
+    def abort(self, dep_id: str, reason: str = "aborted on request") -> dict[str, Any]:
+        """Stop a deployment and roll back the devices it updated."""
+        with self.store.begin() as conn:
+            dep = self._row(conn, dep_id)
+            if dep["state"] not in ACTIVE:
+                raise RolloutError(f"deployment {dep_id} has already {dep['state']}")
+            if dep["state"] == "running":
+                self._abort(conn, dep, reason, time.time())
+        self.tick(only=dep_id)
+        return self.status(dep_id)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def status(self, dep_id: str) -> dict[str, Any]:
+        with self.store.begin() as conn:
+            return self._status(conn, dep_id)
+
+    def deployments(self, *, active: bool = False) -> list[dict[str, Any]]:
+        q = sa.select(db.deployments).order_by(DEP.created.desc())
+        if active:
+            q = q.where(DEP.state.in_(ACTIVE))
+        with self.store.begin() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+            counts: dict[str, dict[str, int]] = {}
+            for dep, state, n in conn.execute(
+                sa.select(DD.deployment, DD.state, sa.func.count()).group_by(
+                    DD.deployment, DD.state
+                )
+            ):
+                counts.setdefault(dep, {})[state] = int(n)
+        for r in rows:
+            r["devices"] = counts.get(r["id"], {})
+            for k in ("lease_owner", "lease_until", "event_cursor", "history"):
+                r.pop(k, None)
+        return rows
+
+    def _row(self, conn: Connection, dep_id: str) -> dict[str, Any]:
+        row = conn.execute(sa.select(db.deployments).where(DEP.id == dep_id)).mappings().first()
+        if row is None:
+            raise RolloutError(f"no deployment {dep_id!r}")
+        return dict(row)
+
+    def _devices(self, conn: Connection, dep_id: str) -> list[dict[str, Any]]:
+        q = sa.select(db.deployment_devices).where(DD.deployment == dep_id).order_by(DD.position)
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def _status(self, conn: Connection, dep_id: str) -> dict[str, Any]:
+        dep = self._row(conn, dep_id)
+        devs = self._devices(conn, dep_id)
+        policy = ro.RolloutPolicy.from_dict(dep["policy"])
+        t = ro.tally([d["state"] for d in devs], policy)
+        counts: dict[str, int] = {}
+        for d in devs:
+            counts[d["state"]] = counts.get(d["state"], 0) + 1
+        for k in ("lease_owner", "lease_until", "event_cursor"):
+            dep.pop(k)
+        return {
+            **dep,
+            "stages": len(dep["stage_sizes"]),
+            "counts": counts,
+            "tally": {
+                "sent": t.sent,
+                "committed": t.committed,
+                "failed": t.failed,
+                "decided": t.decided,
+                "undecided": t.undecided,
+            },
+            "device_states": [
+                {
+                    k: d[k]
+                    for k in (
+                        "device",
+                        "stage",
+                        "state",
+                        "from_version",
+                        "sent",
+                        "decided",
+                        "reason",
+                        "health",
+                    )
+                }
+                for d in devs
+            ],
+        }
+
+    # --- stepping -----------------------------------------------------------------------------
+
+    def tick(self, only: str | None = None) -> None:
+        """Step every active deployment this process holds (or can take) the lease of."""
+        with self.store.begin() as conn:
+            q = sa.select(DEP.id).where(DEP.state.in_(ACTIVE)).order_by(DEP.created)
+            ids = [r[0] for r in conn.execute(q if only is None else q.where(DEP.id == only))]
+        for dep_id in ids:
+            try:
+                self._step(dep_id)
+            except Exception:
+                log.exception("deployment %s: step failed; retried at the next tick", dep_id)
+
+    def release(self) -> None:
+        """Give up this process's leases (on a clean stop), so another process takes over."""
+        with self.store.begin() as conn:
+            conn.execute(
+                sa.update(db.deployments)
+                .where(DEP.lease_owner == self.owner)
+                .values(lease_owner=None, lease_until=0.0)
+            )
+
+    def _take_lease(self, conn: Connection, dep_id: str, now: float) -> bool:
+        res = conn.execute(
+            sa.update(db.deployments)
+            .where(
+                DEP.id == dep_id,
+                DEP.state.in_(ACTIVE),
+                sa.or_(DEP.lease_owner == self.owner, DEP.lease_until < now),
+            )
+            .values(lease_owner=self.owner, lease_until=now + self.lease)
+        )
+        return res.rowcount == 1
+
+    def _step(self, dep_id: str) -> None:
+        now = time.time()
+        outbox: list[tuple[str, str, wire.Command]] = []
+        with self.store.begin() as conn:
+            if not self._take_lease(conn, dep_id, now):
+                return
+            dep = self._row(conn, dep_id)
+            devs = {d["device"]: d for d in self._devices(conn, dep_id)}
+            changed: dict[str, dict[str, Any]] = {}
+            self._read_events(conn, dep, devs, changed, now)
+            policy = ro.RolloutPolicy.from_dict(dep["policy"])
+            self._time_out(dep, devs, changed, policy, now)
+            if dep["state"] == "running":
+                self._run(conn, dep, devs, changed, policy, outbox, now)
+            if dep["state"] == "aborting":
+                self._unwind(conn, dep, devs, changed, policy, outbox, now)
+            for d in changed.values():
+                d["updated"] = now
+                conn.execute(
+                    sa.update(db.deployment_devices)
+                    .where(DD.deployment == dep_id, DD.device == d["device"])
+                    .values({k: v for k, v in d.items() if k not in ("deployment", "device")})
+                )
+        for fleet, device, cmd in outbox:  # after the commit: the rows say they were sent
+            self.send(fleet, device, cmd)
+
+    def _read_events(
+        self,
+        conn: Connection,
+        dep: dict[str, Any],
+        devs: dict[str, dict[str, Any]],
+        changed: dict[str, dict[str, Any]],
+        now: float,
+    ) -> None:
+        e = db.events.c
+        rows = conn.execute(
+            sa.select(e.id, e.device, e.kind, e.message, e.command_id, e.data)
+            .where(
+                e.command_id.like(f"{dep['id']}/%"),
+                e.id > dep["event_cursor"],
+                e.fleet == dep["fleet"],
+            )
+            .order_by(e.id)
+        ).all()
+        for eid, device, kind, message, command_id, data in rows:
+            dep["event_cursor"] = max(dep["event_cursor"], int(eid))
+            d = devs.get(device)
+            if d is None or command_id != _command_id(dep["id"], device, command_id[-1]):
+                continue
+            new = _next_state(d["state"], kind)
+            if new is None:
+                continue
+            d["state"] = new
+            if new in ro.DECIDED or new in (ro.REVERTED, ro.REVERT_FAILED):
+                d["decided"] = now if new in ro.DECIDED else d["decided"]
+                d["reason"] = message or None
+            health = (data or {}).get("health")
+            if health is not None:
+                d["health"] = health
+            changed[device] = d
+            log.info("deployment %s: %s %s", dep["id"], device, new)
+        dep["_dirty"] = bool(rows)
+
+    def _time_out(
+        self,
+        dep: dict[str, Any],
+        devs: dict[str, dict[str, Any]],
+        changed: dict[str, dict[str, Any]],
+        policy: ro.RolloutPolicy,
+        now: float,
+    ) -> None:
+        for d in devs.values():
+            waiting = d["state"] == ro.SENT or d["state"] in ro.IN_PROGRESS
+            if waiting and d["sent"] is not None and now - d["sent"] > policy.timeout:
+                d.update(state=ro.TIMEOUT, decided=now, reason=f"no outcome in {policy.timeout}s")
+                changed[d["device"]] = d
+            elif d["state"] == ro.REVERTING and now - (d["sent"] or now) > policy.timeout:
+                d.update(state=ro.REVERT_FAILED, reason="no answer to the rollback")
+                changed[d["device"]] = d
+
+    def _run(
+        self,
+        conn: Connection,
+        dep: dict[str, Any],
+        devs: dict[str, dict[str, Any]],
+        changed: dict[str, dict[str, Any]],
+        policy: ro.RolloutPolicy,
+        outbox: list[tuple[str, str, wire.Command]],
+        now: float,
+    ) -> None:
+        t = ro.tally([d["state"] for d in devs.values()], policy)
+        reason = ro.early_abort(t, policy)
+        if reason is None:
+            stage = dep["stage"]
+            in_stage = [d for d in devs.values() if d["stage"] <= stage]
+            finished = all(
+                d["state"] not in (ro.PENDING, ro.SENT, *ro.IN_PROGRESS) for d in in_stage
+            )
+            if finished:
+                reason = ro.stage_verdict(t, policy)
+            if finished and reason is None:
+                if dep["bake_until"] is None:
+                    self._set(conn, dep, now, bake_until=now + policy.bake)
+                    self._note(conn, dep, now, f"stage {stage + 1} done; baking {policy.bake}s")
+                if now >= dep["bake_until"]:
+                    reason = self._regression(conn, dep, in_stage, policy)
+                    if reason is None:
+                        self._advance(conn, dep, now)
+        if reason is not None:
+            self._abort(conn, dep, reason, now)
+            for d in devs.values():
+                if d["state"] == ro.PENDING:
+                    d["state"] = ro.SKIPPED
+                    changed[d["device"]] = d
+            return
+        if dep["state"] != "running":
+            return
+        for d in devs.values():
+            if d["stage"] > dep["stage"]:
+                continue
+            if d["state"] == ro.PENDING:
+                d.update(state=ro.SENT, sent=now, last_sent=now)
+            elif d["state"] == ro.SENT and now - d["last_sent"] >= policy.resend:
+                d["last_sent"] = now
+            else:
+                continue
+            changed[d["device"]] = d
+            outbox.append((dep["fleet"], d["device"], self._update_command(dep, d, policy)))
+        if dep.pop("_dirty", False):
+            self._set(conn, dep, now)
+
+    def _unwind(
+        self,
+        conn: Connection,
+        dep: dict[str, Any],
+        devs: dict[str, dict[str, Any]],
+        changed: dict[str, dict[str, Any]],
+        policy: ro.RolloutPolicy,
+        outbox: list[tuple[str, str, wire.Command]],
+        now: float,
+    ) -> None:
+        """Roll back every device that committed; finish once none is left to wait for."""
+        for d in devs.values():
+            if d["state"] == ro.PENDING:
+                d["state"] = ro.SKIPPED
+            elif d["state"] == ro.COMMITTED:
+                d.update(state=ro.REVERTING, sent=now, last_sent=now)
+            elif d["state"] == ro.REVERTING and now - d["last_sent"] >= policy.resend:
+                d["last_sent"] = now
+            else:
+                continue
+            changed[d["device"]] = d
+            if d["state"] == ro.REVERTING:
+                outbox.append((dep["fleet"], d["device"], self._rollback_command(dep, d)))
+        waiting = (ro.SENT, *ro.IN_PROGRESS, ro.COMMITTED, ro.REVERTING)
+        if not any(d["state"] in waiting for d in devs.values()):
+            reverted = sum(d["state"] == ro.REVERTED for d in devs.values())
+            failed = [d["device"] for d in devs.values() if d["state"] == ro.REVERT_FAILED]
+            note = f"aborted; {reverted} devices rolled back"
+            if failed:
+                note += f"; rollback failed on {', '.join(failed)}"
+            self._set(conn, dep, now, state="aborted", finished=now)
+            self._note(conn, dep, now, note)
+            log.warning("deployment %s: %s", dep["id"], note)
+        else:
+            self._set(conn, dep, now)
+
+    def _regression(
+        self,
+        conn: Connection,
+        dep: dict[str, Any],
+        in_stage: list[dict[str, Any]],
+        policy: ro.RolloutPolicy,
+    ) -> str | None:
+        """The regression gates over the committed devices of the deployment so far."""
+        committed = [d for d in in_stage if d["state"] == ro.COMMITTED]
+        if not committed:
+            return None
+        w = db.windows.c
+        new_rows: list[Any] = []
+        old_rows: list[Any] = []
+        for d in committed:
+            q = sa.select(w.payload).where(w.fleet == dep["fleet"], w.device == d["device"])
+            new_rows += conn.execute(
+                q.where(
+                    w.model_version == dep["model_version"],
+                    w.window_start >= (d["decided"] or 0.0) - 1.0,
+                )
+            ).all()
+            if d["from_version"] is not None and d["sent"] is not None:
+                old_rows += conn.execute(
+                    q.where(
+                        w.model_version == d["from_version"],
+                        w.window_end <= d["sent"],
+                        w.window_end >= d["sent"] - 600.0,
+                    )
+                ).all()
+        new = _serving([r[0] for r in new_rows])
+        old = _serving([r[0] for r in old_rows]) if old_rows else None
+        return ro.regression_verdict(new, old, policy)
+
+    def _advance(self, conn: Connection, dep: dict[str, Any], now: float) -> None:
+        stage = dep["stage"]
+        if stage + 1 < len(dep["stage_sizes"]):
+            self._set(conn, dep, now, stage=stage + 1, stage_started=now, bake_until=None)
+            self._note(conn, dep, now, f"stage {stage + 2} started")
+        else:
+            self._set(conn, dep, now, state="completed", finished=now)
+            self._note(conn, dep, now, "completed")
+            log.info("deployment %s completed", dep["id"])
+
+    def _abort(self, conn: Connection, dep: dict[str, Any], reason: str, now: float) -> None:
+        self._set(conn, dep, now, state="aborting", reason=reason)
+        self._note(conn, dep, now, f"aborting: {reason}")
+        log.warning("deployment %s: aborting: %s", dep["id"], reason)
+
+    def _set(self, conn: Connection, dep: dict[str, Any], now: float, **values: Any) -> None:
+        dep.update(values, updated=now)
+        conn.execute(
+            sa.update(db.deployments)
+            .where(DEP.id == dep["id"])
+            .values(**values, updated=now, event_cursor=dep["event_cursor"])
+        )
+
+    def _note(self, conn: Connection, dep: dict[str, Any], now: float, what: str) -> None:
+        dep["history"] = [*dep["history"], [now, dep["state"], what]]
+        conn.execute(
+            sa.update(db.deployments).where(DEP.id == dep["id"]).values(history=dep["history"])
+        )
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _update_command(
+        self, dep: dict[str, Any], d: dict[str, Any], policy: ro.RolloutPolicy
+    ) -> wire.Command:
+        return wire.Command(
+            id=_command_id(dep["id"], d["device"], "u"),
+            kind="update",
+            issued=d["sent"],
+            args={
+                "url": self.bundle_url(dep["bundle_sha256"]),
+                "sha256": dep["bundle_sha256"],
+                "size": dep["target"]["size"],
+                "version": dep["model_version"],
+                "health": policy.health(),
+                "deadline": d["sent"] + policy.timeout / 2,
+            },
+        )
+
+    def _rollback_command(self, dep: dict[str, Any], d: dict[str, Any]) -> wire.Command:
+        return wire.Command(
+            id=_command_id(dep["id"], d["device"], "r"),
+            kind="rollback",
+            issued=d["sent"],
+            args={"from_sha256": dep["target"]["model_sha256"]},
+        )
+
+
+def _command_id(dep_id: str, device: str, kind: str) -> str:
+    return f"{dep_id}/{device}/{kind}"
+
+
+def _next_state(state: str, kind: str) -> str | None:
+    """A device's deployment state after an event of ``kind``; None when it changes nothing."""
+    waiting = state == ro.SENT or state in ro.IN_PROGRESS or state == ro.TIMEOUT
+    if kind.startswith("update-"):
+        s = kind.removeprefix("update-")
+        if s in ro.IN_PROGRESS:
+            return s if state == ro.SENT or state in ro.IN_PROGRESS else None
+        if s == "committed" and waiting:
+            return ro.COMMITTED
+        if s == "failed" and waiting:
+            return ro.FAILED
+        if s == "rolled-back" and waiting:
+            return ro.ROLLED_BACK
+        return None
+    if state == ro.REVERTING:
+        if kind == "rollback-done":
+            return ro.REVERTED
+        if kind == "rollback-failed":
+            return ro.REVERT_FAILED
+    return None
+
+
+def _targets(
+    known: dict[str, dict[str, Any]],
+    name: str,
+    devices: Sequence[str],
+    selector: dict[str, str] | None,
+) -> list[str]:
+    """The devices a deployment may update: the listed ones, or the fleet's online devices that
+    run a model of ``name`` (or none) and match every label of the selector. A device offline
+    when the deployment starts is left out unless it is listed: a fleet's long-gone devices
+    would otherwise time out in every deployment."""
+    if devices:
+        unknown = sorted(set(devices) - set(known))
+        if unknown:
+            raise RolloutError(f"unknown device(s) in the fleet: {', '.join(unknown)}")
+        return sorted(set(devices))
+    out = []
+    for dev, rec in sorted(known.items()):
+        if rec.get("model_name") not in (None, name) or not rec.get("online"):
+            continue
+        labels = rec.get("labels") or {}
+        if selector and any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        out.append(dev)
+    return out
+
+
+def _serving(payloads: Sequence[bytes]) -> ro.Serving:
+    """Merge telemetry windows into one model's serving record."""
+    tele = [wire.decode(p, wire.Telemetry) for p in payloads]
+    lat = [t.latency for t in tele if t.latency.count]
+    p95 = merge_wire(lat).quantile(0.95) if lat else None
+    return ro.Serving(
+        predictions=sum(t.count for t in tele), errors=sum(t.errors for t in tele), p95_ms=p95
+    )
+
+
+def parse_selector(text: str | None) -> dict[str, str] | None:
+    """``"site=lab,tier=canary"`` as a dict."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip():
+            raise RolloutError(f"--selector {text!r}: use LABEL=VALUE[,LABEL=VALUE…]")
+        out[k.strip()] = v.strip()
+    return out
