@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,75 @@ def test_a_killed_service_resumes_its_deployment(
         finally:
             p.terminate()
             p.wait(10)
+
+
+def test_a_drift_alert_deploys_the_bundle_its_policy_names(
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``on_alert = { deploy = "digits-1.1.0" }``: the alert starts one staged deployment to
+    the fleet, through the same path as ``edgeops deploy``."""
+    from sklearn.datasets import load_digits
+
+    from edgeops.service.config import AlertAction, ModelPolicy
+    from tests.test_service import _serve_windows
+
+    policy = ModelPolicy(on_alert=AlertAction(deploy="digits-1.1.0"))
+    rollout = ro.RolloutPolicy.from_dict({**FAST.to_dict(), "health_seconds": 1.0})
+    cfg = replace(
+        _config(tmp_path, broker.port, signing_keys),
+        bundles=(bundles["old"], bundles["good"]),
+        models={"digits": policy},
+        rollout=rollout,
+    )
+    images = load_digits().images.astype(np.float32)
+    rng = np.random.default_rng(1)
+    tag = uuid.uuid4().hex[:4]
+    with Service(cfg) as service:
+        assert service.connected.wait(10)
+        agents = [
+            Agent(
+                make_config(
+                    tmp_path / f"d{i}",
+                    broker.port,
+                    bundles["old"],
+                    signing_keys,
+                    device=f"alert{tag}-{i}",
+                    window=3600,
+                ),
+                http=False,
+            ).start()
+            for i in range(2)
+        ]
+        try:
+            assert _until(
+                lambda: (
+                    len(
+                        [
+                            d
+                            for d in service.store.devices(FLEET)
+                            if d["device"].startswith(f"alert{tag}")
+                        ]
+                    )
+                    == 2
+                )
+            )
+            for a in agents:
+                _serve_windows(a, images, 2, rng)
+            assert service.rollouts.deployments() == []
+            for _ in range(2):
+                _serve_windows(agents[1], images, 1, rng, shift=5.0)  # drift on one device
+            assert _until(lambda: len(service.rollouts.deployments()) == 1, 30)
+            dep = service.rollouts.deployments()[0]
+            assert dep["trigger"].startswith("alert ") and f"alert{tag}-1" in dep["trigger"]
+            status = _finished(service, dep["id"])
+            assert status["state"] == "completed", status
+            mine = {d["device"] for d in status["device_states"]}
+            assert {f"alert{tag}-0", f"alert{tag}-1"} <= mine
+            assert {a.model.ref.version for a in agents if a.model} == {"1.1.0"}
+            # More alerts do not start the same deployment again.
+            _serve_windows(agents[0], images, 2, rng, shift=5.0)
+            time.sleep(1.0)
+            assert len(service.rollouts.deployments()) == 1
+        finally:
+            for a in agents:
+                a.stop()
