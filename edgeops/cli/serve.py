@@ -35,6 +35,11 @@ from edgeops.service.report import (
 @click.option("--group", default=None, help="Shared-subscription group (processes split load).")
 @click.option("--http-port", type=int, default=None, help="REST API port (default 8480).")
 @click.option(
+    "--public-url",
+    default=None,
+    help="The REST API's address as devices reach it (bundle downloads in deployments).",
+)
+@click.option(
     "--bundle",
     "bundles",
     multiple=True,
@@ -55,6 +60,7 @@ def serve(
     db: str | None,
     group: str | None,
     http_port: int | None,
+    public_url: str | None,
     bundles: tuple[Path, ...],
     pubkeys: tuple[Path, ...],
     allow_unsigned: bool | None,
@@ -70,6 +76,7 @@ def serve(
         db=db,
         group=group,
         http_port=http_port,
+        public_url=public_url,
         bundles=bundles,
         trusted_keys=pubkeys,
         allow_unsigned=allow_unsigned,
