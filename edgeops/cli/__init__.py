@@ -39,6 +39,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": ("edgeops.cli.bundle", "verify", "Verify a bundle's hashes and signature."),
     "build": ("edgeops.cli.bundle", "build", "Train, convert and package in one command."),
     "agent": ("edgeops.cli.agent", "agent", "Run the on-device agent, or replay data to it."),
+    "simulate": (
+        "edgeops.cli.simulate",
+        "simulate",
+        "Simulate a fleet: many real agents replaying data, with injected drift.",
+    ),
     "serve": ("edgeops.cli.serve", "serve", "Run the central service: telemetry, drift, alerts."),
     "fleet": ("edgeops.cli.serve", "fleet", "Fleet status and device details from the service."),
     "drift": ("edgeops.cli.serve", "drift", "Drift reports from the service."),

@@ -1,0 +1,156 @@
+"""``edgeops simulate``: options to a :class:`~edgeops.simulate.FleetConfig`, then a :class:`Fleet`
+run until ``--duration`` ends or SIGINT/SIGTERM, with a progress line every few seconds."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeops.errors import UsageError
+from edgeops.optional import require
+
+
+@click.command()
+@click.option("--devices", type=int, required=True, help="Simulated devices (agents).")
+@click.option(
+    "--broker", default="mqtt://localhost:1883", show_default=True, help="mqtt://HOST:PORT."
+)
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The bundle every device starts with.",
+)
+@click.option("--fleet", default="sim", show_default=True, help="Fleet id in the topics.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV or NPZ rows to replay (default: the bundled sample the bundle was trained on).",
+)
+@click.option("--target", default=None, help="Label column for feedback (default: the bundle's).")
+@click.option(
+    "--rate", type=float, default=1.0, show_default=True, help="Predictions/s per device."
+)
+@click.option(
+    "--duration", type=float, default=None, help="Seconds to run (default: until Ctrl-C)."
+)
+@click.option(
+    "--drift",
+    "drifts",
+    multiple=True,
+    metavar="SPEC",
+    help="Drift on some devices (repeatable), e.g. kind=covariate,amount=2,devices=0-9,after=30. "
+    "Kinds: covariate, noise, missing, label. Keys: amount, devices (0-4+9, 25%, all), after "
+    "(seconds), features (a+b), class.",
+)
+@click.option(
+    "--feedback",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of predictions whose true label is sent back.",
+)
+@click.option(
+    "--window-seconds", type=float, default=10.0, show_default=True, help="Telemetry window."
+)
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Public key (.pub, or a directory of them) the devices trust (repeatable).",
+)
+@click.option("--allow-unsigned", is_flag=True, help="Devices accept unsigned bundles.")
+@click.option("--labels", default=None, metavar="K=V,...", help="Labels of every device.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Device stores and outboxes (default: a temporary directory, removed at the end).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Row order and drift seed.")
+@click.option(
+    "--every", type=float, default=5.0, show_default=True, help="Seconds between progress lines."
+)
+def simulate(
+    devices: int,
+    broker: str,
+    bundle: Path,
+    fleet: str,
+    data: Path | None,
+    target: str | None,
+    rate: float,
+    duration: float | None,
+    drifts: tuple[str, ...],
+    feedback: float,
+    window_seconds: float,
+    trusted_keys: tuple[Path, ...],
+    allow_unsigned: bool,
+    labels: str | None,
+    workdir: Path | None,
+    seed: int,
+    every: float,
+) -> None:
+    """Run a fleet of simulated devices: real agents replaying real rows, with drift."""
+    require("paho.mqtt", "agent")
+    from edgeops.simulate import Fleet, FleetConfig, parse_drift, parse_labels, summary_table
+
+    if duration is not None and duration <= 0:
+        raise UsageError("--duration must be a positive number of seconds")
+    if every <= 0:
+        raise UsageError("--every must be a positive number of seconds")
+    config = FleetConfig(
+        devices=devices,
+        bundle=bundle,
+        broker=broker,
+        fleet=fleet,
+        data=data,
+        target=target,
+        rate=rate,
+        feedback=feedback,
+        window_seconds=window_seconds,
+        drift=tuple(parse_drift(d) for d in drifts),
+        trusted_keys=trusted_keys,
+        allow_unsigned=allow_unsigned,
+        labels=parse_labels(labels),
+        workdir=workdir,
+        seed=seed,
+    )
+    sim = Fleet(config)
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        sim.prepare()  # the bundle and the data: a mistake in either is an error before any start
+        click.echo(f"starting {devices} device(s) against {broker} …", err=True)
+        sim.start()
+        try:
+            click.echo(
+                f"{sim.online}/{devices} device(s) online; agents started in "
+                f"{sim.startup_seconds or 0:.1f} s",
+                err=True,
+            )
+            if sim.online == 0:
+                raise UsageError(f"--broker {broker}: no device could connect to it")
+            end = None if duration is None else time.monotonic() + duration
+            while True:
+                left = every if end is None else min(every, end - time.monotonic())
+                if stop.wait(max(left, 0.0)) or (end is not None and time.monotonic() >= end):
+                    break
+                click.echo(sim.summary().line(), err=True)
+            rows = sim.stats()
+            total = sim.summary(rows)
+        finally:
+            sim.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo(total.line(), err=True)
+    click.echo(summary_table(rows, total))

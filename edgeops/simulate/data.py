@@ -1,0 +1,148 @@
+"""The rows simulated devices replay: a CSV or NPZ file, or the bundled sample a bundle came from.
+
+Tabular models get the raw columns their preprocessing names (the agent encodes them, as it
+does for a real caller); tensor models get their input array, reshaped to the model's sample
+shape. The label column is kept aside for feedback. Without a data file, a bundle trained on
+one of scikit-learn's bundled datasets that :mod:`edgeops.samples` writes (digits, wine,
+diabetes) replays that dataset; scikit-learn loads it from its package, without a download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeops import samples
+from edgeops.errors import InputDataError, UsageError
+from edgeops.preprocessing import Preprocessing
+from edgeops.simulate.inject import Array, Samples
+from edgeops.table import Table, read_table
+
+LABEL_COLUMNS = ("label", "target", "y")
+"""Where labels are looked for when neither ``--target`` nor the bundle names a column."""
+
+# (preprocessing kind, the training target) -> the sample dataset, its file and its writer
+BUNDLED: Mapping[tuple[str, str], tuple[str, str, Callable[[Path], Path]]] = {
+    ("tensor", "label"): ("digits", "digits.npz", samples.digits_npz),
+    ("tabular", "cultivar"): ("wine", "wine.csv", samples.wine_csv),
+    ("tabular", "progression"): ("diabetes", "diabetes.csv", samples.diabetes_csv),
+}
+
+
+def bundled_sample(manifest: Mapping[str, Any]) -> str | None:
+    """The name of the bundled sample dataset the bundle was trained on, if it looks like one."""
+    target = str((manifest.get("training") or {}).get("target"))
+    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
+    return None if entry is None else entry[0]
+
+
+def sample_file(manifest: Mapping[str, Any], directory: Path) -> Path:
+    """Write the bundled sample dataset the bundle was trained on to ``directory``."""
+    target = str((manifest.get("training") or {}).get("target"))
+    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
+    if entry is None:
+        raise UsageError(
+            f"bundle {manifest.get('name')!r} was not trained on a bundled sample dataset "
+            "(digits, wine or diabetes): give --data FILE (CSV or NPZ) to replay"
+        )
+    _, name, write = entry
+    return write(directory / name)
+
+
+def load_samples(
+    manifest: Mapping[str, Any],
+    data: Path | None = None,
+    *,
+    target: str | None = None,
+    directory: Path,
+    seed: int = 0,
+) -> Samples:
+    """The rows of ``data`` (or of the bundle's sample dataset, written to ``directory``) as
+    the bundle's model takes them, shuffled with ``seed``, labels aside."""
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    path = data if data is not None else sample_file(manifest, directory)
+    table = read_table(path)
+    label_name = _label_column(table, manifest, target)
+    features = _tabular(table, pre) if pre.kind == "tabular" else _tensor(table, pre, label_name)
+    labels = None if label_name is None else _labels(table[label_name], str(manifest["task"]))
+    out = Samples(pre.kind, features, labels)
+    return out.take(np.random.default_rng(seed).permutation(len(out)).astype(np.intp))
+
+
+def _label_column(table: Table, manifest: Mapping[str, Any], target: str | None) -> str | None:
+    if target is not None:
+        if target not in table:
+            raise UsageError(
+                f"--target {target}: {table.source} has no such column "
+                f"(columns: {', '.join(table.names)})"
+            )
+        return target
+    trained = (manifest.get("training") or {}).get("target")
+    candidates = ([str(trained)] if trained else []) + list(LABEL_COLUMNS)
+    return next((c for c in candidates if c in table), None)
+
+
+def _tabular(table: Table, pre: Preprocessing) -> dict[str, Array]:
+    missing = [c.name for c in pre.columns if c.name not in table]
+    if missing:
+        raise InputDataError(
+            f"{table.source}: no column(s) {', '.join(missing)}, which the model needs "
+            f"(columns: {', '.join(table.names)})"
+        )
+    features: dict[str, Array] = {}
+    for c in pre.columns:
+        col = table[c.name]
+        if col.ndim != 1:
+            raise InputDataError(f"{table.source}: column '{c.name}' is not one value per row")
+        if c.kind == "categorical" and col.dtype.kind != "U":  # categories written as numbers
+            col = np.array(["" if np.isnan(v) else _text(v) for v in col], dtype=str)
+        features[c.name] = col
+    return features
+
+
+def _tensor(table: Table, pre: Preprocessing, label_name: str | None) -> dict[str, Array]:
+    size = int(np.prod(pre.shape))
+    if pre.input_name in table:
+        name = pre.input_name
+    else:
+        fits = [
+            n
+            for n in table.names
+            if n != label_name
+            and table[n].dtype.kind in "biuf"
+            and int(np.prod(table[n].shape[1:])) == size
+        ]
+        if len(fits) != 1:
+            raise InputDataError(
+                f"{table.source}: no array '{pre.input_name}' of samples shaped {pre.shape} "
+                f"(arrays: {', '.join(table.names)})"
+            )
+        name = fits[0]
+    x = table[name]
+    if x.dtype.kind not in "biuf" or int(np.prod(x.shape[1:])) != size:
+        raise InputDataError(
+            f"{table.source}: array '{name}' has samples shaped {tuple(x.shape[1:])}; "
+            f"the model takes {pre.shape}"
+        )
+    x = np.ascontiguousarray(x.reshape(len(x), *pre.shape), dtype=np.float32)
+    return {pre.input_name: x}
+
+
+def _labels(col: Array, task: str) -> Array:
+    """Labels as feedback takes them: class names as text (``""`` missing), targets as floats."""
+    if task == "regression":
+        try:
+            return col.astype(np.float64)
+        except ValueError:
+            raise InputDataError("the target column of a regression model holds text") from None
+    if col.dtype.kind == "U":
+        return col
+    return np.array(["" if np.isnan(v) else _text(v) for v in col.astype(np.float64)], dtype=str)
+
+
+def _text(v: Any) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else str(f)
