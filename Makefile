@@ -4,14 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean broker
+.PHONY: demo test lint bench clean broker mosquitto
 
-# The tests start their own mosquitto and PostgreSQL; install the Debian packages where missing.
-broker:
+# The demo and the tests start their own mosquitto (the tests also PostgreSQL); install the
+# Debian packages where missing.
+mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { (apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null)) && \
 	    echo "installed mosquitto"; }
+
+broker: mosquitto
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { (apt-get install -y -qq postgresql >/dev/null 2>&1 || \
 	     (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)) && \
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) mosquitto
 	$(BIN)/python -m edgeops.demo
 
 lint: $(STAMP)

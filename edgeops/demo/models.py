@@ -1,126 +1,122 @@
-"""``make demo``: train on scikit-learn's digits, convert every way, compare, sign a bundle.
-
-Runs on embedded defaults with nothing to download. Exits 0 only if every step did what it says:
-the run was blessed, every conversion succeeded, the int8 models passed their fidelity gates, and
-the signed bundle verified.
-"""
+"""The demo's models: train on scikit-learn's digits, convert (int8 TFLite gated, two others to
+compare), package and verify a signed bundle; later, retrain on recent (drifted) data for the
+next version."""
 
 from __future__ import annotations
 
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeops.errors import EdgeOpsError
 
-OUT = Path("demo-output")
+
+class DemoFailed(EdgeOpsError):
+    """A demo step did not do what it says."""
 
 
-def _step(text: str) -> float:
+def step(text: str) -> float:
     print(f"\n== {text}", flush=True)
     return time.perf_counter()
 
 
-def main(out: Path = OUT) -> int:
-    from converters import ConversionConfig, Format, Gates, Mode, Status, convert
-    from converters.report import comparison_table
-    from edgeops import samples
+@dataclass(frozen=True)
+class Keys:
+    private: Path
+    public: Path
+
+
+def make_keys(out: Path) -> Keys:
+    from edgeops.signing import generate_keypair
+
+    private, public = generate_keypair(out / "keys", "demo", overwrite=True)
+    return Keys(private, public)
+
+
+def train_run(data: Path, out: Path, epochs: int = 30) -> Any:
+    """Train a run (the six pipeline steps); a blessed run or DemoFailed."""
     from edgeops.trainer import TrainConfig, train
 
-    t = _step("train: the pipeline on scikit-learn's bundled digits (8x8 images, 10 classes)")
-    data = samples.digits_npz(out / "digits.npz")
-    try:
-        run = train(
-            data,
-            out / "run",
-            TrainConfig(target="label", epochs=30),
-            on_step=lambda r: print(f"   {r.name:<10} {'reused' if r.cached else 'ran'}"),
-        )
-    except EdgeOpsError as e:
-        print(f"\ndemo FAILED: {e}")
-        return 1
+    run = train(
+        data,
+        out,
+        TrainConfig(target="label", epochs=epochs),
+        on_step=lambda r: print(f"   {r.name:<10} {'reused' if r.cached else 'ran'}"),
+    )
     print(run.table())
-    print(f"   {time.perf_counter() - t:.1f} s; lineage in {run.directory / 'lineage.json'}")
-    model, cal, val = run.model, run.split("train"), run.split("test")
+    return run
 
-    plan = [
-        (Format.TFLITE, Mode.FP32),
-        (Format.TFLITE, Mode.FLOAT16),
-        (Format.TFLITE, Mode.DYNAMIC),
-        (Format.TFLITE, Mode.INT8),
-        (Format.TFLITE, Mode.INT16X8),
-        (Format.ONNX, Mode.FP32),
-        (Format.ONNX, Mode.FLOAT16),
-        (Format.ONNX, Mode.DYNAMIC),
-        (Format.ONNX, Mode.INT8),
-    ]
+
+def convert_and_package(
+    run: Any, out: Path, keys: Keys, version: str, *, parent: str | None, compare: bool
+) -> Path:
+    """Convert to int8 TFLite (gated: at most 1 point of accuracy lost, 98 % agreement), with
+    fp32 TFLite and int8 ONNX alongside when ``compare``; sign and verify the bundle."""
+    from converters import ConversionConfig, Format, Gates, Mode, Status, convert
+    from converters.report import comparison_table
+    from edgeops.bundle import Bundle
+    from edgeops.packaging import PackageConfig, package
+    from edgeops.signing import load_signing_key, load_verify_key
+
+    plan = [(Format.TFLITE, Mode.INT8)]
+    if compare:
+        plan += [(Format.TFLITE, Mode.FP32), (Format.ONNX, Mode.INT8)]
     reports = []
-    failures = []
     for fmt, mode in plan:
         gated = mode is Mode.INT8
-        cfg = ConversionConfig(
-            to=fmt,
-            mode=mode,
-            calibration=cal,
-            validation=val,
-            gates=Gates(max_accuracy_drop=1.0, min_agreement=0.98) if gated else Gates(),
-            name="digits",
+        t = time.perf_counter()
+        report = convert(
+            run.model,
+            out / "models",
+            ConversionConfig(
+                to=fmt,
+                mode=mode,
+                calibration=run.split("train"),
+                validation=run.split("test"),
+                gates=Gates(max_accuracy_drop=1.0, min_agreement=0.98) if gated else Gates(),
+                name="digits",
+                latency_runs=20,
+            ),
         )
-        t = _step(
-            f"convert: {fmt} {mode}"
-            + (" (gated: drop <= 1 point, agreement >= 98 %)" if gated else "")
-        )
-        try:
-            report = convert(model, out / "models", cfg)
-        except EdgeOpsError as e:
-            print(f"   FAILED: {e}")
-            failures.append(f"{fmt} {mode}: {e}")
-            continue
         reports.append(report)
         print(
             f"   {report.artifact['file']}: {report.status.value}, {time.perf_counter() - t:.1f} s"
         )
         if report.status is Status.REJECTED:
-            failures.append(f"{report.artifact['file']}: {'; '.join(report.reasons)}")
-
-    print(
-        "\n== comparison (size ratio against the Keras file; latency: host CPU, 1 thread, batch 1)"
+            raise DemoFailed(f"{report.artifact['file']}: {'; '.join(report.reasons)}")
+    if compare:
+        print("\n   size ratio against the Keras file; latency: host CPU, 1 thread, batch 1")
+        print(comparison_table(reports))
+    model = out / "models" / reports[0].artifact["file"]
+    path = package(
+        run,
+        model,
+        out / "bundles",
+        PackageConfig(version=version, name="digits", parent=parent),
+        key=load_signing_key(keys.private),
     )
-    print(comparison_table(reports))
-    print(f"\nmodels and reports in {out / 'models'}")
-    failures += _bundle(run, out)
-    if failures:
-        print("\ndemo FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print(
-        "\ndemo OK: every conversion succeeded, the int8 models passed their gates, "
-        "the bundle verified"
+    with Bundle.open(path) as b:
+        b.verify([load_verify_key(keys.public)])
+    print(f"   signed and verified: {path}")
+    return path
+
+
+def recent_data(data: Path, out: Path, brightness: float) -> Path:
+    """The training data plus a copy as the drifted devices now see it (brighter, saturating at
+    16): what a retraining on recent data would get."""
+    from edgeops.simulate.inject import Scale, shift
+
+    with np.load(data) as z:
+        images, labels = z["image"], z["label"]
+    scale = Scale(float(images.std()), float(images.min()), float(images.max()))
+    brighter = shift(images, brightness, scale, clip=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out,
+        image=np.concatenate([images, brighter]).astype(np.float32),
+        label=np.concatenate([labels, labels]),
     )
-    return 0
-
-
-def _bundle(run: Any, out: Path) -> list[str]:
-    """Sign the int8 TFLite model into a bundle and verify it as a device would."""
-    from edgeops.bundle import Bundle
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import generate_keypair, load_signing_key, load_verify_key
-
-    _step("package: the int8 TFLite model into a signed bundle, then verify it")
-    try:
-        private, public = generate_keypair(out / "keys", "demo", overwrite=True)
-        model = out / "models" / "digits.int8.tflite"
-        path = package(
-            run, model, out, PackageConfig(version="1.0.0"), key=load_signing_key(private)
-        )
-        with Bundle.open(path) as b:
-            result = b.verify([load_verify_key(public)])
-    except EdgeOpsError as e:
-        return [f"bundle: {e}"]
-    print(f"   {path}\n")
-    print(result.summary())
-    return []
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return out

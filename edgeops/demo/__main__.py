@@ -1,0 +1,5 @@
+import sys
+
+from edgeops.demo import main
+
+sys.exit(main())
