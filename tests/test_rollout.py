@@ -25,9 +25,8 @@ from edgeops import rollout as ro
 from edgeops.errors import UsageError
 from edgeops.service import Service, db
 from edgeops.service.config import ServiceConfig
-from edgeops.testing import Mosquitto
+from edgeops.testing import Mosquitto, write_bad_bundles
 from tests.test_agent import FLEET, make_config
-from tests.test_update import write_bad_bundles
 
 # --- the pure part ---------------------------------------------------------------------------
 

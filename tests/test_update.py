@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
 import os
 import re
@@ -27,9 +26,7 @@ from device_agent.agent import Agent
 from device_agent.client import AgentClient
 from device_agent.updater import HealthGate, HealthReport, judge
 from edgeops import wire
-from edgeops.bundle import RESERVED_KEYS, Bundle, write_bundle
-from edgeops.signing import generate_keypair, load_signing_key, load_verify_keys
-from edgeops.testing import Collector, Mosquitto
+from edgeops.testing import Collector, Mosquitto, write_bad_bundles
 from tests.test_agent import FLEET, _cmd, _send, make_config
 
 UPDATE_STATES = ["downloading", "verifying", "staged", "switching", "health"]
@@ -95,33 +92,6 @@ class _FileServer(http.server.ThreadingHTTPServer):
 
     def url(self, name: str, mode: str = "") -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{mode + '/' if mode else ''}{name}"
-
-
-def write_bad_bundles(
-    root: Path, good: Path, signing_keys: tuple[Path, Path], keys_dir: Path
-) -> tuple[Path, Path]:
-    """Two bad variants of ``good`` in ``root``: ``rogue.bundle`` (the same contents signed by
-    an unknown key) and ``corrupt.bundle`` (version 1.1.1, properly signed, whose sample outputs
-    are wrong, so it fails the device's sample check)."""
-    trusted = load_verify_keys([signing_keys[1]])
-    with Bundle.open(good) as b:
-        b.verify(trusted)
-        manifest = {k: v for k, v in b.manifest.items() if k not in RESERVED_KEYS}
-        contents = {n: b.read(n) for n in b.files}
-    rogue, _ = generate_keypair(keys_dir, "rogue")
-    write_bundle(root / "rogue.bundle", manifest, contents, key=load_signing_key(rogue))
-    with np.load(io.BytesIO(contents["samples.npz"])) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["output_0"] = np.roll(arrays["output_0"], 1, axis=-1)  # the wrong answers
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_bundle(
-        root / "corrupt.bundle",
-        {**manifest, "version": "1.1.1"},
-        {**contents, "samples.npz": buf.getvalue()},
-        key=load_signing_key(signing_keys[0]),
-    )
-    return root / "rogue.bundle", root / "corrupt.bundle"
 
 
 @pytest.fixture(scope="module")
