@@ -37,10 +37,16 @@ lint: $(STAMP)
 test: lint broker
 	$(BIN)/python -m pytest -q
 
+# Every benchmark: tables on stdout (kept in results/NAME.txt), JSON in results/NAME.json, then
+# results/README.md with every goal in one markdown table.
+BENCHMARKS := conversion agent service rollout
 bench: $(STAMP) broker
-	$(BIN)/python benchmarks/conversion.py --out benchmarks/results
-	$(BIN)/python benchmarks/agent.py --out benchmarks/results
-	$(BIN)/python benchmarks/service.py --out benchmarks/results
+	@mkdir -p benchmarks/results
+	@for b in $(BENCHMARKS); do \
+	  $(BIN)/python benchmarks/$$b.py --out benchmarks/results > benchmarks/results/$$b.txt || exit 1; \
+	  cat benchmarks/results/$$b.txt; \
+	done
+	$(BIN)/python benchmarks/summary.py --results benchmarks/results
 
 clean:
 	rm -rf $(VENV) demo-output benchmarks/results .mypy_cache .ruff_cache .pytest_cache
