@@ -79,7 +79,11 @@ def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: fl
 
     if broker is None:
         step("broker: starting mosquitto on a free port")
-        with Mosquitto() as m:
+        try:
+            m = Mosquitto()
+        except RuntimeError as e:
+            raise DemoFailed(f"{e}; or give --broker mqtt://HOST:PORT") from None
+        with m:
             return _loop(out, f"mqtt://127.0.0.1:{m.port}", keys, v1, data, devices, drifted, rate)
     return _loop(out, broker, keys, v1, data, devices, drifted, rate)
 
