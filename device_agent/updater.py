@@ -35,8 +35,6 @@ latency on the sample inputs, measured one after the other while staging.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import importlib.util
 import json
 import logging
@@ -53,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from device_agent.config import UpdateConfig
+from device_agent.download import DownloadFailed, download, sha256_file
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore, _write_atomic
 from edgeops import wire
@@ -68,7 +67,6 @@ ACTIVE = ("downloading", "verifying", "staged", "switching", "health")
 TERMINAL = ("committed", "rolled-back", "failed")
 MIN_TRAFFIC = 10
 """Fewer predictions than this in a window: latency is compared on the sample inputs instead."""
-_CHUNK = 64 * 1024
 
 # The runtimes a model format needs, by top-level module (found without importing them).
 _RUNTIMES = {
@@ -271,82 +269,6 @@ class HealthWatch:
             return self._latency.count, self._errors, copy
 
 
-# --- download ---------------------------------------------------------------------------------
-
-
-def download(
-    url: str,
-    dest: Path,
-    *,
-    size: int,
-    max_bytes: int,
-    timeout: float,
-    attempts: int,
-    stop: threading.Event | None = None,
-) -> None:
-    """Fetch ``url`` into ``dest``, continuing what ``dest`` already holds (HTTP Range).
-
-    Raises :class:`_Failed` when the server sends more than ``size`` or ``max_bytes``, refuses,
-    or every attempt ends early.
-    """
-    limit = min(size, max_bytes)
-    last = "no attempt made"
-    for attempt in range(attempts):
-        if attempt:  # back off (1, 2, 4 … s): a service restarting comes back meanwhile
-            log.info("download of %s interrupted (%s); resuming", url, last)
-            if stop is not None and stop.wait(min(2.0 ** (attempt - 1), 8.0)):
-                raise _Failed("the agent is stopping")
-        have = dest.stat().st_size if dest.exists() else 0
-        if have > limit:
-            dest.unlink()
-            have = 0
-        if have == size:
-            return
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with urllib.request.urlopen(  # the scheme is checked: http or https
-                urllib.request.Request(url, headers=headers), timeout=timeout
-            ) as resp:
-                if have and resp.status != 206:  # the server ignored the range: start again
-                    have = 0
-                length = resp.headers.get("Content-Length")
-                if length is not None and have + int(length) > limit:
-                    raise _Failed(_too_large(have + int(length), size, max_bytes))
-                with dest.open("ab" if have else "wb") as f:
-                    while chunk := resp.read(_CHUNK):
-                        if stop is not None and stop.is_set():
-                            raise _Failed("the agent is stopping")
-                        have += len(chunk)
-                        if have > limit:
-                            raise _Failed(_too_large(have, size, max_bytes))
-                        f.write(chunk)
-                    f.flush()
-            if have == size:
-                return
-            last = f"the transfer ended after {have} of {size} bytes"
-        except urllib.error.HTTPError as e:
-            if e.code < 500:
-                raise _Failed(f"download refused: HTTP {e.code} {e.reason}") from None
-            last = f"HTTP {e.code} {e.reason}"
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            last = first_line(e)
-    raise _Failed(f"download failed after {attempts} attempt(s): {last}")
-
-
-def _too_large(got: int, size: int, max_bytes: int) -> str:
-    if got > max_bytes:
-        return f"the download ({got} bytes or more) exceeds the limit of {max_bytes} bytes"
-    return f"the download ({got} bytes or more) is larger than the expected {size} bytes"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def runtime_available(fmt: str) -> str | None:
     """The installed runtime package for a model format, or None."""
     for module in _RUNTIMES.get(fmt, ()):
@@ -524,7 +446,7 @@ class Updater:
             self.store.activate(rec["entry"])
             served, new = new, None  # the agent owns it now
             old_window = self.host.switch_to(served)
-        except _Failed as e:
+        except (_Failed, DownloadFailed) as e:
             self._fail(rec, str(e), new)
             return False
         except EdgeOpsError as e:
@@ -549,7 +471,7 @@ class Updater:
         got = path.stat().st_size
         if got != req.size:
             raise _Failed(f"size {got} differs from the expected {req.size} bytes")
-        if _sha256(path) != req.sha256:
+        if sha256_file(path) != req.sha256:
             raise _Failed("sha256 differs from the command's")
         with Bundle.open(path) as b:
             b.verify(self.store.keys, allow_unsigned=self.store.allow_unsigned)

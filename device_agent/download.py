@@ -1,0 +1,95 @@
+"""Resumable bundle downloads for over-the-air updates: HTTP(S) with Range, a size limit, a
+timeout per network operation, and retries with back-off."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from edgeops.errors import first_line
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+
+
+class DownloadFailed(Exception):
+    """The download did not complete; the message says why (reported in ``update-failed``)."""
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    size: int,
+    max_bytes: int,
+    timeout: float,
+    attempts: int,
+    stop: threading.Event | None = None,
+) -> None:
+    """Fetch ``url`` into ``dest``, continuing what ``dest`` already holds (HTTP Range).
+
+    Raises :class:`DownloadFailed` when the server sends more than ``size`` or ``max_bytes``,
+    refuses, or every attempt ends early.
+    """
+    limit = min(size, max_bytes)
+    last = "no attempt made"
+    for attempt in range(attempts):
+        if attempt:  # back off (1, 2, 4 … s): a service restarting comes back meanwhile
+            log.info("download of %s interrupted (%s); resuming", url, last)
+            if stop is not None and stop.wait(min(2.0 ** (attempt - 1), 8.0)):
+                raise DownloadFailed("the agent is stopping")
+        have = dest.stat().st_size if dest.exists() else 0
+        if have > limit:
+            dest.unlink()
+            have = 0
+        if have == size:
+            return
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with urllib.request.urlopen(  # the scheme is checked: http or https
+                urllib.request.Request(url, headers=headers), timeout=timeout
+            ) as resp:
+                if have and resp.status != 206:  # the server ignored the range: start again
+                    have = 0
+                length = resp.headers.get("Content-Length")
+                if length is not None and have + int(length) > limit:
+                    raise DownloadFailed(_too_large(have + int(length), size, max_bytes))
+                with dest.open("ab" if have else "wb") as f:
+                    while chunk := resp.read(_CHUNK):
+                        if stop is not None and stop.is_set():
+                            raise DownloadFailed("the agent is stopping")
+                        have += len(chunk)
+                        if have > limit:
+                            raise DownloadFailed(_too_large(have, size, max_bytes))
+                        f.write(chunk)
+                    f.flush()
+            if have == size:
+                return
+            last = f"the transfer ended after {have} of {size} bytes"
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                raise DownloadFailed(f"download refused: HTTP {e.code} {e.reason}") from None
+            last = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            last = first_line(e)
+    raise DownloadFailed(f"download failed after {attempts} attempt(s): {last}")
+
+
+def _too_large(got: int, size: int, max_bytes: int) -> str:
+    if got > max_bytes:
+        return f"the download ({got} bytes or more) exceeds the limit of {max_bytes} bytes"
+    return f"the download ({got} bytes or more) is larger than the expected {size} bytes"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
