@@ -580,3 +580,62 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
         finally:
             for a in agents:
                 a.stop()
+
+
+def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two service processes share one database: one holds the deployment's lease and steps
+    it; when it crashes (stops without releasing the lease), the other takes over once the
+    lease runs out. The crashed one comes back under its client id (the broker queued its share
+    of the devices' events for its session meanwhile) and the deployment completes."""
+    from edgeops.testing import Postgres
+
+    with Postgres() as pg:
+        base = replace(_config(tmp_path, broker.port, signing_keys), db=pg.url, group="shared")
+        a = Service(base, client_id=f"svc-a-{uuid.uuid4().hex[:4]}").start()
+        b = Service(base, client_id=f"svc-b-{uuid.uuid4().hex[:4]}").start()
+        try:
+            assert a.connected.wait(10) and b.connected.wait(10)
+            a.register_bundle(bundles["good"])
+            with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 3) as fleet:
+                assert _until(lambda: _known(a, fleet))
+                slow = ro.RolloutPolicy.from_dict({**FAST.to_dict(), "bake": 4.0})
+                dep = a.deploy("digits-1.1.0", FLEET, devices=fleet.ids, policy=slow)
+                holder = a.rollouts.status(dep["id"])
+                with a.store.begin() as conn:
+                    owner = conn.execute(
+                        sa.select(db.deployments.c.lease_owner).where(
+                            db.deployments.c.id == dep["id"]
+                        )
+                    ).scalar_one()
+                assert owner == a.client_id, owner
+                assert _until(lambda: a.rollouts.status(dep["id"])["bake_until"] is not None)
+                # "Crash" a: stop its loops without giving up the lease.
+                a.rollouts.release = lambda: None  # type: ignore[method-assign]
+                a.stop()
+
+                def owner() -> str:
+                    with b.store.begin() as conn:
+                        return str(
+                            conn.execute(
+                                sa.select(db.deployments.c.lease_owner).where(
+                                    db.deployments.c.id == dep["id"]
+                                )
+                            ).scalar_one()
+                        )
+
+                assert _until(lambda: owner() == b.client_id, 20), owner()
+                a = Service(base, client_id=a.client_id).start()  # restarted after the crash
+                status = _finished(b, dep["id"])
+                assert status["state"] == "completed", status["device_states"]
+                assert set(fleet.versions().values()) == {"1.1.0"}
+                assert holder["state"] == "running"
+                # Each device was sent its update once by one of them (no repeats were needed).
+                events = [e for d in fleet.ids for e in b.store.events_of(FLEET, d)]
+                downloads = [e for e in events if e["kind"] == "update-downloading"]
+                assert len(downloads) == 3, [(e["device"], e["command_id"]) for e in downloads]
+        finally:
+            b.stop()
+            with contextlib.suppress(Exception):
+                a.stop()
