@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edgeops.errors import DeploymentAborted, UsageError
+from edgeops.errors import DeploymentAborted, EdgeOpsError, UsageError
 from edgeops.rollout import RolloutPolicy, parse_percent, parse_seconds, parse_stages
 from edgeops.service.report import (
     DEFAULT_URL,
@@ -153,11 +153,24 @@ def start(
         raise DeploymentAborted(f"deployment {final['id']} aborted: {final.get('reason')}")
 
 
-def follow(url: str, dep_id: str, interval: float = 1.0) -> dict[str, Any]:
-    """Print a deployment's history as it grows until it ends; its final status."""
+def follow(url: str, dep_id: str, interval: float = 1.0, patience: float = 120.0) -> dict[str, Any]:
+    """Print a deployment's history as it grows until it ends; its final status. A service
+    that cannot be reached for up to ``patience`` seconds (a restart) is waited for."""
     shown = 0
+    unreachable_since: float | None = None
     while True:
-        status = get(url, f"/v1/deployments/{dep_id}")
+        try:
+            status = get(url, f"/v1/deployments/{dep_id}")
+            unreachable_since = None
+        except UsageError:
+            raise
+        except EdgeOpsError as e:  # the service restarting: the deployment resumes with it
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > patience:
+                raise
+            click.echo(f"{e}; retrying", err=True)
+            time.sleep(interval * 2)
+            continue
         for t, _, what in status["history"][shown:]:
             click.echo(f"{time.strftime('%H:%M:%S', time.localtime(t))}  {what}", err=True)
         shown = len(status["history"])
