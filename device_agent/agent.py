@@ -36,7 +36,7 @@ from edgeops import __version__, topics, wire
 from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
 from edgeops.profile import Profile
 from edgeops.signing import load_verify_keys
-from edgeops.window import WindowAccumulator
+from edgeops.window import WindowAccumulator, WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ class Agent:
         self._window: WindowAccumulator | None = None
         self._window_lock = threading.Lock()
         self._window_start = time.time()
+        # Predictions in progress per window: a model switch closes the old window only after
+        # the predictions that picked it up have counted themselves in it.
+        self._flight = threading.Condition(threading.Lock())
+        self._in_flight: dict[int, int] = {}
         self._reducer: ThreadPoolExecutor | None = None  # the window's background reductions
         self._sample_counter = 0
         self._recent: OrderedDict[str, Any] = OrderedDict()
@@ -187,7 +191,29 @@ class Agent:
         """Run the current model on ``data`` (records, columns, or an array; one sample or a
         batch). Raises :class:`InputDataError` for bad input, :class:`ModelError` when no model
         is loaded, :class:`RuntimeBackendError` when inference fails."""
-        model, window = self._model, self._window
+        flight = self._flight
+        with flight:
+            model, window = self._model, self._window
+            key = id(window)
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            return self._predict(model, window, data, raw)
+        finally:
+            with flight:
+                left = self._in_flight[key] - 1
+                if left:
+                    self._in_flight[key] = left
+                else:
+                    del self._in_flight[key]
+                    flight.notify_all()
+
+    def _predict(
+        self,
+        model: ServedModel | None,
+        window: WindowAccumulator | None,
+        data: Any,
+        raw: bool,
+    ) -> Prediction:
         if model is None or window is None:
             raise ModelError("no model is loaded")
         watch = self.updater.watch if self.updater is not None else None
@@ -278,17 +304,25 @@ class Agent:
         return closed.latency if closed is not None and closed.latency.count else None
 
     def _swap_model(self, model: ServedModel | None) -> wire.Telemetry | None:
-        """Serve ``model`` from now on; the current window is closed first (and returned)."""
-        closed = self.flush_window() if self._window is not None else None
-        old = self._model
+        """Serve ``model`` from now on; the previous model's window is closed (and returned)
+        once every prediction that started on it has been counted in it."""
         profile = model.baseline if model is not None else Profile((), (), 10)
         task: Literal["classification", "regression"] = (
             "regression" if model is not None and model.task == "regression" else "classification"
         )
-        with self._window_lock:
-            self._model = model
-            self._window = WindowAccumulator(profile, task, executor=self._reducer)
-            self._window_start = time.time()
+        window = WindowAccumulator(profile, task, executor=self._reducer)
+        with self._flight:
+            with self._window_lock:  # new predictions get the new pair from here on
+                old, old_window = self._model, self._window
+                self._model, self._window = model, window
+                start = self._window_start
+                self._window_start = end = time.time()
+            key = id(old_window)
+            if not self._flight.wait_for(lambda: key not in self._in_flight, timeout=30):
+                log.error("predictions on the previous model did not finish; window closed")
+        closed = None
+        if old_window is not None:
+            closed = self._emit(old_window.snapshot(reset=True), old, start, end)
         if old is not None:
             old.close()
         return closed
@@ -355,6 +389,12 @@ class Agent:
             if window is None:
                 return None
             stats = window.snapshot(reset=True)
+        return self._emit(stats, model, start, end)
+
+    def _emit(
+        self, stats: WindowStats, model: ServedModel | None, start: float, end: float
+    ) -> wire.Telemetry:
+        """Put one closed window's telemetry in the outbox."""
         outbox = self.outbox.stats() if self.outbox is not None else None
         msg = wire.Telemetry(
             **self._header(),

@@ -30,6 +30,7 @@ from device_agent.config import (
     TelemetryConfig,
     load_config,
 )
+from device_agent.serving import ServedModel
 from edgeops import errors, topics, wire
 from edgeops.testing import Collector, Mosquitto
 from edgeops.trainer import Run
@@ -389,3 +390,42 @@ def test_full_outbox_drops_oldest_and_says_so(
         again.stop()
     latest = max((t for t in seen.telemetry if t.device == dev), key=lambda t: t.sent)
     assert latest.outbox.dropped >= 5
+
+
+def test_a_model_switch_under_load_counts_every_prediction_once(
+    digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Predictions running while the model is switched are counted in the old model's window
+    or the new one's, never in neither."""
+    cfg = make_config(tmp_path, 1, digits_bundles[0], signing_keys, window=3600)
+    agent = Agent(cfg, mqtt=False, http=False).start()
+    closed: list[wire.Telemetry] = []
+    agent.on_window = closed.append
+    served = [0, 0]
+    stop = threading.Event()
+    x = np.random.default_rng(0).uniform(0, 16, (8, 8)).astype(np.float32)
+
+    def feed(i: int) -> None:
+        while not stop.is_set():
+            agent.predict(x)
+            served[i] += 1
+
+    threads = [threading.Thread(target=feed, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        assert agent.store is not None and agent.model is not None
+        entries = [agent.store.current(), agent.store.install(digits_bundles[1])]
+        for k in range(20):
+            entry = entries[(k + 1) % 2]
+            assert entry is not None
+            agent.switch_to(ServedModel(entry))
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+        agent.flush_window()
+    finally:
+        stop.set()
+        agent.stop()
+    assert sum(w.count for w in closed) == sum(served) > 0

@@ -149,6 +149,8 @@ class Fleet:
             for i in range(n)
         ]
         self.agents: dict[str, Agent] = {}
+        self.errors: list[str] = []
+        """Predictions that failed (a model switch must not fail one)."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._x = np.random.default_rng(0).uniform(0, 16, (64, 8, 8)).astype(np.float32)
@@ -188,8 +190,12 @@ class Fleet:
             with self._lock:
                 agents = list(self.agents.values())
             for a in agents:
-                with contextlib.suppress(Exception):  # a model switch under way: next call
+                try:
                     a.predict(self._x[i % len(self._x)])
+                except Exception as e:
+                    with self._lock:
+                        if a in self.agents.values():  # not one being stopped
+                            self.errors.append(f"{a.config.device.id}: {e!r}")
             i += 1
 
     def versions(self) -> dict[str, str | None]:
@@ -288,6 +294,7 @@ def test_a_good_bundle_rolls_out_stage_by_stage(
             assert r.code == 0, r.err
             assert "completed" in r.out and "stage 3 started" in r.err
             assert set(fleet.versions().values()) == {"1.1.0"}
+            assert fleet.errors == []
             dep_id = r.out.split()[1].rstrip(":")
             status = service.rollouts.status(dep_id)
             assert [d["state"] for d in status["device_states"]] == [ro.COMMITTED] * 4

@@ -43,6 +43,13 @@ ACTIVE = ("running", "aborting")
 DEP = db.deployments.c
 DD = db.deployment_devices.c
 
+_DEVICE_FIELDS = ("state", "sent", "last_sent", "decided", "reason", "health")
+_SET_DEVICE = (
+    sa.update(db.deployment_devices)
+    .where(DD.deployment == sa.bindparam("b_dep"), DD.device == sa.bindparam("b_dev"))
+    .values({k: sa.bindparam(k) for k in (*_DEVICE_FIELDS, "updated")})
+)
+
 SendCommand = Callable[[str, str, wire.Command], None]
 """``send(fleet, device, command)`` publishes a command to a device."""
 
@@ -281,8 +288,9 @@ class Rollouts:
                 r.pop(k, None)
         return rows
 
-    def _row(self, conn: Connection, dep_id: str) -> dict[str, Any]:
-        row = conn.execute(sa.select(db.deployments).where(DEP.id == dep_id)).mappings().first()
+    def _row(self, conn: Connection, dep_id: str, *, lock: bool = False) -> dict[str, Any]:
+        q = sa.select(db.deployments).where(DEP.id == dep_id)
+        row = conn.execute(q.with_for_update() if lock else q).mappings().first()
         if row is None:
             raise RolloutError(f"no deployment {dep_id!r}")
         return dict(row)
@@ -367,10 +375,13 @@ class Rollouts:
     def _step(self, dep_id: str) -> None:
         now = time.time()
         outbox: list[tuple[str, str, wire.Command]] = []
-        with self.store.begin() as conn:
+        with self.store.begin() as conn:  # a short transaction of its own
             if not self._take_lease(conn, dep_id, now):
                 return
-            dep = self._row(conn, dep_id)
+        with self.store.begin() as conn:
+            dep = self._row(conn, dep_id, lock=True)
+            if dep["lease_owner"] != self.owner:  # taken over meanwhile (a very slow step)
+                return
             devs = {d["device"]: d for d in self._devices(conn, dep_id)}
             changed: dict[str, dict[str, Any]] = {}
             self._read_events(conn, dep, devs, changed, now)
@@ -380,12 +391,18 @@ class Rollouts:
                 self._run(conn, dep, devs, changed, policy, outbox, now)
             if dep["state"] == "aborting":
                 self._unwind(conn, dep, devs, changed, policy, outbox, now)
-            for d in changed.values():
-                d["updated"] = now
+            if changed:  # one executemany: the write lock is held for as short as it can be
                 conn.execute(
-                    sa.update(db.deployment_devices)
-                    .where(DD.deployment == dep_id, DD.device == d["device"])
-                    .values({k: v for k, v in d.items() if k not in ("deployment", "device")})
+                    _SET_DEVICE,
+                    [
+                        {
+                            "b_dep": dep_id,
+                            "b_dev": d["device"],
+                            **{k: d[k] for k in _DEVICE_FIELDS},
+                            "updated": now,
+                        }
+                        for d in changed.values()
+                    ],
                 )
         for fleet, device, cmd in outbox:  # after the commit: the rows say they were sent
             self.send(fleet, device, cmd)
