@@ -2,7 +2,8 @@
 
 Pure functions over counts (numpy and the standard library only); the service wires storage and
 MQTT to them. The reference is the baseline :class:`~edgeops.profile.Profile` of the bundle, the
-current distribution a span of telemetry windows merged by :func:`~edgeops.window.merge_windows`.
+current distribution a span of telemetry windows merged by
+:func:`~edgeops.window_merge.merge_windows`.
 
 Distances, on count vectors aligned bin for bin (a numeric feature's ``len(edges) + 1`` bins with
 the open tails, or a categorical feature's categories then "other"), each normalised to shares:
@@ -58,7 +59,8 @@ import numpy.typing as npt
 from edgeops.latency import merge_wire
 from edgeops.profile import CategoricalProfile, ClassOutputProfile, NumericProfile, Profile
 from edgeops.stats import FloatArray, check_edges
-from edgeops.window import input_baselines, merge_window
+from edgeops.window import input_baselines
+from edgeops.window_merge import merge_window
 from edgeops.wire import (
     CategoricalWindow,
     ClassOutputWindow,

@@ -29,11 +29,9 @@ from edgeops.profile import (
     profile_tensor,
 )
 from edgeops.stats import reduce_tensor
-from edgeops.window import (
-    WindowAccumulator,
-    WindowStats,
+from edgeops.window import WindowAccumulator, WindowStats, input_baselines
+from edgeops.window_merge import (
     class_output_probs,
-    input_baselines,
     merge_categorical,
     merge_class_output,
     merge_numeric,

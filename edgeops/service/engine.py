@@ -32,7 +32,7 @@ from edgeops import topics, wire
 from edgeops.profile import Profile
 from edgeops.service import db
 from edgeops.service.config import ServiceConfig
-from edgeops.window import merge_windows
+from edgeops.window_merge import merge_windows
 
 log = logging.getLogger(__name__)
 
