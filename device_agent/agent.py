@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from threading import get_ident
 from typing import Any, Literal
 
 import numpy.typing as npt
@@ -66,6 +67,17 @@ class Prediction:
         }
 
 
+class _Serving:
+    """The model and window predictions run on, and the threads running on them now."""
+
+    __slots__ = ("active", "model", "window")
+
+    def __init__(self, model: ServedModel | None, window: WindowAccumulator | None) -> None:
+        self.model = model
+        self.window = window
+        self.active: set[int] = set()
+
+
 class Agent:
     """The device daemon's core, usable in-process (tests, or an application embedding it)."""
 
@@ -82,10 +94,9 @@ class Agent:
         self._window: WindowAccumulator | None = None
         self._window_lock = threading.Lock()
         self._window_start = time.time()
-        # Predictions in progress per window: a model switch closes the old window only after
-        # the predictions that picked it up have counted themselves in it.
-        self._flight = threading.Condition(threading.Lock())
-        self._in_flight: dict[int, int] = {}
+        # The model and window predictions use, with the threads predicting on them: a model
+        # switch closes the old window only once those have counted themselves in it.
+        self._serving = _Serving(None, None)
         self._reducer: ThreadPoolExecutor | None = None  # the window's background reductions
         self._sample_counter = 0
         self._recent: OrderedDict[str, Any] = OrderedDict()
@@ -191,21 +202,17 @@ class Agent:
         """Run the current model on ``data`` (records, columns, or an array; one sample or a
         batch). Raises :class:`InputDataError` for bad input, :class:`ModelError` when no model
         is loaded, :class:`RuntimeBackendError` when inference fails."""
-        flight = self._flight
-        with flight:
-            model, window = self._model, self._window
-            key = id(window)
-            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        me = get_ident()  # no lock on this path: set.add and set.discard are atomic
+        while True:
+            serving = self._serving
+            serving.active.add(me)
+            if self._serving is serving:  # not switched before we registered: it waits for us
+                break
+            serving.active.discard(me)
         try:
-            return self._predict(model, window, data, raw)
+            return self._predict(serving.model, serving.window, data, raw)
         finally:
-            with flight:
-                left = self._in_flight[key] - 1
-                if left:
-                    self._in_flight[key] = left
-                else:
-                    del self._in_flight[key]
-                    flight.notify_all()
+            serving.active.discard(me)
 
     def _predict(
         self,
@@ -311,15 +318,17 @@ class Agent:
             "regression" if model is not None and model.task == "regression" else "classification"
         )
         window = WindowAccumulator(profile, task, executor=self._reducer)
-        with self._flight:
-            with self._window_lock:  # new predictions get the new pair from here on
-                old, old_window = self._model, self._window
-                self._model, self._window = model, window
-                start = self._window_start
-                self._window_start = end = time.time()
-            key = id(old_window)
-            if not self._flight.wait_for(lambda: key not in self._in_flight, timeout=30):
-                log.error("predictions on the previous model did not finish; window closed")
+        with self._window_lock:  # new predictions get the new pair from here on
+            old, old_window, before = self._model, self._window, self._serving
+            self._model, self._window = model, window
+            self._serving = _Serving(model, window)
+            start = self._window_start
+            self._window_start = end = time.time()
+        deadline = time.monotonic() + 30.0
+        while before.active and time.monotonic() < deadline:  # predictions already under way
+            time.sleep(0.0005)
+        if before.active:
+            log.error("predictions on the previous model did not finish; its window closed")
         closed = None
         if old_window is not None:
             closed = self._emit(old_window.snapshot(reset=True), old, start, end)
