@@ -114,6 +114,34 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Agent:
+        """Open the store and outbox, load the current model, start the HTTP API, the MQTT link
+        and the threads. A failure part way releases what was opened, then raises."""
+        try:
+            return self._start()
+        except BaseException:
+            self._release_partial()
+            raise
+
+    def _release_partial(self) -> None:
+        self._stop.set()
+        parts: list[Callable[[], object]] = []
+        if self.http is not None:
+            parts.append(self.http.stop)
+        if self.link is not None:
+            parts.append(self.link.stop)
+        if self._reducer is not None:
+            parts.append(self._reducer.shutdown)
+        if self._model is not None:
+            parts.append(self._model.close)
+        if self.outbox is not None:
+            parts.append(self.outbox.close)
+        for close in parts:
+            try:
+                close()
+            except Exception:
+                log.exception("releasing a partly started agent")
+
+    def _start(self) -> Agent:
         cfg = self.config
         keys = load_verify_keys(cfg.model.trusted_keys) if cfg.model.trusted_keys else []
         self.store = ModelStore(

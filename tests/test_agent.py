@@ -6,6 +6,7 @@ import itertools
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from device_agent.config import (
 )
 from device_agent.serving import ServedModel
 from edgeops import errors, topics, wire
+from edgeops.errors import EdgeOpsError
 from edgeops.testing import Collector, Mosquitto
 from edgeops.trainer import Run
 
@@ -429,3 +431,21 @@ def test_a_model_switch_under_load_counts_every_prediction_once(
         stop.set()
         agent.stop()
     assert sum(w.count for w in closed) == sum(served) > 0
+
+
+def test_a_failed_start_releases_what_it_opened(
+    digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(digits_bundles[0].read_bytes()[:-10])  # truncated: fails verification
+    cfg = make_config(tmp_path, 1, bad, signing_keys, http=True)
+    before = {t.name for t in threading.enumerate()}
+    agent = Agent(cfg, mqtt=False)
+    with pytest.raises(EdgeOpsError):
+        agent.start()
+    time.sleep(0.2)
+    left = {t.name for t in threading.enumerate()} - before
+    assert not left, left
+    assert agent.outbox is not None
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        agent.outbox.put("t", b"x")
