@@ -27,9 +27,11 @@ dimension, as an application would send it. Every call is timed on its own; the 
 blocks of ``calls`` calls, rotating their order over ``rounds`` rounds (digits: 20 rounds of 3000
 calls; MobileNetV2, whose calls are long while the machine's speed drifts: 60 rounds of 4;
 ``--quick``: 6 rounds of 1000 and 15 rounds of 4, and 2 processes of each kind below).
-Reported: the median call of each series over all rounds, ``added`` (agent minus
-``runtime.run``, in microseconds) and the ratio, with their spread: the smallest and largest of
-the same figure computed within each of 5 runs of consecutive rounds. The windows the agent
+Reported: the median call of each series over all rounds; ``added`` (agent minus
+``runtime.run``, in microseconds) and the ratio, each the median over rounds of that round's
+figure (agent and bare ran back to back in it: paired, so the host's drifting speed cancels);
+and their spread: the smallest and largest of the figure computed within each of 5 runs of
+consecutive rounds. The windows the agent
 closed are summed to check that every call was counted.
 
 Start-up and memory. Fresh ``python -c`` processes, interleaved, each time: (a) bare: import
@@ -441,14 +443,19 @@ def measure_overhead(m: Served, rounds: int, calls: int, s: Settings) -> Overhea
     groups = [
         (median_us(times[AGENT][g]), median_us(times[BARE][g])) for g in spread_groups(rounds)
     ]
+    # Paired per round (agent and bare ran back to back): the host's speed drifts between
+    # rounds on a shared machine, and pooled medians can then land outside every round's.
+    paired = [
+        (median_us([ra]), median_us([rb])) for ra, rb in zip(times[AGENT], times[BARE], strict=True)
+    ]
     return Overhead(
         model=m.model,
         variant=m.variant,
         inference_us=b.median_us,
         series=series,
-        added_us=a.median_us - b.median_us,
+        added_us=statistics.median(x - y for x, y in paired),
         added_us_spread=(min(x - y for x, y in groups), max(x - y for x, y in groups)),
-        ratio=a.median_us / b.median_us,
+        ratio=statistics.median(x / y for x, y in paired),
         ratio_spread=(min(x / y for x, y in groups), max(x / y for x, y in groups)),
         added_vs_invoke_us=a.median_us - i.median_us,
         ratio_vs_invoke=a.median_us / i.median_us,
