@@ -1,15 +1,13 @@
-"""What a model file needs from the runtime that loads it, read without TensorFlow.
-
-- TFLite: the ``min_runtime_version`` the converter stamps into the flatbuffer's metadata, read by
-  a minimal flatbuffer walk (Model → metadata → buffers), and the operators the model uses.
-- ONNX: the IR version and the opset of every operator domain.
+"""What a TFLite model needs from the runtime that loads it, read without TensorFlow: the
+``min_runtime_version`` the converter stamps into the flatbuffer's metadata, found by a minimal
+flatbuffer walk (Model → metadata → buffers). Core, stdlib only; the operators a model uses and
+ONNX opsets are read by :func:`edgeops.packaging.runtime_requirements` (server side), which
+opens the model in a runtime.
 """
 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
-from typing import Any
 
 from edgeops.errors import ModelError
 
@@ -83,30 +81,3 @@ def tflite_min_runtime(blob: bytes) -> str | None:
     """The ``min_runtime_version`` the converter recorded, such as ``"1.11.0"``."""
     raw = tflite_metadata(blob).get("min_runtime_version")
     return None if raw is None else raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
-
-
-def requirements(path: Path) -> dict[str, Any]:
-    """The runtime requirements of a ``.tflite`` or ``.onnx`` model, for a bundle's manifest."""
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        from device_agent.runtimes import TFLiteRuntime
-
-        with TFLiteRuntime(path, default_delegates=False) as rt:
-            ops = sorted({name for name, _ in rt.ops()})
-        return {
-            "format": "tflite",
-            "min_runtime_version": tflite_min_runtime(path.read_bytes()),
-            "ops": ops,
-        }
-    if suffix == ".onnx":
-        from edgeops.optional import require
-
-        onnx = require("onnx", "convert")
-        model = onnx.load(str(path), load_external_data=False)
-        return {
-            "format": "onnx",
-            "ir_version": int(model.ir_version),
-            "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
-            "ops": sorted({n.op_type for n in model.graph.node}),
-        }
-    raise ModelError(f"{path}: unsupported model type '{suffix}' (expected .tflite or .onnx)")

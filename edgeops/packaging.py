@@ -175,7 +175,7 @@ def package(
             "atol": atol,
             "rtol": 1e-3,
         },
-        "min_runtime": modelinfo.requirements(model_path),
+        "min_runtime": runtime_requirements(model_path),
         "training": {
             "run": r.name,
             "data_sha256": _data_sha(r),
@@ -209,3 +209,30 @@ def _data_sha(r: Run) -> str | None:
         return str(data["sha256"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def runtime_requirements(path: Path) -> dict[str, Any]:
+    """The runtime requirements of a ``.tflite`` or ``.onnx`` model, for a bundle's manifest."""
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        from device_agent.runtimes import TFLiteRuntime
+
+        with TFLiteRuntime(path, default_delegates=False) as rt:
+            ops = sorted({name for name, _ in rt.ops()})
+        return {
+            "format": "tflite",
+            "min_runtime_version": modelinfo.tflite_min_runtime(path.read_bytes()),
+            "ops": ops,
+        }
+    if suffix == ".onnx":
+        from edgeops.optional import require
+
+        onnx = require("onnx", "convert")
+        model = onnx.load(str(path), load_external_data=False)
+        return {
+            "format": "onnx",
+            "ir_version": int(model.ir_version),
+            "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+            "ops": sorted({n.op_type for n in model.graph.node}),
+        }
+    raise ModelError(f"{path}: unsupported model type '{suffix}' (expected .tflite or .onnx)")
