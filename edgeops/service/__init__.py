@@ -38,6 +38,7 @@ from edgeops.bundle import Bundle
 from edgeops.errors import BundleError, EdgeOpsError
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
+from edgeops.service.bundles import BundleStore
 from edgeops.service.config import ServiceConfig
 from edgeops.service.engine import Engine
 from edgeops.service.rollouts import Rollouts
@@ -112,6 +113,7 @@ class Service:
         c.reconnect_delay_set(min_delay=1, max_delay=10)
         c.max_inflight_messages_set(100)
         self.client = c
+        self.bundles = BundleStore(self.store)
         self.rollouts = Rollouts(
             self.store, send=self._send_command, bundle_url=self.bundle_url, owner=self.client_id
         )
@@ -183,7 +185,7 @@ class Service:
             with Bundle.open(Path(f.name)) as b:
                 b.verify(keys, allow_unsigned=self.config.allow_unsigned)
                 manifest = b.manifest
-        self.rollouts.add_bundle(data, manifest, hashlib.sha256(data).hexdigest())
+        self.bundles.add(data, manifest, hashlib.sha256(data).hexdigest())
         self.store.add_model(manifest)
         log.info("registered %s %s", manifest["name"], manifest["version"])
         return manifest

@@ -170,7 +170,7 @@ def make_app(service: Service) -> Starlette:
         return _json(service.counters.as_dict())
 
     async def bundle(request: Request) -> Response:
-        data = await run_in_threadpool(service.rollouts.bundle, request.path_params["sha256"])
+        data = await run_in_threadpool(service.bundles.get, request.path_params["sha256"])
         if data is None:
             return _json({"error": "no such bundle"}, 404)
         return _ranged(data, request.headers.get("range"))

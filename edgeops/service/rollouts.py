@@ -22,7 +22,6 @@ gave up on it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,9 +32,10 @@ from sqlalchemy.engine import Connection
 
 from edgeops import rollout as ro
 from edgeops import wire
-from edgeops.errors import BundleError, UsageError
+from edgeops.errors import UsageError
 from edgeops.latency import merge_wire
 from edgeops.service import db
+from edgeops.service.bundles import find_bundle
 
 log = logging.getLogger(__name__)
 
@@ -75,75 +75,6 @@ class Rollouts:
         self.bundle_url = bundle_url
         self.owner = owner
         self.lease = lease
-        self._bundles: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    # --- bundles ------------------------------------------------------------------------------
-
-    def add_bundle(self, data: bytes, manifest: dict[str, Any], sha256: str) -> None:
-        """Keep a verified bundle's bytes for devices to download; refuse a second, different
-        bundle under a name and version already registered."""
-        name, version = manifest["name"], manifest["version"]
-        with self.store.begin() as conn:
-            row = conn.execute(
-                sa.select(db.bundles.c.sha256).where(
-                    db.bundles.c.name == name, db.bundles.c.version == version
-                )
-            ).first()
-            if row is not None:
-                if row[0] != sha256:
-                    raise BundleError(
-                        f"{name} {version} is already registered with other contents; "
-                        "give the new bundle a new version"
-                    )
-                return
-            conn.execute(
-                sa.insert(db.bundles).values(
-                    sha256=sha256,
-                    name=name,
-                    version=version,
-                    size=len(data),
-                    data=data,
-                    registered=time.time(),
-                )
-            )
-
-    def bundle(self, sha256: str) -> bytes | None:
-        """A registered bundle's bytes (kept in memory once read)."""
-        with self._lock:
-            data = self._bundles.get(sha256)
-        if data is not None:
-            return data
-        with self.store.begin() as conn:
-            row = conn.execute(
-                sa.select(db.bundles.c.data).where(db.bundles.c.sha256 == sha256)
-            ).first()
-        if row is None:
-            return None
-        with self._lock:
-            if len(self._bundles) >= 4:
-                self._bundles.pop(next(iter(self._bundles)))
-            self._bundles[sha256] = bytes(row[0])
-        return bytes(row[0])
-
-    def _find_bundle(self, conn: Connection, name: str, version: str) -> dict[str, Any]:
-        row = (
-            conn.execute(
-                sa.select(db.bundles.c.sha256, db.bundles.c.size).where(
-                    db.bundles.c.name == name, db.bundles.c.version == version
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            raise RolloutError(f"no bundle {name} {version} is registered with the service")
-        model = conn.execute(
-            sa.select(db.models.c.model_sha256).where(
-                db.models.c.name == name, db.models.c.version == version
-            )
-        ).scalar_one()
-        return {"sha256": row["sha256"], "size": int(row["size"]), "model_sha256": model}
 
     # --- creating -----------------------------------------------------------------------------
 
@@ -175,7 +106,9 @@ class Rollouts:
                 ).first()
                 if existing is not None:
                     return self._status(conn, existing[0])
-            bundle = self._find_bundle(conn, name, version)
+            bundle = find_bundle(conn, name, version)
+            if bundle is None:
+                raise RolloutError(f"no bundle {name} {version} is registered with the service")
             known = conn.execute(
                 sa.select(db.devices).where(db.devices.c.fleet == fleet)
             ).mappings()
