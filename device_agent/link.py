@@ -58,6 +58,8 @@ class MqttLink:
         self._on_command = on_command
         self.resend_after = resend_after
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # the broker acknowledged the command subscription
+        self._subscribe_mid: int | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._in_flight: dict[int, tuple[mqtt.MQTTMessageInfo, float]] = {}
@@ -90,6 +92,7 @@ class MqttLink:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.on_publish = self._handle_publish
+        c.on_subscribe = self._handle_subscribe
         self.client = c
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -135,7 +138,12 @@ class MqttLink:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Wait until connected *and* subscribed to commands (a command published before the
+        broker has the subscription would not reach a device on its first connect)."""
+        deadline = time.monotonic() + timeout
+        if not self._connected.wait(timeout):
+            return False
+        return self._subscribed.wait(max(0.0, deadline - time.monotonic()))
 
     def wake(self) -> None:
         """Tell the flusher that the outbox has something new."""
@@ -161,7 +169,8 @@ class MqttLink:
             self.config.port,
             flags.session_present,
         )
-        client.subscribe(self.command_topic, qos=1)
+        self._subscribed.clear()
+        _, self._subscribe_mid = client.subscribe(self.command_topic, qos=1)
         client.publish(self.status_topic, self._birth(), qos=1, retain=True)
         now = time.monotonic()
         self._in_flight = {k: (info, now) for k, (info, _) in self._in_flight.items()}
@@ -182,6 +191,17 @@ class MqttLink:
         elif not self._stopping.is_set():
             log.warning("the broker closed the connection before accepting it: %s", reason)
         self._connected.clear()
+        self._subscribed.clear()
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            log.error("the broker refused the command subscription: %s", reasons)
+            return
+        self._subscribed.set()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
