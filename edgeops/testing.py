@@ -460,6 +460,10 @@ class Postgres:
 
     def start(self) -> Postgres:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user)
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -471,7 +475,13 @@ class Postgres:
             "-w",
             "start",
         )
-        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (a database outage); :meth:`resume` restarts it."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):

@@ -165,7 +165,7 @@ def test_bad_and_duplicate_messages_are_counted_not_stored(
 
 
 @pytest.mark.slow
-def test_two_services_share_the_load_with_postgresql(
+def test_two_services_share_the_load_with_postgresql_and_ride_out_a_database_outage(
     broker: Mosquitto, bundles, signing_keys, digits_images, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(1)
@@ -192,12 +192,23 @@ def test_two_services_share_the_load_with_postgresql(
                         a.flush_window()
                 total = lambda: one.counters.stored_windows + two.counters.stored_windows  # noqa: E731
                 assert _wait(lambda: total() >= 40, 30)
+                # The database goes away for a few seconds: the services keep the batches they
+                # hold (unacked) and retry until it is back; nothing is lost or doubled.
+                pg.halt()
+                for _ in range(5):
+                    for a in agents:
+                        a.predict(digits_images[rng.integers(0, len(digits_images), 50)])
+                        a.flush_window()
+                time.sleep(3.0)
+                pg.resume()
+                assert _wait(lambda: total() >= 60, 60), total()
+                assert one.counters.storage_retries + two.counters.storage_retries > 0
                 time.sleep(1.0)
             finally:
                 for a in agents:
                     a.stop()
             from edgeops.service import db
 
-            assert total() == one.store.count_rows(db.windows) == 40 + 4  # 10 each + final windows
+            assert total() == one.store.count_rows(db.windows) == 60 + 4  # 15 each + final
             assert one.counters.stored_windows > 0 and two.counters.stored_windows > 0
             assert one.counters.duplicates + two.counters.duplicates == 0

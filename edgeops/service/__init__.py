@@ -21,7 +21,6 @@ import logging
 import queue
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from paho.mqtt.properties import Properties
 
 from edgeops import topics, wire
 from edgeops.bundle import Bundle
-from edgeops.errors import BundleError, EdgeOpsError
+from edgeops.errors import BundleError, EdgeOpsError, first_line
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
 from edgeops.service.bundles import BundleStore
@@ -63,6 +62,7 @@ class Counters:
     duplicates: int = 0
     mismatched_topic: int = 0
     evaluation_errors: int = 0
+    storage_retries: int = 0
     wire: wire.WireStats = field(default_factory=wire.WireStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -289,16 +289,30 @@ class Service:
                     stopping = True
                     break
                 batch.append(msg)
-            try:
-                self.handle_batch(
-                    [(m.topic, bytes(m.payload)) for m in batch],
-                    on_stored=functools.partial(self._ack, batch),
-                )
-            except Exception:  # storage down: do not ack, the broker redelivers
-                log.exception("storing a batch of %d messages failed", len(batch))
-                time.sleep(1.0)
+            self._store_batch(batch)
             if stopping:
                 return
+
+    def _store_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """Store and ack a batch, retrying until it is stored: unacked, its messages would
+        wait for a reconnect to be sent again, so a transient failure (a deadlock between two
+        processes, a database restart) is retried here, with back-off, until the service
+        stops."""
+        messages = [(m.topic, bytes(m.payload)) for m in batch]
+        delay = 0.05
+        while True:
+            try:
+                self.handle_batch(messages, on_stored=functools.partial(self._ack, batch))
+                return
+            except Exception as e:
+                self.counters.storage_retries += 1
+                if delay >= 1.0:
+                    log.exception("storing a batch of %d messages failed; retrying", len(batch))
+                else:
+                    log.warning("storing a batch failed (%s); retrying", first_line(e))
+                if self._stop.wait(delay):
+                    return  # not acked: the broker sends them again to the next session
+                delay = min(delay * 2, 5.0)
 
     def _ack(self, batch: list[mqtt.MQTTMessage]) -> None:
         for m in batch:

@@ -327,12 +327,14 @@ class _Statements:
             .returning(*(events.c[k] for k in _MESSAGE_KEY))
         )
         touch = insert(devices)
+        # One statement for every device of a batch, rows in key order: two processes then lock
+        # device rows in the same order. A row without a model keeps the stored one.
         self.touch = touch.on_conflict_do_update(
-            index_elements=["fleet", "device"], set_={"last_seen": touch.excluded.last_seen}
-        )
-        self.touch_model = touch.on_conflict_do_update(
             index_elements=["fleet", "device"],
-            set_={k: touch.excluded[k] for k in ("last_seen", *_MODEL_COLUMNS)},
+            set_={
+                "last_seen": touch.excluded.last_seen,
+                **{k: sa.func.coalesce(touch.excluded[k], devices.c[k]) for k in _MODEL_COLUMNS},
+            },
         )
         w = windows.c
         self.span_counts = (
@@ -436,6 +438,8 @@ class Store:
                 model = touched.setdefault((sw.fleet, sw.device), {})
                 if m is not None:
                     model.update(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
+            for fleet, st in statuses:  # locked here too, in the same order, before updating
+                touched.setdefault((fleet, st.device), {})
             self._touch_many(conn, touched, now)
             for fleet, s in statuses:
                 self._set_status(conn, fleet, s, now)
@@ -445,16 +449,21 @@ class Store:
     def _touch_many(
         self, conn: Connection, touched: dict[tuple[str, str], dict[str, Any]], now: float
     ) -> None:
-        """Upsert each device once, in key order (two processes lock rows in one order)."""
-        plain: list[dict[str, Any]] = []
-        with_model: list[dict[str, Any]] = []
-        for (fleet, device), model in sorted(touched.items()):
-            row = {"fleet": fleet, "device": device, "first_seen": now, "last_seen": now}
-            (with_model if model else plain).append(row | model)
-        if plain:
-            conn.execute(self._sql.touch, plain)
-        if with_model:
-            conn.execute(self._sql.touch_model, with_model)
+        """Upsert each device once, in key order, with one statement (two processes lock
+        device rows in one order, so they never deadlock)."""
+        rows = [
+            {
+                "fleet": fleet,
+                "device": device,
+                "first_seen": now,
+                "last_seen": now,
+                **dict.fromkeys(_MODEL_COLUMNS),
+                **model,
+            }
+            for (fleet, device), model in sorted(touched.items())
+        ]
+        if rows:
+            conn.execute(self._sql.touch, rows)
 
     def _touch(self, conn: Connection, fleet: str, device: str, now: float, **values: Any) -> None:
         row = {"fleet": fleet, "device": device, "first_seen": now, "last_seen": now, **values}
