@@ -646,3 +646,17 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
             b.stop()
             with contextlib.suppress(Exception):
                 a.stop()
+
+
+def test_a_service_without_its_rest_api_refuses_to_deploy(
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Devices download bundles from the REST API (or ``public_url``): without either, a
+    deployment is refused at once rather than stalling."""
+    from edgeops.errors import EdgeOpsError
+
+    with Service(_config(tmp_path, broker.port, signing_keys), http=False) as service:
+        service.register_bundle(bundles["good"])
+        with pytest.raises(EdgeOpsError, match="REST API"):
+            service.deploy("digits-1.1.0", FLEET, devices=["x"])
+        assert service.rollouts.deployments() == []

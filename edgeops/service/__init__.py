@@ -213,6 +213,7 @@ class Service:
         """Start a staged deployment of a registered bundle (``NAME-VERSION`` or
         ``NAME:VERSION``); its status."""
         name, version = self.store.resolve_model(bundle)
+        self.bundle_url("0" * 64)  # devices must be able to download it: fail now, not later
         status = self.rollouts.create(
             name,
             version,
