@@ -90,8 +90,6 @@ class Agent:
         self._prediction_ids = itertools.count(1)  # next() is atomic under the GIL
         self._use_mqtt = config.mqtt.enabled if mqtt is None else mqtt
         self._use_http = config.http.enabled if http is None else http
-        self._model: ServedModel | None = None
-        self._window: WindowAccumulator | None = None
         self._window_lock = threading.Lock()
         self._window_start = time.time()
         # The model and window predictions use, with the threads predicting on them: a model
@@ -224,7 +222,15 @@ class Agent:
 
     @property
     def model(self) -> ServedModel | None:
-        return self._model
+        return self._serving.model
+
+    @property
+    def _model(self) -> ServedModel | None:
+        return self._serving.model
+
+    @property
+    def _window(self) -> WindowAccumulator | None:
+        return self._serving.window
 
     def predict(self, data: Any, *, raw: bool = False) -> Prediction:
         """Run the current model on ``data`` (records, columns, or an array; one sample or a
@@ -347,8 +353,8 @@ class Agent:
         )
         window = WindowAccumulator(profile, task, executor=self._reducer)
         with self._window_lock:  # new predictions get the new pair from here on
-            old, old_window, before = self._model, self._window, self._serving
-            self._model, self._window = model, window
+            before = self._serving
+            old, old_window = before.model, before.window
             self._serving = _Serving(model, window)
             start = self._window_start
             self._window_start = end = time.time()

@@ -190,14 +190,18 @@ class Service:
         log.info("registered %s %s", manifest["name"], manifest["version"])
         return manifest
 
-    def bundle_url(self, sha256: str) -> str:
-        """Where devices download a registered bundle."""
+    def public_url(self) -> str:
+        """The REST API's address as devices reach it (``public_url``, else where it listens)."""
         base = self.config.public_url
         if base is None:
             if self.http is None:
                 raise EdgeOpsError("deployments need the REST API (or public_url) to serve bundles")
             base = self.http.address
-        return f"{base.rstrip('/')}/v1/bundles/{sha256}"
+        return base.rstrip("/")
+
+    def bundle_url(self, sha256: str) -> str:
+        """Where devices download a registered bundle."""
+        return f"{self.public_url()}/v1/bundles/{sha256}"
 
     def deploy(
         self,
@@ -213,7 +217,7 @@ class Service:
         """Start a staged deployment of a registered bundle (``NAME-VERSION`` or
         ``NAME:VERSION``); its status."""
         name, version = self.store.resolve_model(bundle)
-        self.bundle_url("0" * 64)  # devices must be able to download it: fail now, not later
+        self.public_url()  # devices must be able to download the bundle: fail now, not later
         status = self.rollouts.create(
             name,
             version,

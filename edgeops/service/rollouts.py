@@ -367,8 +367,9 @@ class Rollouts:
             if new is None:
                 continue
             d["state"] = new
-            if new in ro.DECIDED or new in (ro.REVERTED, ro.REVERT_FAILED):
-                d["decided"] = now if new in ro.DECIDED else d["decided"]
+            if new in ro.DECIDED:
+                d["decided"] = now
+            if new in (*ro.DECIDED, ro.REVERTED, ro.REVERT_FAILED):
                 d["reason"] = message or None
             health = (data or {}).get("health")
             if health is not None:
@@ -423,11 +424,7 @@ class Rollouts:
                     if reason is None:
                         self._advance(conn, dep, now)
         if reason is not None:
-            self._abort(conn, dep, reason, now)
-            for d in devs.values():
-                if d["state"] == ro.PENDING:
-                    d["state"] = ro.SKIPPED
-                    changed[d["device"]] = d
+            self._abort(conn, dep, reason, now)  # the same step unwinds it (pending: skipped)
             return
         if dep["state"] != "running":
             return
