@@ -90,8 +90,9 @@ class Agent:
         self._prediction_ids = itertools.count(1)  # next() is atomic under the GIL
         self._use_mqtt = config.mqtt.enabled if mqtt is None else mqtt
         self._use_http = config.http.enabled if http is None else http
+        # Held by whoever closes a window (the timer's flush, a model switch) from the moment
+        # its end is fixed until its telemetry is in the outbox: window seqs follow window times.
         self._window_lock = threading.Lock()
-        self._window_start = time.time()
         # The model and window predictions use, with the threads predicting on them: a model
         # switch closes the old window only once those have counted themselves in it.
         self._serving = _Serving(None, None)
@@ -346,28 +347,30 @@ class Agent:
 
     def _swap_model(self, model: ServedModel | None) -> wire.Telemetry | None:
         """Serve ``model`` from now on; the previous model's window is closed (and returned)
-        once every prediction that started on it has been counted in it."""
+        once every prediction that started on it has been counted in it.
+
+        The old window is sealed and the new one opens at that moment, under the window lock,
+        which is held until the old window's telemetry is in the outbox: the timer cannot close
+        the new window (and take a seq) before the old one is out."""
         profile = model.baseline if model is not None else Profile((), (), 10)
         task: Literal["classification", "regression"] = (
             "regression" if model is not None and model.task == "regression" else "classification"
         )
-        window = WindowAccumulator(profile, task, executor=self._reducer)
-        with self._window_lock:  # new predictions get the new pair from here on
+        with self._window_lock:
             before = self._serving
-            old, old_window = before.model, before.window
-            self._serving = _Serving(model, window)
-            start = self._window_start
-            self._window_start = end = time.time()
-        deadline = time.monotonic() + 30.0
-        while before.active and time.monotonic() < deadline:  # predictions already under way
-            time.sleep(0.0005)
-        if before.active:
-            log.error("predictions on the previous model did not finish; its window closed")
-        closed = None
-        if old_window is not None:
-            closed = self._emit(old_window.snapshot(reset=True), old, start, end)
-        if old is not None:
-            old.close()
+            opens = None if before.window is None else before.window.seal()
+            window = WindowAccumulator(profile, task, executor=self._reducer, opens=opens)
+            self._serving = _Serving(model, window)  # new predictions get the new pair
+            deadline = time.monotonic() + 30.0
+            while before.active and time.monotonic() < deadline:  # predictions under way
+                time.sleep(0.0005)
+            if before.active:
+                log.error("predictions on the previous model did not finish; its window closed")
+            closed = None
+            if before.window is not None:
+                closed = self._emit(before.window.snapshot(reset=False), before.model)
+        if before.model is not None:
+            before.model.close()
         return closed
 
     # --- telemetry ----------------------------------------------------------------------------
@@ -426,23 +429,19 @@ class Agent:
     def flush_window(self) -> wire.Telemetry | None:
         """Close the current window now and put its telemetry in the outbox."""
         with self._window_lock:
-            window, model = self._window, self._model
-            start, end = self._window_start, time.time()
-            self._window_start = end
-            if window is None:
+            serving = self._serving
+            if serving.window is None:
                 return None
-            stats = window.snapshot(reset=True)
-        return self._emit(stats, model, start, end)
+            return self._emit(serving.window.snapshot(reset=True), serving.model)
 
-    def _emit(
-        self, stats: WindowStats, model: ServedModel | None, start: float, end: float
-    ) -> wire.Telemetry:
-        """Put one closed window's telemetry in the outbox."""
+    def _emit(self, stats: WindowStats, model: ServedModel | None) -> wire.Telemetry:
+        """Put one closed window's telemetry in the outbox (under the window lock: its seq,
+        taken here, follows the seq of every window that closed before it)."""
         outbox = self.outbox.stats() if self.outbox is not None else None
         msg = wire.Telemetry(
             **self._header(),
-            window_start=start,
-            window_end=end,
+            window_start=stats.window_start,
+            window_end=stats.window_end,
             model=None if model is None else model.ref,
             count=stats.count,
             errors=stats.errors,
@@ -465,14 +464,18 @@ class Agent:
 
     def _window_loop(self) -> None:
         while not self._stop.wait(self._seconds_left()):
+            if self._seconds_left() > 0:  # a model switch opened a new window meanwhile
+                continue
             try:
                 self.flush_window()
             except Exception:
                 log.exception("telemetry window failed")
 
     def _seconds_left(self) -> float:
+        """Until the current window is due to close."""
         length = self.config.telemetry.window_seconds
-        return max(0.0, self._window_start + length - time.time())
+        window = self._window
+        return length if window is None else max(0.0, length - window.age())
 
     # --- commands -----------------------------------------------------------------------------
 
