@@ -43,6 +43,21 @@ log = logging.getLogger(__name__)
 
 _FEEDBACK_MEMORY = 10_000
 
+SET_CONFIG_LIMITS: dict[str, tuple[float, float]] = {
+    "window_seconds": (1.0, 3600.0),
+    "sample_rate": (0.0, 1.0),
+}
+"""What a ``set-config`` command may set, and the range each value must lie in (inclusive)."""
+
+
+class _Refused(InputDataError):
+    """A command's arguments are refused; ``data`` (the reason, the setting) goes in the
+    failure event."""
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.data = data
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
@@ -101,6 +116,7 @@ class Agent:
         self._recent: OrderedDict[str, Any] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._stop = threading.Event()
+        self._retime = threading.Event()  # the window timer: stopping, or the length changed
         self._commands: queue.Queue[bytes | None] = queue.Queue(maxsize=100)
         self._threads: list[threading.Thread] = []
         self.store: ModelStore | None = None
@@ -190,6 +206,7 @@ class Agent:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._retime.set()
         if self.http is not None:
             self.http.stop()
         self._commands.put(None)
@@ -463,8 +480,12 @@ class Agent:
         return msg
 
     def _window_loop(self) -> None:
-        while not self._stop.wait(self._seconds_left()):
-            if self._seconds_left() > 0:  # a model switch opened a new window meanwhile
+        while not self._stop.is_set():
+            self._retime.wait(self._seconds_left())
+            self._retime.clear()
+            if self._stop.is_set():
+                return
+            if self._seconds_left() > 0:  # a switch opened a new window, or set-config
                 continue
             try:
                 self.flush_window()
@@ -508,7 +529,10 @@ class Agent:
         try:
             result = self._run_command(cmd)
         except EdgeOpsError as e:
-            self.event(f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id)
+            data = e.data if isinstance(e, _Refused) else None
+            self.event(
+                f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id, data=data
+            )
             return
         except Exception as e:
             log.exception("command %s failed", cmd.kind)
@@ -542,20 +566,43 @@ class Agent:
         raise ModelError(f"command '{cmd.kind}' is not supported by this agent yet")
 
     def _set_config(self, args: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"window_seconds", "sample_rate"}
-        unknown = sorted(set(args) - allowed)
-        if unknown or not args:
-            raise InputDataError(
-                f"set-config takes {', '.join(sorted(allowed))}; got {', '.join(unknown) or 'none'}"
-            )
+        """Apply a ``set-config`` command: every value is checked (:data:`SET_CONFIG_LIMITS`)
+        before any is applied. A new window length applies to the window open now."""
+        allowed = ", ".join(SET_CONFIG_LIMITS)
+        if not args:
+            raise _Refused(f"set-config takes {allowed}; got none", reason="nothing to set")
         values = {}
         for k, v in args.items():
+            if k not in SET_CONFIG_LIMITS:
+                raise _Refused(
+                    f"set-config: unknown setting {_short(k)}; it takes {allowed}",
+                    reason="unknown setting",
+                    setting=k[:64],
+                )
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise InputDataError(f"set-config: {k} must be a number, got {v!r}")
+                raise _Refused(
+                    f"set-config: {k} must be a number, got {_short(v)}",
+                    reason="not a number",
+                    setting=k,
+                )
+            lo, hi = SET_CONFIG_LIMITS[k]
+            if not lo <= v <= hi:  # NaN included
+                raise _Refused(
+                    f"set-config: {k} must be between {lo:g} and {hi:g}, got {_short(v)}",
+                    reason="out of range",
+                    setting=k,
+                )
             values[k] = float(v)
         telemetry = replace(self.config.telemetry, **values)
         self.config = replace(self.config, telemetry=telemetry).checked()
-        return {k: getattr(telemetry, k) for k in sorted(allowed)}
+        self._retime.set()
+        return {k: getattr(telemetry, k) for k in SET_CONFIG_LIMITS}
+
+
+def _short(value: object, most: int = 40) -> str:
+    """``repr(value)`` cut to ``most`` characters, for an error message."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _process_stats() -> wire.ProcessStats:

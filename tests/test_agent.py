@@ -218,6 +218,25 @@ def test_commands(
         assert agent.config.telemetry.window_seconds == 5.0
         failed = reply("set-config-failed", _cmd("set-config", window_seconds="soon"))
         assert "must be a number" in failed.message
+        assert failed.data == {"reason": "not a number", "setting": "window_seconds"}
+        # Well-formed but hostile values: each refused with its reason, nothing applied.
+        for args, reason in [
+            ({"window_seconds": 0.001}, "out of range"),  # a telemetry flood
+            ({"window_seconds": 1e12}, "out of range"),  # telemetry silenced
+            ({"sample_rate": 0.2, "window_seconds": -5}, "out of range"),
+            ({"sample_rate": 1.5}, "out of range"),
+            ({"sample_rate": 2**63}, "out of range"),
+            ({"window_seconds": True}, "not a number"),
+            ({"outbox_max_bytes": 1}, "unknown setting"),
+            ({}, "nothing to set"),
+        ]:
+            refused = reply("set-config-failed", _cmd("set-config", **args))
+            assert refused.data["reason"] == reason, (args, refused.message)
+            assert len(refused.message) < 200
+        assert (agent.config.telemetry.window_seconds, agent.config.telemetry.sample_rate) == (
+            5.0,
+            0.5,
+        )
         assert reply("command-rejected", b"{not json").data["reason"] == "not json"
         future = b'{"type":"command","schema":"9.0","id":"x","kind":"ping","issued":0}'
         assert reply("command-rejected", future).data["reason"] == "unknown major version"
