@@ -390,11 +390,19 @@ class Updater:
                     data={"at": "request"},
                 )
                 return
-            self._busy, self._running = True, cmd.id
-            self._thread = threading.Thread(
-                target=self._work, args=(cmd,), name="update", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._work, args=(cmd,), name="update", daemon=True)
+            self._busy, self._running, self._thread = True, cmd.id, thread
+            try:
+                thread.start()
+            except RuntimeError as e:  # the process can start no more threads
+                self._busy, self._running = False, None
+                self.host.event(
+                    "update-failed",
+                    level="error",
+                    message=f"cannot start the update: {e}",
+                    command_id=cmd.id,
+                    data={"at": "request"},
+                )
 
     def _work(self, cmd: wire.Command) -> None:
         try:
