@@ -390,6 +390,19 @@ class Updater:
                     data={"at": "request"},
                 )
                 return
+            previous = self._thread
+            if previous is not None:  # reported its end; writing its state file, if anything
+                previous.join(timeout=30)
+                if previous.is_alive():
+                    log.error("update thread still finishing; update %s refused", cmd.id)
+                    self.host.event(
+                        "update-failed",
+                        level="error",
+                        message="the previous update is still finishing",
+                        command_id=cmd.id,
+                        data={"at": "request"},
+                    )
+                    return
             thread = threading.Thread(target=self._work, args=(cmd,), name="update", daemon=True)
             self._busy, self._running, self._thread = True, cmd.id, thread
             try:
@@ -412,9 +425,15 @@ class Updater:
         except Exception:  # reporting failed (the agent stopping): the next start finishes it
             log.exception("update %s failed", cmd.id)
         finally:
-            self.watch = None
-            self._running = None
-            self._busy = False
+            self._release()
+
+    def _release(self) -> None:
+        """The update is over: called before its last event is published, so that a command
+        sent in answer to that event finds the updater free (:meth:`run` waits for the thread
+        to write its state file before it starts another)."""
+        self.watch = None
+        self._running = None
+        self._busy = False
 
     def _run(self, cmd: wire.Command) -> _Switched | None:
         """Download, verify, stage and switch; what the health window needs, or None when the
@@ -422,6 +441,7 @@ class Updater:
         try:
             req = UpdateRequest.from_args(cmd.args, self.config)
         except _Failed as e:
+            self._release()
             self.host.event(
                 "update-failed",
                 level="error",
@@ -604,6 +624,7 @@ class Updater:
             model.close()
         self.watch = None
         if rec["state"] is None:  # nothing persisted yet
+            self._release()
             self.host.event(
                 "update-failed", level="error", message=reason, command_id=rec["command_id"]
             )
@@ -637,6 +658,7 @@ class Updater:
             data["reason"] = reason
             current = self.store.current()
             data["serving"] = None if current is None else current.version
+        self._release()
         self.host.event(
             f"update-{state}",
             level="info" if state == "committed" else "error",
