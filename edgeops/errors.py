@@ -22,7 +22,8 @@ these.
     ├── BundleError (13)             a bundle is malformed or fails verification
     │   ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
     │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
-    └── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
+    ├── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
+    └── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
 """
 
 from __future__ import annotations
@@ -141,6 +142,13 @@ class DeploymentAborted(EdgeOpsError):
     """A deployment that was followed to its end was aborted (its devices are rolled back)."""
 
     exit_code = 16
+
+
+class ServiceFailed(EdgeOpsError):
+    """The central service stopped itself: a worker thread died more often than it may be
+    restarted, or stalled for longer than it may; a supervisor (systemd) should restart it."""
+
+    exit_code = 17
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -93,7 +93,10 @@ def serve(
     click.echo(f"serving the fleet from {cfg.broker}; REST API on {service.http.address}", err=True)
     try:
         while not stop.wait(1.0):
-            pass
+            if service.failed is not None:
+                from edgeops.errors import ServiceFailed
+
+                raise ServiceFailed(f"the service stopped: {service.failed}")
     finally:
         service.stop()
 

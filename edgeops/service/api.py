@@ -10,7 +10,13 @@
     GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
     GET  /v1/models                       registered bundles
     POST /v1/models                       register a bundle (the body is the bundle file)
-    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason
+    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason,
+                                          evaluations (lag), queue depth, retention purges
+    GET  /v1/dead-letters[?reason=R&limit=N]
+                                          refused messages kept with their reason, newest first
+    GET  /healthz                         200 while no worker has failed for good, else 503
+    GET  /readyz                          200 when alive, connected to the broker, the database
+                                          answers and no worker is stalled, else 503 (why)
     GET  /v1/bundles/{sha256}             a registered bundle's bytes (HTTP Range for resuming)
     GET  /v1/deployments[?active=1]       deployments, newest first
     POST /v1/deployments                  start one: {"bundle": "NAME-VERSION", "fleet": F,
@@ -86,8 +92,8 @@ def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
         raise KeyError(device)
     recent = store.recent_windows(fleet=fleet, device=device, limit=30)
     latency: dict[str, Any] = {}
-    if recent:
-        h = merge_wire([w.telemetry.latency for w in recent])
+    if any(w.telemetry.latency.count for w in recent):
+        h = merge_wire([w.telemetry.latency for w in recent if w.telemetry.latency.count])
         latency = {
             "windows": len(recent),
             "count": h.count,
@@ -167,7 +173,26 @@ def make_app(service: Service) -> Starlette:
         return _json({"models": await run_in_threadpool(store.models)})
 
     async def stats(request: Request) -> JSONResponse:
-        return _json(service.counters.as_dict())
+        return _json(await run_in_threadpool(service.stats))
+
+    async def dead_letters(request: Request) -> JSONResponse:
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return _json({"error": "limit must be an integer"}, 400)
+        rows = await run_in_threadpool(
+            lambda: store.dead_letters(reason=q.get("reason"), limit=max(1, min(limit, 1000)))
+        )
+        return _json({"dead_letters": rows})
+
+    async def healthz(request: Request) -> JSONResponse:
+        h = await run_in_threadpool(service.health)
+        return _json(h, 200 if h["alive"] else 503)
+
+    async def readyz(request: Request) -> JSONResponse:
+        h = await run_in_threadpool(service.health)
+        return _json(h, 200 if h["ready"] else 503)
 
     async def bundle(request: Request) -> Response:
         data = await run_in_threadpool(service.bundles.get, request.path_params["sha256"])
@@ -223,6 +248,9 @@ def make_app(service: Service) -> Starlette:
             Route("/v1/alerts", alerts),
             Route("/v1/models", models, methods=["GET", "POST"]),
             Route("/v1/stats", stats),
+            Route("/v1/dead-letters", dead_letters),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/v1/bundles/{sha256}", bundle),
             Route("/v1/deployments", deployments, methods=["GET", "POST"]),
             Route("/v1/deployments/{id}", deployment),

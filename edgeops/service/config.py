@@ -16,6 +16,14 @@
     stages = [10, 50, 100]
     bake = 60
 
+    [intake]                             # what one device may send (see IntakeLimits)
+    device_rate = 5.0
+    max_clock_skew = 300
+
+    [retention]                          # days kept (see Retention)
+    windows = 14
+    dead_letters = 7
+
     [models.digits]                      # per model name
     drift = { js = 0.15 }
     latency_budget_ms = 5.0
@@ -28,12 +36,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from edgeops.drift import DriftThresholds
 from edgeops.errors import UsageError
 from edgeops.rollout import RolloutPolicy
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,74 @@ class AlertAction:
 
 DEFAULT_THRESHOLDS = DriftThresholds(k_raise=2, k_clear=2)
 """The design's defaults; K = 2 so that drift alerts within two windows."""
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    """Bounds on what devices may send; a message past one is refused, counted by reason and
+    (for a malformed or inconsistent one) kept as a dead letter."""
+
+    max_clock_skew: float = 300.0
+    """Seconds a message's times may be ahead of the service's clock."""
+    max_age: float | None = None
+    """Seconds a message's times may be behind the service's clock (default: the windows'
+    retention; an outbox drained after a long outage stays within it)."""
+    device_rate: float = 5.0
+    """Messages per second one device may sustain (a token bucket)..."""
+    device_burst: int = 5000
+    """...after a burst of this many (a drained outbox)."""
+    new_devices_per_minute: int = 10_000
+    """Device ids never seen before that are admitted per minute (a burst of as many)."""
+    queue_bytes: int = 64 * 1024 * 1024
+    """Payload bytes waiting to be stored; past it the MQTT thread waits and the broker holds
+    the rest (QoS 1)."""
+    batch_size: int = 500
+    """The most messages stored in one transaction."""
+    dead_letter_rate: float = 10.0
+    """Dead letters kept per second (a burst of ``dead_letter_burst``); past it a refused
+    message is only counted."""
+    dead_letter_burst: int = 1000
+    dead_letter_bytes: int = 16 * 1024
+    """The most payload bytes kept of one dead letter (its size and sha256 are kept whole)."""
+    stall_seconds: float = 60.0
+    """A worker silent this long while it has work makes the service not ready (``/readyz``)."""
+    stall_exit_seconds: float = 600.0
+    """...and this long makes ``edgeops serve`` exit non-zero (a supervisor restarts it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_clock_skew", "device_rate", "dead_letter_rate", "stall_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("device_burst", "new_devices_per_minute", "queue_bytes", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_age is not None and not self.max_age > 0:
+            raise ValueError("max_age must be positive")
+        if self.stall_exit_seconds < self.stall_seconds:
+            raise ValueError("stall_exit_seconds must be at least stall_seconds")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long stored rows are kept, in days, and how often they are purged."""
+
+    windows: float = 14.0
+    events: float = 30.0
+    drift: float = 14.0
+    alerts: float = 90.0
+    """Cleared alerts; active ones are kept."""
+    dead_letters: float = 7.0
+    dead_letter_rows: int = 10_000
+    """The most dead letters kept (the oldest go first)."""
+    interval: float = 300.0
+    """Seconds between purges."""
+
+    def __post_init__(self) -> None:
+        for name in ("windows", "events", "drift", "alerts", "dead_letters", "interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"retention {name} must be positive")
+        if self.dead_letter_rows < 1:
+            raise ValueError("retention dead_letter_rows must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -90,9 +168,19 @@ class ServiceConfig:
     allow_unsigned: bool = False
     default: ModelPolicy = field(default_factory=ModelPolicy)
     models: Mapping[str, ModelPolicy] = field(default_factory=dict)
+    intake: IntakeLimits = field(default_factory=IntakeLimits)
+    retention: Retention = field(default_factory=Retention)
+    evaluation_workers: int = 1
+    """Threads evaluating drift (off the store loop; more help on PostgreSQL)."""
 
     def policy(self, model: str) -> ModelPolicy:
         return self.models.get(model, self.default)
+
+    @property
+    def max_age(self) -> float:
+        """Seconds a message's times may be behind the service's clock."""
+        limit = self.intake.max_age
+        return self.retention.windows * 86400.0 if limit is None else limit
 
     @property
     def broker_host_port(self) -> tuple[str, int]:
@@ -109,6 +197,19 @@ def _thresholds(base: DriftThresholds, values: Mapping[str, Any], where: str) ->
         raise UsageError(f"{where}: unknown drift setting(s): {', '.join(unknown)}")
     try:
         return replace(base, **values)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def _section(kind: type[T], values: Any, where: str) -> T:
+    if not isinstance(values, Mapping):
+        raise UsageError(f"{where}: expected a table of settings")
+    known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown setting(s): {', '.join(unknown)}")
+    try:
+        return kind(**values)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{where}: {e}") from None
 
@@ -153,6 +254,8 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
         "bundles",
         "trusted_keys",
         "rollout",
+        "intake",
+        "retention",
     }
     for k in list(data):
         if k in simple:
@@ -168,6 +271,10 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
     }
     if "rollout" in data:
         cfg = replace(cfg, rollout=RolloutPolicy.from_dict(data.pop("rollout")))
+    if "intake" in data:
+        cfg = replace(cfg, intake=_section(IntakeLimits, data.pop("intake"), "[intake]"))
+    if "retention" in data:
+        cfg = replace(cfg, retention=_section(Retention, data.pop("retention"), "[retention]"))
     if "bundles" in data:
         cfg = replace(cfg, bundles=tuple(Path(p) for p in data.pop("bundles")))
     if "trusted_keys" in data:

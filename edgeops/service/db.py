@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from edgeops import wire
 from edgeops.errors import UsageError
+from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ windows = sa.Table(
     sa.Column("bad_inputs", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="windows_once"),
-    sa.Index("windows_by_device", "fleet", "device", "window_end"),
-    sa.Index("windows_by_model", "model_name", "model_version", "window_end"),
+    # Arrival order (the id) orders a device's windows: devices' clocks do not.
+    sa.Index("windows_by_arrival", "fleet", "device", "model_name", "model_version", "id"),
+    sa.Index("windows_by_received", "received"),
 )
 
 events = sa.Table(
@@ -89,6 +90,8 @@ events = sa.Table(
     sa.Column("data", sa.JSON),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="events_once"),
     sa.Index("events_by_command", "command_id", "id"),
+    sa.Index("events_by_device", "fleet", "device", "id"),
+    sa.Index("events_by_sent", "sent"),
 )
 
 models = sa.Table(
@@ -125,6 +128,7 @@ drift = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Index("drift_by_model", "model_name", "model_version", "evaluated"),
     sa.Index("drift_by_device", "fleet", "device", "evaluated"),
+    sa.Index("drift_by_time", "evaluated"),
 )
 
 alert_state = sa.Table(
@@ -156,6 +160,19 @@ alerts = sa.Table(
     sa.Index("alerts_active", "cleared", "fleet", "device"),
 )
 
+dead_letters = sa.Table(
+    "dead_letters",
+    md,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("topic", sa.String(256), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.String(512), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # its first dead_letter_bytes
+    sa.Index("dead_letters_by_received", "received"),
+)
 
 bundles = sa.Table(
     "bundles",
@@ -237,6 +254,10 @@ def connect(url: str) -> Engine:
         raise UsageError(f"--db {url}: use sqlite:///FILE or postgresql://…")
     try:
         md.create_all(engine)
+        with engine.begin() as conn:  # indexes added since a database was made
+            for table in md.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
     except sa.exc.OperationalError as e:
         raise UsageError(
             f"--db {url}: cannot open the database ({str(e).splitlines()[0]})"
@@ -254,9 +275,43 @@ def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
 @dataclass(frozen=True)
 class StoredWindow:
     id: int
+    """Arrival order: ids grow as windows are stored."""
     fleet: str
     device: str
     telemetry: wire.Telemetry
+    received: float
+    """The service's clock when it was stored."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused message as the ``dead_letters`` table keeps it."""
+
+    received: float
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    """The whole payload; :meth:`row` keeps its first ``keep`` bytes."""
+
+    def row(self, keep: int) -> dict[str, Any]:
+        import hashlib
+
+        return {
+            "received": self.received,
+            "topic": _clean(self.topic, 256),
+            "reason": _clean(self.reason, 32),
+            "detail": _clean(self.detail, 512),
+            "size": len(self.payload),
+            "sha256": hashlib.sha256(self.payload).hexdigest(),
+            "payload": bytes(self.payload[:keep]),
+        }
+
+
+def _clean(text: str, limit: int) -> str:
+    """``text`` as any column of ``limit`` characters takes it: no NUL, clipped."""
+    text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -296,6 +351,7 @@ class StoredBatch:
     events: int
     duplicates: int
     """Windows and events already stored, or repeated within the batch."""
+    dead_letters: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,21 +394,21 @@ class _Statements:
         )
         w = windows.c
         self.span_counts = (
-            sa.select(w.id, w["count"])
+            sa.select(w.id, w["count"], w.received)
             .where(
                 w.fleet == sa.bindparam("fleet"),
                 w.device == sa.bindparam("device"),
                 w.model_name == sa.bindparam("name"),
                 w.model_version == sa.bindparam("version"),
-                w.window_end >= sa.bindparam("since"),
                 w.id <= sa.bindparam("upto"),
             )
-            .order_by(w.window_end.desc(), w.id.desc())
+            .order_by(w.id.desc())
             .limit(sa.bindparam("limit"))
         )
-        self.payloads = sa.select(w.id, w.payload).where(
+        self.payloads = sa.select(w.id, w.payload, w.received).where(
             w.id.in_(sa.bindparam("ids", expanding=True))
         )
+        self.add_dead_letters = sa.insert(dead_letters)
         self.add_drift = sa.insert(drift)
         s = alert_state.c
         self.lock_states = (
@@ -378,7 +434,6 @@ class Store:
         self.engine = engine
         self._insert = _insert_for(engine.dialect.name)
         self._sql = _Statements(engine.dialect.name)
-        self._decoder = msgspec.json.Decoder(wire.Telemetry)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -392,11 +447,16 @@ class Store:
         new_windows: Sequence[NewWindow] = (),
         new_events: Sequence[tuple[str, wire.Event]] = (),
         statuses: Sequence[tuple[str, wire.Status]] = (),
+        dead: Sequence[DeadLetter] = (),
+        *,
+        dead_letter_bytes: int = 16 * 1024,
+        now: float | None = None,
     ) -> StoredBatch:
         """Store a batch of device messages in one transaction: windows and events with one
         multi-row ``INSERT … ON CONFLICT DO NOTHING`` each (the unique ``(fleet, device, boot,
-        seq)`` key decides what is new), then each device touched once, then the statuses."""
-        now = time.time()
+        seq)`` key decides what is new), then each device touched once, then the statuses,
+        then the dead letters (``now``: the receive time, default the clock)."""
+        now = time.time() if now is None else now
         firsts: dict[tuple[Any, ...], NewWindow] = {}
         for w in new_windows:  # a key repeated within the batch is a duplicate too
             firsts.setdefault((w.fleet, w.telemetry.device, w.telemetry.boot, w.telemetry.seq), w)
@@ -423,7 +483,7 @@ class Store:
                 rows = [_window_row(w, now) for w in firsts.values()]
                 for wid, *key in conn.execute(self._sql.add_windows, rows):
                     t = firsts[tuple(key)].telemetry
-                    stored.append(StoredWindow(int(wid), key[0], t.device, t))
+                    stored.append(StoredWindow(int(wid), key[0], t.device, t, now))
             stored.sort(key=lambda sw: sw.id)
             event_keys: list[tuple[Any, ...]] = []
             if event_rows:
@@ -443,8 +503,22 @@ class Store:
             self._touch_many(conn, touched, now)
             for fleet, s in statuses:
                 self._set_status(conn, fleet, s, now)
+            if dead:
+                conn.execute(self._sql.add_dead_letters, [d.row(dead_letter_bytes) for d in dead])
         duplicates = len(new_windows) - len(stored) + len(new_events) - len(event_keys)
-        return StoredBatch(stored, len(event_keys), duplicates)
+        return StoredBatch(stored, len(event_keys), duplicates, len(dead))
+
+    def known_devices(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(fleet, device)`` of ``keys`` the devices table holds."""
+        found: set[tuple[str, str]] = set()
+        for i in range(0, len(keys), 500):
+            part = list(keys[i : i + 500])
+            q = sa.select(devices.c.fleet, devices.c.device).where(
+                sa.tuple_(devices.c.fleet, devices.c.device).in_(part)
+            )
+            with self.begin() as conn:
+                found.update((f, d) for f, d in conn.execute(q))
+        return found
 
     def _touch_many(
         self, conn: Connection, touched: dict[tuple[str, str], dict[str, Any]], now: float
@@ -520,10 +594,11 @@ class Store:
         limit: int,
         known: Mapping[int, StoredWindow],
     ) -> list[StoredWindow]:
-        """The device's windows of ``newest``'s model up to ``newest`` (by id), newest first,
-        as many as reach ``min_samples`` (at most ``limit``, none that ended before
-        ``since``). Counts come from the ``count`` column; payloads are read and decoded only
-        for the windows of the span that are not in ``known``."""
+        """The device's windows of ``newest``'s model up to ``newest``, in arrival order (by
+        id), newest first, as many as reach ``min_samples`` (at most ``limit``, none received
+        before ``since``). Counts come from the ``count`` column; payloads are read and decoded
+        only for the windows of the span that are not in ``known``; one that no longer decodes
+        is left out (and logged)."""
         t = newest.telemetry
         assert t.model is not None
         params = {
@@ -531,14 +606,15 @@ class Store:
             "device": newest.device,
             "name": t.model.name,
             "version": t.model.version,
-            "since": since,
             "upto": newest.id,
             "limit": limit,
         }
         with self.begin() as conn:
             ids: list[int] = []
             samples = 0
-            for wid, count in conn.execute(self._sql.span_counts, params):
+            for wid, count, received in conn.execute(self._sql.span_counts, params):
+                if received < since:
+                    break
                 ids.append(int(wid))
                 samples += count
                 if samples >= min_samples:
@@ -546,11 +622,11 @@ class Store:
             missing = [i for i in ids if i not in known]
             rows = conn.execute(self._sql.payloads, {"ids": missing}).all() if missing else []
         found = dict(known)
-        for wid, payload in rows:
-            found[wid] = StoredWindow(
-                wid, newest.fleet, newest.device, self._decoder.decode(payload)
-            )
-        return [found[i] for i in ids]
+        for wid, payload, received in rows:
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                found[wid] = StoredWindow(wid, newest.fleet, newest.device, tele, received)
+        return [found[i] for i in ids if i in found]
 
     def add_drift(self, conn: Connection, records: Sequence[dict[str, Any]]) -> None:
         """Insert drift rows (one ``executemany``)."""
@@ -694,8 +770,11 @@ class Store:
         since: float | None = None,
         limit: int = 1000,
     ) -> list[StoredWindow]:
-        """Newest first."""
-        q = sa.select(windows.c.id, windows.c.fleet, windows.c.device, windows.c.payload)
+        """Newest first (arrival order), ``since`` on the service's clock; windows stored
+        before today's checks that no longer decode are left out (and logged)."""
+        q = sa.select(
+            windows.c.id, windows.c.fleet, windows.c.device, windows.c.payload, windows.c.received
+        )
         if fleet is not None:
             q = q.where(windows.c.fleet == fleet)
         if device is not None:
@@ -703,12 +782,16 @@ class Store:
         if model is not None:
             q = q.where(windows.c.model_name == model[0], windows.c.model_version == model[1])
         if since is not None:
-            q = q.where(windows.c.window_end >= since)
-        q = q.order_by(windows.c.window_end.desc(), windows.c.id.desc()).limit(limit)
-        decoder = msgspec.json.Decoder(wire.Telemetry)
+            q = q.where(windows.c.received >= since)
+        q = q.order_by(windows.c.id.desc()).limit(limit)
         with self.begin() as conn:
             rows = conn.execute(q).all()
-        return [StoredWindow(int(r[0]), r[1], r[2], decoder.decode(r[3])) for r in rows]
+        out = []
+        for wid, fleet_, device_, payload, received in rows:
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                out.append(StoredWindow(int(wid), fleet_, device_, tele, received))
+        return out
 
     def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(devices).order_by(devices.c.fleet, devices.c.device)
@@ -731,10 +814,11 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
     def events_of(self, fleet: str, device: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The device's newest events, in arrival order."""
         q = (
             sa.select(events)
             .where(events.c.fleet == fleet, events.c.device == device)
-            .order_by(events.c.sent.desc())
+            .order_by(events.c.id.desc())
             .limit(limit)
         )
         with self.begin() as conn:
@@ -799,6 +883,74 @@ class Store:
             return [
                 dict(r) for r in conn.execute(sa.select(alerts).order_by(alerts.c.id)).mappings()
             ]
+
+    # --- dead letters and retention ----------------------------------------------------------
+
+    def dead_letters(self, *, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters (payload prefix as text, undecodable bytes escaped)."""
+        q = sa.select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        if reason is not None:
+            q = q.where(dead_letters.c.reason == reason)
+        with self.begin() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["payload"] = bytes(r["payload"]).decode("utf-8", "backslashreplace")
+        return rows
+
+    def purge(self, retention: Any, now: float | None = None, chunk: int = 5000) -> dict[str, int]:
+        """Delete what ``retention`` (:class:`~edgeops.service.config.Retention`) no longer
+        keeps, in chunks of ``chunk`` rows per transaction; the rows deleted per table."""
+        now = time.time() if now is None else now
+        day = 86400.0
+        plans: list[tuple[str, sa.Table, Any]] = [
+            ("windows", windows, windows.c.received < now - retention.windows * day),
+            ("events", events, events.c.sent < now - retention.events * day),
+            ("drift", drift, drift.c.evaluated < now - retention.drift * day),
+            ("alerts", alerts, alerts.c.cleared < now - retention.alerts * day),
+            (
+                "dead_letters",
+                dead_letters,
+                dead_letters.c.received < now - retention.dead_letters * day,
+            ),
+        ]
+        deleted: dict[str, int] = {}
+        for name, table, older in plans:
+            deleted[name] = self._delete_chunks(table, older, chunk)
+        with self.begin() as conn:  # the newest dead_letter_rows only
+            keep_from = conn.execute(
+                sa.select(dead_letters.c.id)
+                .order_by(dead_letters.c.id.desc())
+                .offset(retention.dead_letter_rows - 1)
+                .limit(1)
+            ).scalar()
+        if keep_from is not None:
+            deleted["dead_letters"] += self._delete_chunks(
+                dead_letters, dead_letters.c.id < keep_from, chunk
+            )
+        return deleted
+
+    def _delete_chunks(self, table: sa.Table, where: Any, chunk: int) -> int:
+        total = 0
+        while True:
+            ids = sa.select(table.c.id).where(where).limit(chunk).scalar_subquery()
+            with self.begin() as conn:
+                n = conn.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
+            total += n
+            if n < chunk:
+                return total
+
+
+_unreadable = SafeLog(log)
+
+
+def decode_stored(payload: bytes, row_id: int | None = None) -> wire.Telemetry | None:
+    """A stored window's telemetry, or None (logged) when it no longer decodes: a row stored
+    before the wire's bounds tightened must not make a read fail."""
+    try:
+        return wire.decode(payload, wire.Telemetry)
+    except wire.WireError as e:
+        _unreadable.warning("unreadable", "stored window %s is left out: %s", row_id, e)
+        return None
 
 
 def dumps(rows: Sequence[dict[str, Any]]) -> str:

@@ -1,15 +1,17 @@
 """Drift evaluation: windows from storage, distances from :mod:`edgeops.drift`, alerts with
 hysteresis, retained alert messages, and policy actions.
 
-A device is evaluated after each batch that stored windows of it, once per batch (coalesced):
-the span ends at its newest window of the batch and holds its newest windows of the same model,
-as many as it takes to reach the minimum sample count (at most ``span_windows``, no older than
-``span_seconds``). A window that reaches the minimum alone is the span, read from nothing but
-memory; otherwise only the span's windows are read back. Hysteresis counts evaluations, not
-windows: under a burst (a backlog drained in batches) several windows of one device make one
-span and one verdict, so an alert may take more windows to raise or clear than ``k_raise`` or
-``k_clear``. A fleet (per model version) is evaluated every
-``fleet_interval`` seconds over all its devices' windows in the span. Every raw distance is
+A device is evaluated after windows of it are stored, once per pending evaluation (coalesced,
+:mod:`edgeops.service.evaluation`): the span ends at its newest stored window and holds its
+newest windows of the same model in arrival order (the service's clock: devices' clocks may be
+wrong), as many as it takes to reach the minimum sample count (at most ``span_windows``, none
+received more than ``span_seconds`` before the newest). A window that reaches the minimum alone
+is the span, read from nothing but memory; otherwise only the span's windows not in memory are
+read back. Hysteresis counts evaluations, not windows: under a burst (a backlog drained in
+batches) several windows of one device make one span and one verdict, so an alert may take more
+windows to raise or clear than ``k_raise`` or ``k_clear``. A fleet (per model version) is
+evaluated every ``fleet_interval`` seconds over all its devices' windows in the span; a group
+whose evaluation fails is logged and counted, and the others go on. Every raw distance is
 stored, alert or not. Alert state transitions happen inside one transaction (the drift rows with
 one ``executemany``, the evaluation's alert states locked with one ``SELECT … FOR UPDATE``,
 stepped in Python and written back with one ``executemany``) that also records the newest window
@@ -29,9 +31,10 @@ from typing import Any
 
 from edgeops import drift as d
 from edgeops import topics, wire
-from edgeops.profile import Profile
 from edgeops.service import db
+from edgeops.service.baselines import Baseline, Baselines
 from edgeops.service.config import ServiceConfig
+from edgeops.service.logs import SafeLog
 from edgeops.window_merge import merge_windows
 
 log = logging.getLogger(__name__)
@@ -48,27 +51,19 @@ class Engine:
         config: ServiceConfig,
         publish: Callable[[str, bytes], None] | None = None,
         deploy: Callable[[str, str, dict[str, Any]], None] | None = None,
+        baselines: Baselines | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.publish = publish
         self.deploy = deploy
         """``deploy(bundle, fleet, alert)``: the ``deploy`` alert action."""
-        self._profiles: dict[tuple[str, str], tuple[Profile, dict[str, Any]] | None] = {}
-        self.missing_baselines: set[tuple[str, str]] = set()
+        self.baselines = baselines or Baselines(store)
+        self.fleet_errors = 0
+        self._log = SafeLog(log)
 
-    def _baseline(self, name: str, version: str) -> tuple[Profile, dict[str, Any]] | None:
-        key = (name, version)
-        if self._profiles.get(key) is None:
-            manifest = self.store.model(name, version)
-            if manifest is None:
-                if key not in self.missing_baselines:
-                    log.warning("no registered bundle for %s %s: drift not evaluated", *key)
-                self.missing_baselines.add(key)
-                return None
-            self.missing_baselines.discard(key)
-            self._profiles[key] = (Profile.from_dict(manifest["baseline"]), manifest)
-        return self._profiles[key]
+    def _baseline(self, name: str, version: str) -> Baseline | None:
+        return self.baselines.get(name, version)
 
     # --- spans --------------------------------------------------------------------------------
 
@@ -100,7 +95,7 @@ class Engine:
         else:
             span = self.store.device_span(
                 newest,
-                since=t.window_end - self.config.span_seconds,
+                since=newest.received - self.config.span_seconds,
                 min_samples=min_samples,
                 limit=self.config.span_windows,
                 known=known or {newest.id: newest},
@@ -109,24 +104,45 @@ class Engine:
             "device", newest.fleet, t.device, t.model.name, t.model.version, span, newest.id
         )
 
-    def evaluate_fleets(self) -> None:
-        """Evaluate every (fleet, model version) with windows in the span."""
+    def evaluate_fleets(self, beat: Callable[[], None] | None = None) -> int:
+        """Evaluate every (fleet, model version) with windows received in the span; a group
+        that fails is logged and counted and the others go on (``beat()`` after each: the
+        supervisor's heartbeat). The groups that failed."""
         since = time.time() - self.config.span_seconds
         groups: dict[tuple[str, str, str], list[db.StoredWindow]] = {}
         for r in self.store.recent_windows(since=since, limit=20_000):
             m = r.telemetry.model
             if m is not None:
                 groups.setdefault((r.fleet, m.name, m.version), []).append(r)
+        failed = 0
         for (fleet, name, version), rows in groups.items():
-            policy = self.config.policy(name)
-            per_device: dict[str, list[db.StoredWindow]] = {}
-            for r in rows:
-                per_device.setdefault(r.device, []).append(r)
-            span = [
-                w for ws in per_device.values() for w in self._span(ws, policy.drift.min_samples)
-            ]
-            newest = max(r.id for r in rows)
-            self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
+            try:
+                policy = self.config.policy(name)
+                per_device: dict[str, list[db.StoredWindow]] = {}
+                for r in rows:  # newest first: each device's span is its newest windows
+                    per_device.setdefault(r.device, []).append(r)
+                span = [
+                    w
+                    for ws in per_device.values()
+                    for w in self._span(ws, policy.drift.min_samples)
+                ]
+                newest = max(r.id for r in rows)
+                self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
+            except Exception as e:
+                failed += 1
+                self._log.error(
+                    f"fleet {fleet}",
+                    "fleet drift evaluation of %s %s %s failed: %s: %s",
+                    fleet,
+                    name,
+                    version,
+                    type(e).__name__,
+                    e,
+                )
+            if beat is not None:
+                beat()
+        self.fleet_errors += failed
+        return failed
 
     def _evaluate(
         self,
@@ -141,7 +157,7 @@ class Engine:
         base = self._baseline(name, version)
         if base is None or not span:
             return
-        profile, manifest = base
+        profile, manifest = base.profile, base.manifest
         policy = self.config.policy(name)
         th = policy.drift
         tele = [r.telemetry for r in span]
