@@ -79,6 +79,13 @@ class Baseline:
                 want = expected.get(w.name)
                 if want is None:
                     return f"{what} {w.name!r} is not in the baseline"
+                # the intake's hot path: a numeric window's one length, compared directly
+                if (
+                    type(w) is wire.NumericWindow
+                    and want[0] == "numeric"
+                    and len(w.counts) == want[1]
+                ):
+                    continue
                 got = window_shape(w)
                 if got != want:
                     return f"{what} {w.name!r}: {_say(got)}, the baseline has {_say(want)}"

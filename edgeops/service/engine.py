@@ -26,7 +26,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 from edgeops import drift as d
@@ -381,7 +380,11 @@ class Engine:
                 self.deploy(action.deploy, fleet, alert)
 
 
-def _distances(f: Any) -> dict[str, Any]:
-    out = {k: v for k, v in asdict(f).items() if k in ("js", "psi", "wasserstein", "linf")}
-    out["samples"] = f.samples
-    return {k: v for k, v in out.items() if v is not None}
+def _distances(f: d.FeatureDrift) -> dict[str, Any]:
+    """The alert detail of one feature: its distances (those it has) and its sample count."""
+    out: dict[str, Any] = {"samples": f.samples}
+    for k in ("js", "psi", "wasserstein", "linf"):
+        v = getattr(f, k)
+        if v is not None:
+            out[k] = v
+    return out

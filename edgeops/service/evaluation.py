@@ -5,8 +5,11 @@ The store loop hands every stored window to :meth:`EvaluationQueue.put`; a devic
 faster than it can be evaluated has one pending evaluation, at its newest window, however many
 windows arrived meanwhile (the windows stored since its last evaluation are kept with it, so the
 span is read from memory where it can be). Storing therefore runs at the broker's pace and
-evaluating at its own; the lag from a window's arrival to its verdict is measured (a
-:class:`~edgeops.latency.LogHistogram` of seconds) and reported.
+evaluating at its own; while the intake has a backlog (``busy()``), a worker pauses after each
+evaluation for ``BACKLOG_SHARE``'s complement of its time, so that evaluations take at most that
+share of one interpreter (threads share one) and the backlog drains first. The lag from a
+window's arrival to its verdict is measured (a :class:`~edgeops.latency.LogHistogram` of
+seconds) and reported.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from edgeops.service import db
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
+
+BACKLOG_SHARE = 0.2
+"""The most of the time evaluations take while the intake has a backlog."""
 
 Key = tuple[str, str, str, str]
 """(fleet, device, model name, model version)."""
@@ -113,10 +119,13 @@ class Evaluator:
         queue: EvaluationQueue,
         evaluate: Callable[[db.StoredWindow, dict[int, db.StoredWindow]], None],
         *,
+        busy: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.evaluate = evaluate
+        self.busy = busy
+        """True while the intake has a backlog: evaluations give way."""
         self.clock = clock
         self.evaluations = 0
         self.errors = 0
@@ -160,7 +169,10 @@ class Evaluator:
         name = threading.current_thread().name
         while not stop.is_set():
             self.heartbeats[name] = time.monotonic()
-            self.run_one(0.5)
+            started = time.monotonic()
+            if self.run_one(0.5) and self.busy is not None and self.busy():
+                took = time.monotonic() - started
+                stop.wait(max(took * (1 - BACKLOG_SHARE) / BACKLOG_SHARE, 0.005))
 
     def drain(self, timeout: float = 60.0) -> bool:
         """Run pending evaluations in this thread until none is left (tests, benchmarks)."""

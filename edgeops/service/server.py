@@ -82,7 +82,9 @@ class Service:
             baselines=self.baselines,
         )
         self.evaluations = EvaluationQueue(keep=config.span_windows)
-        self.evaluator = Evaluator(self.evaluations, self.engine.evaluate_device)
+        self.evaluator = Evaluator(
+            self.evaluations, self.engine.evaluate_device, busy=self._backlogged
+        )
         self.intake = Intake(
             self.store,
             self.baselines,
@@ -123,6 +125,9 @@ class Service:
         self._purged: dict[str, int] = {}
         self._log = SafeLog(log)
         self._supervisor: threading.Thread | None = None
+
+    def _backlogged(self) -> bool:
+        return self.intake.depth()[0] >= self.config.intake.batch_size
 
     @property
     def counters(self) -> Counters:
