@@ -107,7 +107,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -209,6 +209,8 @@ class Settings:
     profile_warmup: int = 200
     profile_windows: int = 1000
     epochs: int = 5
+    intake_only: bool = False
+    """The intake phases only (``--phases``): no breakdown, no drift part."""
 
     @classmethod
     def of(cls, mode: str, out: Path) -> Settings:
@@ -479,12 +481,14 @@ def child_bare(spec: dict[str, Any]) -> None:
 
     c = client(lambda *_: None)  # the session keeps the subscription
     c.on_message = on_message
+    cpu = time.process_time()
     persistent_connect(c, spec["port"])
     c.loop_start()
     done.wait(spec["timeout"])
+    cpu = time.process_time() - cpu
     c.disconnect()
     c.loop_stop()
-    reply(event="done", count=got.n, first=got.first, last=got.last)
+    reply(event="done", count=got.n, first=got.first, last=got.last, cpu=cpu)
 
 
 def child_service(spec: dict[str, Any]) -> None:
@@ -516,9 +520,23 @@ def child_service(spec: dict[str, Any]) -> None:
             stamps.add(start, time.monotonic())
 
     svc.intake.process = timed  # type: ignore[method-assign]
+    evaluating = [0.0]
+    run_one = svc.evaluator.run_one
+
+    def counted(timeout: float) -> bool:
+        start = time.thread_time()
+        try:
+            return run_one(timeout)
+        finally:
+            evaluating[0] += time.thread_time() - start
+
+    svc.evaluator.run_one = counted  # type: ignore[method-assign]
+    cpu = time.process_time()
     with svc:
         reply(event="started")
         await_word("stop")
+        stored_cpu = time.process_time() - cpu
+        stored_eval = evaluating[0]
         deadline = time.monotonic() + 600
         while not svc.evaluations.idle() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -529,6 +547,8 @@ def child_service(spec: dict[str, Any]) -> None:
             first=stamps.first,
             last=stamps.last,
             evaluated=evaluated,
+            intake_cpu=stored_cpu - stored_eval,
+            evaluation_cpu=evaluating[0],
             counters=svc.stats(),
         )
 
@@ -604,6 +624,10 @@ class ProcessResult:
     evaluations: int
     lag_p50_s: float | None
     lag_p95_s: float | None
+    intake_cpu_ms: float
+    """CPU per stored window, every thread but the evaluations' (paho's included)."""
+    evaluation_cpu_ms: float
+    """CPU per evaluation."""
 
 
 @dataclass(frozen=True)
@@ -622,6 +646,8 @@ class PhaseResult:
     """All processes together: windows over the first batch start to the last batch end."""
     ratio: float | None
     """stored_per_s / bare_per_s (fleet phases)."""
+    bare_cpu_ms: float | None
+    """The bare subscriber's CPU per message."""
     drain_seconds: float
     evaluated_seconds: float
     """From the first batch until every evaluation was done."""
@@ -834,6 +860,7 @@ def run_phase(
         bare_per_s=bare_rate,
         stored_per_s=combined,
         ratio=None if bare_rate is None else combined / bare_rate,
+        bare_cpu_ms=None if b is None else b["cpu"] / max(b["count"], 1) * 1000,
         drain_seconds=drain,
         evaluated_seconds=max(r["evaluated"] for r in reports) - min(started)
         if started
@@ -851,6 +878,10 @@ def run_phase(
                 evaluations=r["counters"]["evaluation"]["evaluations"],
                 lag_p50_s=r["counters"]["evaluation"]["lag_p50_s"],
                 lag_p95_s=r["counters"]["evaluation"]["lag_p95_s"],
+                intake_cpu_ms=r["intake_cpu"] / max(r["counters"]["stored_windows"], 1) * 1000,
+                evaluation_cpu_ms=r["evaluation_cpu"]
+                / max(r["counters"]["evaluation"]["evaluations"], 1)
+                * 1000,
             )
             for r in reports
         ),
@@ -1304,6 +1335,8 @@ def throughput_table(rows: Sequence[PhaseResult]) -> str:
         "evals",
         "lag p50 s",
         "lag p95 s",
+        "CPU ms/window",
+        "CPU ms/eval",
         "alerts",
     )
     cells = [
@@ -1322,6 +1355,9 @@ def throughput_table(rows: Sequence[PhaseResult]) -> str:
             r.evaluations_in_db,
             _opt(r.lag_p50_s, ".2f"),
             _opt(r.lag_p95_s, ".2f"),
+            " + ".join(f"{p.intake_cpu_ms:.3f}" for p in r.per_process)
+            + ("" if r.bare_cpu_ms is None else f" (bare {r.bare_cpu_ms:.3f})"),
+            " + ".join(f"{p.evaluation_cpu_ms:.1f}" for p in r.per_process),
             r.alerts_in_db,
         )
         for r in rows
@@ -1331,7 +1367,8 @@ def throughput_table(rows: Sequence[PhaseResult]) -> str:
         f"Telemetry windows stored per second: windows of {r0.payload_bytes_mean:,.0f} bytes "
         f"(64 features), QoS 1; fleet and backlog: each consumer drains the broker's queue alone "
         f"(bare sub: paho, MQTT 5, counting only); live: published at a steady rate to a running "
-        f"service; lag: a window's arrival to its verdict ({os.cpu_count()} CPUs)"
+        f"service; lag: a window's arrival to its verdict; CPU per stored window, every thread "
+        f"but the evaluations' (a load-independent view of the ratio) ({os.cpu_count()} CPUs)"
     )
     return render(headers, cells, title=title)
 
@@ -1517,6 +1554,20 @@ def run(s: Settings) -> None:
     need_pg = any(ph.database == "postgresql" for ph in s.phases)
     with Postgres() if need_pg else contextlib.nullcontext() as pg:
         phases = [run_phase(ph, stream_for(ph, bases, s), p.tabular, pg, s) for ph in s.phases]
+        if s.intake_only:
+            met = goals(phases)
+            print(throughput_table(phases))
+            print(scaling_lines(phases))
+            print()
+            print(goal_lines(met))
+            write_json(
+                s.out / "service.json",
+                s,
+                throughput=[asdict(r) | {"exactly_once": r.exactly_once} for r in phases],
+                goals=[asdict(g) for g in met],
+                all_goals_pass=all(g.passed for g in met),
+            )
+            return
         say("profiling Service.handle_batch")
         breakdowns = [
             breakdown("sqlite", f"sqlite:///{work / 'profile.db'}", profile_stream, p.tabular, s)
@@ -1594,6 +1645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="fewer windows, streams and repeats")
     size.add_argument("--smoke", action="store_true", help="every part at a toy size (tests)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument(
+        "--phases",
+        help="only these intake phases (comma-separated names, e.g. 'sqlite,backlog sqlite'); "
+        "skips the breakdown and the drift part",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -1601,7 +1657,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         (child_bare if spec["role"] == "bare" else child_service)(spec)
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    run(Settings.of(mode, args.out.resolve()))
+    s = Settings.of(mode, args.out.resolve())
+    if args.phases:
+        names = [n.strip() for n in args.phases.split(",")]
+        known = {ph.name: ph for ph in FLEET_PHASES + BACKLOG_PHASES + LIVE_PHASES}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            ap.error(f"unknown phase(s) {unknown}; known: {', '.join(known)}")
+        s = replace(s, phases=tuple(known[n] for n in names), intake_only=True)
+    run(s)
     return 0
 
 

@@ -235,7 +235,9 @@ class Mosquitto:
                     f"persistence_location {self.directory}/",
                     "autosave_interval 1",
                     "max_queued_messages 100000",
-                    "max_inflight_messages 100",
+                    # the service acks a message after storing it: a batch is stored while
+                    # the next one is in flight (the default, 20, starves a batched consumer)
+                    "max_inflight_messages 1000",
                     f"log_dest file {self.directory}/mosquitto.log",
                     "",
                 ]

@@ -36,6 +36,7 @@ from edgeops.service.report import get
 from edgeops.testing import Mosquitto, Postgres, free_port
 from tests.hostile import Hostile, hostile_messages
 from tests.test_agent import make_config
+from tests.test_faults import until
 
 FLEET = "hostile"
 
@@ -147,14 +148,6 @@ class Serve:
 
     def tail(self) -> str:
         return self.log.read_text()[-3000:] if self.log.exists() else ""
-
-
-def until(cond: Callable[[], bool], timeout: float, what: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:.0f} s: {what()}")
-        time.sleep(0.2)
 
 
 class Publisher:

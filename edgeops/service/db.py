@@ -440,6 +440,15 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    def answers(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
     # --- device messages ----------------------------------------------------------------------
 
     def add_batch(

@@ -36,8 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from edgeops import topics, wire
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
@@ -348,7 +346,7 @@ class Intake:
                 if self.stop.is_set():
                     raise Stopping from None
                 problem = clip(f"{type(e).__name__}: {e}")
-                if not self._database_answers():
+                if not self.store.answers():
                     self.database_ok = False
                     self.counters.storage_retries += 1
                     self._log.warning(
@@ -411,14 +409,6 @@ class Intake:
             self._log.error("lost", "a dead letter could not be stored: %s", e)
             return Outcome([])
         return Outcome([], dead_letters=1)
-
-    def _database_answers(self) -> bool:
-        try:
-            with self.store.begin() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return True
-        except Exception:
-            return False
 
     def _wait(self, seconds: float) -> None:
         self.heartbeat = time.monotonic()

@@ -249,7 +249,7 @@ class Service:
         """What ``/healthz`` and ``/readyz`` report: ``alive`` (no worker failed for good),
         ``ready`` (alive, broker connected, database reachable, no worker stalled) and why."""
         problems = self.workers.check()
-        database = self._database_answers()
+        database = self.store.answers()
         messages, queued = self.intake.depth()
         checks = {
             "broker": self.connected.is_set(),
@@ -267,16 +267,6 @@ class Service:
             "evaluation": self.evaluator.stats(),
             "restarts": self.workers.restarted,
         }
-
-    def _database_answers(self) -> bool:
-        import sqlalchemy as sa
-
-        try:
-            with self.store.begin() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return True
-        except Exception:
-            return False
 
     def stats(self) -> dict[str, Any]:
         """``GET /v1/stats``: the intake's counters, the evaluations, retention."""
