@@ -17,7 +17,8 @@ each a statistic in its own unit against a fixed threshold and a noise floor:
   + var_n / n)) / std_N``. Sees what bins cannot: a shift inside a bin.
 - ``std``: the change of scale, ``|ln(std_n / std_N)|``. Floor: the large-sample variance of a
   log sample variance, ``(kurtosis - 1) / n``, with the reference's kurtosis: ``z / 2 * sqrt(deff
-  * (kurtosis - 1) * (1/N + 1/n))``. Not run without a kurtosis (profiles that predate it).
+  * (kurtosis - 1) * (1/N + 1/n))``. Not run without a kurtosis (profiles that predate it) or
+  with one above :data:`MAX_KURTOSIS`.
 - ``missing``: the change of the missing share of rows, ``|rate_n - rate_N|``, against a pooled
   two-proportion z-test at ``noise_alpha`` with the design effect.
 
@@ -72,6 +73,11 @@ Kind = Literal["numeric", "categorical", "output"]
 Baseline = NumericProfile | CategoricalProfile | ClassOutputProfile
 Current = NumericWindow | CategoricalWindow | ClassOutputWindow
 
+MAX_KURTOSIS = 10.0
+"""The scale check runs only for a reference kurtosis up to this: beyond it (rare events, heavy
+tails) a window's variance is too skewed for a normal floor, measured as false verdicts on
+real data (benchmarks/drift.py); the bins still see changes of scale there."""
+
 _NOT_FOR: dict[str, tuple[Metric, ...]] = {
     "numeric_by": ("linf",),
     "categorical_by": ("wasserstein", "mean", "std"),
@@ -114,8 +120,9 @@ class DriftThresholds:
     min_samples: int = 500
     """Non-missing values (rows, for the missing check) the span needs before a verdict."""
     noise_alpha: float | None = 0.001
-    """Each check counts only above the value that sampling noise alone exceeds with this
-    probability (the floors above). None compares with the fixed thresholds only."""
+    """The probability that sampling noise alone makes a feature drift: split evenly over the
+    feature's deciding checks with a floor (Bonferroni), each of which counts only above the
+    value that noise exceeds with its share. None compares with the fixed thresholds only."""
     design_effect: bool = True
     """Widen the floors by the design effect estimated from the spread between windows (see
     :mod:`edgeops.drift_span`); False assumes independent rows."""
@@ -340,9 +347,18 @@ def _aligned(name: str, expected: int, got: int, what: str) -> None:
         raise ValueError(f"{name!r}: the window has {got} {what}, the baseline {expected}")
 
 
-def _z(t: DriftThresholds) -> float:
-    """The two-sided normal quantile of ``noise_alpha`` (0 without a floor)."""
-    return 0.0 if t.noise_alpha is None else normal_quantile(1.0 - t.noise_alpha / 2)
+def _alpha(t: DriftThresholds, by: Sequence[Metric]) -> float | None:
+    """Each check's share of ``noise_alpha``: the feature's false-verdict probability is split
+    evenly over the checks that decide (Bonferroni), so that it stays at most ``noise_alpha``."""
+    if t.noise_alpha is None:
+        return None
+    floored = [m for m in by if m in ("js", "psi", "mean", "std", "missing")]
+    return t.noise_alpha / max(len(floored), 1)
+
+
+def _z(alpha: float | None) -> float:
+    """The two-sided normal quantile of ``alpha`` (0 without a floor)."""
+    return 0.0 if alpha is None else normal_quantile(1.0 - alpha / 2)
 
 
 def _binned(
@@ -364,10 +380,11 @@ def _binned(
     p = np.asarray(base, dtype=np.float64) / p_total  # counts checked by profile and wire
     q = np.asarray(now, dtype=np.float64) / q_total
     js_floor = psi_floor = 0.0
-    if t.noise_alpha is not None:
+    alpha = _alpha(t, by)
+    if alpha is not None:
         bins = int(np.count_nonzero((p > 0) | (q > 0)))
         n_eff = p_total * q_total / (p_total + q_total)
-        chi2 = chi2_quantile(max(bins - 1, 1), 1.0 - t.noise_alpha) * deff
+        chi2 = chi2_quantile(max(bins - 1, 1), 1.0 - alpha) * deff
         js_floor = math.sqrt(chi2 / (8 * math.log(2) * n_eff))
         psi_floor = chi2 / n_eff
     out = [
@@ -413,13 +430,13 @@ def _moment_checks(
     reference."""
     if base.count < 2 or now.count < 2 or not base.variance > 0:
         return ()
-    z = _z(t)
+    z = _z(_alpha(t, by))
     big_n, n = base.count, now.count
     sd = base.std
     shift = (now.mean - base.mean) / sd
     se = math.sqrt(deff * (base.variance / big_n + now.variance / n)) / sd
     out = [Check("mean", abs(shift), t.mean, z * se, "mean" in by, f"{shift:+.3g} std")]
-    if kurtosis is not None and now.variance > 0:
+    if kurtosis is not None and kurtosis <= MAX_KURTOSIS and now.variance > 0:
         log_ratio = 0.5 * math.log(now.variance / base.variance)
         se_log = 0.5 * math.sqrt(deff * max(kurtosis - 1.0, 0.0) * (1 / big_n + 1 / n))
         note = f"ratio {math.exp(log_ratio):.3g}"
@@ -444,7 +461,8 @@ def _missing_check(
     pooled = (missing + base_missing) / (n + big_n)
     se = math.sqrt(deff * pooled * (1 - pooled) * (1 / n + 1 / big_n))
     note = f"{rate_big:.3g} -> {rate_n:.3g}"
-    return (Check("missing", abs(rate_n - rate_big), t.missing, _z(t) * se, "missing" in by, note),)
+    z = _z(_alpha(t, by))
+    return (Check("missing", abs(rate_n - rate_big), t.missing, z * se, "missing" in by, note),)
 
 
 def _larger(parts: Mapping[str, Sequence[Check]]) -> tuple[Check, ...]:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgeops.distances import chi2_quantile
 from edgeops.drift_checks import (
     DEFAULT_THRESHOLDS,
     Baseline,
@@ -67,6 +68,12 @@ __all__ = [
 ]
 
 
+UPPER = 0.9
+"""The design effect is the upper end of its one-sided ``UPPER`` confidence interval
+(``X2 / chi2_quantile(dof, 1 - UPPER)``): a span of ten windows estimates it with few degrees
+of freedom, and an estimate that falls short lets clustered rows alarm."""
+
+
 class SpanWindow(Protocol):
     """What a span needs of a telemetry window (``wire.Telemetry`` has it)."""
 
@@ -97,7 +104,7 @@ def design_effect(counts: Sequence[Sequence[int]]) -> float:
     expected = m * p
     x2 = float(np.sum((c - expected) ** 2 / expected))
     dof = (c.shape[0] - 1) * (c.shape[1] - 1)
-    return float(max(x2 / dof, 1.0))
+    return float(max(x2 / chi2_quantile(dof, 1.0 - UPPER), 1.0))
 
 
 def _bins(w: Current) -> list[int]:
@@ -285,9 +292,13 @@ class Reference:
         ):
             raise ValueError("reference.design_effects: expected names and factors >= 1")
         windows, rows = d.get("windows"), d.get("rows")
-        if not (isinstance(windows, int) and isinstance(rows, int) and windows >= 0 <= rows):
+        if not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in (windows, rows)
+        ):
             raise ValueError("reference: windows and rows must be non-negative integers")
-        return cls(Profile.from_dict(d.get("profile", {})), dict(effects), windows, rows)
+        assert isinstance(windows, int) and isinstance(rows, int)
+        profile = Profile.from_dict(d.get("profile", {}))
+        return cls(profile, {k: float(v) for k, v in effects.items()}, windows, rows)
 
 
 def reference_from_windows(
