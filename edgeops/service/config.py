@@ -27,7 +27,11 @@
     [models.digits]                      # per model name
     drift = { js = 0.15 }
     latency_budget_ms = 5.0
+    alert_on = ["deploy"]                # which verdicts alert: "training", "deploy" or both
+    reference = { rows = 2000, min_windows = 4 }
     on_alert = { command = ["./retrain.sh"], deploy = "digits-2.0.0" }
+
+``alert_on`` and ``reference`` may also stand at the top level (defaults for every model).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from edgeops.drift import DriftThresholds
@@ -56,8 +60,29 @@ class AlertAction:
     """Deploy this bundle (NAME-VERSION) through a staged rollout."""
 
 
-DEFAULT_THRESHOLDS = DriftThresholds(k_raise=2, k_clear=2)
-"""The design's defaults; K = 2 so that drift alerts within two windows."""
+DEFAULT_THRESHOLDS = DriftThresholds()
+"""The library's defaults (K = 2: drift alerts within two evaluations)."""
+
+ReferenceKind = Literal["training", "deploy"]
+"""What a verdict compares with: the bundle's training baseline ("differs from training data")
+or the device's own first healthy windows on the version ("changed since deploy")."""
+REFERENCE_KINDS: tuple[ReferenceKind, ...] = get_args(ReferenceKind)
+
+
+@dataclass(frozen=True)
+class ReferencePolicy:
+    """A device's own reference for "changed since deploy": its first healthy windows (served
+    without errors or bad inputs) after it starts running a model version."""
+
+    rows: int = 2000
+    """Rows it takes (four spans of the default ``min_samples``)."""
+    min_windows: int = 4
+    """Windows it takes at least, so that the spread between them (the design effect of the
+    device's clustered rows) can be estimated."""
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.min_windows < 1:
+            raise ValueError("reference rows and min_windows must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,17 @@ class ModelPolicy:
     drift: DriftThresholds = field(default_factory=lambda: DEFAULT_THRESHOLDS)
     latency_budget_ms: float | None = None
     on_alert: AlertAction = field(default_factory=AlertAction)
+    alert_on: tuple[ReferenceKind, ...] = REFERENCE_KINDS
+    """The verdicts that raise alerts: ``"training"`` (the span differs from the bundle's
+    training data), ``"deploy"`` (the span changed since the device's first windows on the
+    version), or both (the default). Both are always evaluated and stored. A model retrained on
+    a mixture of populations, deployed to devices that each see one, alerts only on
+    ``"deploy"``. Concept drift and latency alert either way."""
+    reference: ReferencePolicy = field(default_factory=ReferencePolicy)
+
+    def __post_init__(self) -> None:
+        if not self.alert_on or any(k not in REFERENCE_KINDS for k in self.alert_on):
+            raise ValueError(f"alert_on: expected some of {list(REFERENCE_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -215,7 +251,7 @@ def _section(kind: type[T], values: Any, where: str) -> T:
 
 
 def _policy(base: ModelPolicy, values: Mapping[str, Any], where: str) -> ModelPolicy:
-    known = {"drift", "latency_budget_ms", "on_alert"}
+    known = {"drift", "latency_budget_ms", "on_alert", "alert_on", "reference"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UsageError(f"{where}: unknown key(s): {', '.join(unknown)}")
@@ -224,6 +260,16 @@ def _policy(base: ModelPolicy, values: Mapping[str, Any], where: str) -> ModelPo
         p = replace(p, drift=_thresholds(p.drift, values["drift"], where))
     if "latency_budget_ms" in values:
         p = replace(p, latency_budget_ms=float(values["latency_budget_ms"]))
+    if "alert_on" in values:
+        kinds = values["alert_on"]
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        try:
+            p = replace(p, alert_on=tuple(kinds))
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{where}: {e}") from None
+    if "reference" in values:
+        ref = _section(ReferencePolicy, values["reference"], f"{where} reference")
+        p = replace(p, reference=ref)
     if "on_alert" in values:
         a = values["on_alert"]
         cmd = a.get("command", ())
@@ -265,6 +311,9 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
         default = replace(default, drift=_thresholds(default.drift, data.pop("drift"), "[drift]"))
     if "latency_budget_ms" in data:
         default = replace(default, latency_budget_ms=float(data.pop("latency_budget_ms")))
+    shared: dict[str, Any] = {k: data.pop(k) for k in ("alert_on", "reference") if k in data}
+    if shared:
+        default = _policy(default, shared, "config")
     models = {
         name: _policy(default, values, f"[models.{name}]")
         for name, values in data.pop("models", {}).items()
