@@ -247,8 +247,8 @@ def latency_p95_over_budget(
     histograms: Sequence[LatencyHistogram], budget_ms: float | None, *, q: float = 0.95
 ) -> LatencyCheck:
     """The ``q`` quantile (p95 by default) of the merged histograms and whether it exceeds
-    ``budget_ms``. Percentiles of separate windows are never averaged. ValueError for histograms
-    of different accuracies."""
+    ``budget_ms``. Percentiles of separate windows are never averaged; histograms of another
+    accuracy than most are left out (:func:`~edgeops.latency.merge_wire`)."""
     if not histograms:
         return LatencyCheck(None, budget_ms, False, 0)
     merged = merge_wire(histograms)

@@ -17,8 +17,9 @@ each a statistic in its own unit against a fixed threshold and a noise floor:
   + var_n / n)) / std_N``. Sees what bins cannot: a shift inside a bin.
 - ``std``: the change of scale, ``|ln(std_n / std_N)|``. Floor: the large-sample variance of a
   log sample variance, ``(kurtosis - 1) / n``, with the reference's kurtosis: ``z / 2 * sqrt(deff
-  * (kurtosis - 1) * (1/N + 1/n))``. Not run without a kurtosis (profiles that predate it) or
-  with one above :data:`MAX_KURTOSIS`.
+  * (kurtosis - 1) * (1/N + 1/n))``. Not run without a kurtosis (profiles that predate it),
+  with one above :data:`MAX_KURTOSIS`, or for a reference with two filled bins or fewer (a
+  binary feature's spread follows from its mean).
 - ``missing``: the change of the missing share of rows, ``|rate_n - rate_N|``, against a pooled
   two-proportion z-test at ``noise_alpha`` with the design effect.
 
@@ -415,7 +416,10 @@ def _numeric_checks(
     checks = _binned(
         baseline.counts, current.counts, t, deff, by, points=points, scale=std, linf=False
     )
-    return checks + _moment_checks(m, baseline.kurtosis, window_moments(current), t, deff, by)
+    # two values or fewer: the spread is a function of the mean (a binary feature's p(1 - p)),
+    # and a second test of it would only double the false verdicts
+    kurtosis = baseline.kurtosis if sum(c > 0 for c in baseline.counts) > 2 else None
+    return checks + _moment_checks(m, kurtosis, window_moments(current), t, deff, by)
 
 
 def _moment_checks(

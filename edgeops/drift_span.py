@@ -11,10 +11,12 @@ floors that independent rows would give. The span's windows say by how much: the
 statistic of homogeneity between them (``sum (c_kb - m_k p_b)^2 / (m_k p_b)`` over windows ``k``
 and bins ``b``), divided by its degrees of freedom ``(K - 1)(B - 1)``, is about 1 for independent
 rows and about the design effect for clustered ones (Rao and Scott's first-order correction).
-:func:`design_effect` computes it; the floors of :mod:`edgeops.drift_checks` are multiplied by
-it (at least 1). A span of one window has no estimate (1), unless a reference gives one.
-Drift that starts inside a span also spreads the windows apart, so such a span is judged
-against wider floors: detection waits until the drift fills the span (one span later at most).
+:func:`design_effect` computes it (the upper end of its 90 % interval, at least 1); the floors
+of :mod:`edgeops.drift_checks` are multiplied by it. A device's reference (its first healthy
+windows, forty or more) estimates it better than a span of a few windows, and once it exists its
+estimate is used instead. Without one, a span of one window assumes independent rows, and drift
+that starts inside a span spreads its windows apart, so such a span is judged against wider
+floors: detection waits until the drift fills the span (one span later at most).
 
 References from windows. A device's first healthy windows after it starts a model version make
 a per-device reference (:func:`reference_from_windows`): the same bins as the training baseline
@@ -165,7 +167,8 @@ def evaluate_span(
 
     Input windows are matched by window name (:func:`~edgeops.window.input_baselines`: a tensor
     reduction is ``"image:mean[c0]"``), outputs by name. ``design_effects`` (name: factor, a
-    reference's) are lower bounds of the design effect estimated from the span. ValueError for
+    reference's, estimated on more windows than a span holds) replace the span's own estimates
+    for the names they hold. ValueError for
     windows that do not fit their baseline (another kind, other bins) or a window list naming a
     feature twice.
     """
@@ -193,7 +196,7 @@ def evaluate_span(
         merged = _empty(name, base) if not picked else picked[0]
         for x in picked[1:]:
             merged = merge_window(merged, x)
-        deff = max(design_effect([_bins(x) for x in picked]), lows.get(name, 1.0))
+        deff = lows[name] if name in lows else design_effect([_bins(x) for x in picked])
         return feature_drift(
             base,
             merged,

@@ -15,7 +15,7 @@ from edgeops.optional import require
 from edgeops.service.report import (
     DEFAULT_URL,
     device_report,
-    drift_table,
+    drift_report,
     fleet_table,
     get,
     parse_since,
@@ -149,7 +149,8 @@ def drift() -> None:
 def report(
     model: str | None, since: str | None, device: str | None, url: str, as_json: bool
 ) -> None:
-    """The latest distances per feature, drifted or not."""
+    """The latest verdict per feature, against the training data and since deploy: the
+    distances, and why each verdict was reached (value, threshold, noise floor, test)."""
     name, _, version = (model or "").partition(":")
     data = get(
         url,
@@ -159,4 +160,4 @@ def report(
         since=parse_since(since),
         device=device,
     )
-    _out(data, as_json, drift_table(data["drift"]) if not as_json else "")
+    _out(data, as_json, drift_report(data) if not as_json else "")

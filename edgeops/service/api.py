@@ -6,7 +6,10 @@
     GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles, drift, alerts,
                                           recent events
     GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
-                                          latest distances per feature (all rows with all=1)
+                                          latest verdict per feature and reference (all rows
+                                          with all=1): distances, every check (value, threshold,
+                                          noise floor), the reason; the baselines' blind spots;
+                                          the per-device references
     GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
     GET  /v1/models                       registered bundles
     POST /v1/models                       register a bundle (the body is the bundle file)
@@ -113,6 +116,19 @@ def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
     }
 
 
+def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per model version in ``rows`` ("NAME VERSION"): the baseline's features whose drift
+    cannot fully show, and why (:meth:`edgeops.profile.Profile.blind_spots`)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, version in sorted({(r["model_name"], r["model_version"]) for r in rows}):
+        base = service.baselines.get(name, version)
+        if base is not None:
+            found = base.profile.blind_spots()
+            if found:
+                out[f"{name} {version}"] = found
+    return out
+
+
 def make_app(service: Service) -> Starlette:
     store = service.store
 
@@ -155,7 +171,8 @@ def make_app(service: Service) -> Starlette:
                 model=model, since=since, device=q.get("device"), latest=q.get("all") != "1"
             )
         )
-        return _json({"drift": rows})
+        refs = await run_in_threadpool(lambda: store.references(device=q.get("device")))
+        return _json({"drift": rows, "blind_spots": blind_spots(service, rows), "references": refs})
 
     async def alerts(request: Request) -> JSONResponse:
         every = request.query_params.get("all") == "1"

@@ -126,6 +126,10 @@ drift = sa.Table(
     sa.Column("value", sa.Float),
     sa.Column("drifted", sa.Boolean),
     sa.Column("reason", sa.Text),
+    # "training" (the bundle's baseline), "deploy" (the device's first windows on the version)
+    # or "" (concept drift, latency): added after the first release, see _COLUMNS_ADDED
+    sa.Column("reference", sa.String(8), nullable=False, server_default="training"),
+    sa.Column("checks", sa.JSON),  # every check: test, value, threshold, floor, decides, over
     sa.Index("drift_by_model", "model_name", "model_version", "evaluated"),
     sa.Index("drift_by_device", "fleet", "device", "evaluated"),
     sa.Index("drift_by_time", "evaluated"),
@@ -157,8 +161,32 @@ alerts = sa.Table(
     sa.Column("raised", sa.Float, nullable=False),
     sa.Column("cleared", sa.Float),
     sa.Column("detail", sa.JSON),
+    sa.Column("reference", sa.String(8), nullable=False, server_default="training"),
+    sa.Column("cleared_reason", sa.Text),
     sa.Index("alerts_active", "cleared", "fleet", "device"),
 )
+
+device_references = sa.Table(
+    "device_references",
+    md,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(12), nullable=False),  # collecting | ready
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("window_ids", sa.JSON, nullable=False),  # while collecting: the windows taken
+    sa.Column("last_window", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.JSON),  # when ready: edgeops.drift.Reference.to_dict()
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("ready", sa.Float),
+)
+
+_COLUMNS_ADDED = {
+    "drift": ("reference", "checks"),
+    "alerts": ("reference", "cleared_reason"),
+}
+"""Columns added since the first release: a database made before gets them at connect."""
 
 dead_letters = sa.Table(
     "dead_letters",
@@ -254,6 +282,7 @@ def connect(url: str) -> Engine:
         raise UsageError(f"--db {url}: use sqlite:///FILE or postgresql://…")
     try:
         md.create_all(engine)
+        _add_columns(engine)
         with engine.begin() as conn:  # indexes added since a database was made
             for table in md.sorted_tables:
                 for index in table.indexes:
@@ -263,6 +292,25 @@ def connect(url: str) -> Engine:
             f"--db {url}: cannot open the database ({str(e).splitlines()[0]})"
         ) from None
     return engine
+
+
+def _add_columns(engine: Engine) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for the columns of :data:`_COLUMNS_ADDED` a database lacks."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for name, columns in _COLUMNS_ADDED.items():
+            have = {c["name"] for c in inspector.get_columns(name)}
+            for column in columns:
+                if column in have:
+                    continue
+                col = md.tables[name].c[column]
+                kind = col.type.compile(dialect=engine.dialect)
+                default = col.server_default
+                extra = ""
+                if default is not None:
+                    text = getattr(default, "arg", "")
+                    extra = f" NOT NULL DEFAULT '{text}'"
+                conn.execute(sa.text(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}{extra}'))
 
 
 def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
@@ -423,7 +471,7 @@ class _Statements:
         self.clear_alert = (
             sa.update(alerts)
             .where(alerts.c.key == sa.bindparam("b_key"), alerts.c.cleared.is_(None))
-            .values(cleared=sa.bindparam("b_cleared"))
+            .values(cleared=sa.bindparam("b_cleared"), cleared_reason=sa.bindparam("b_reason"))
         )
 
 
@@ -686,9 +734,136 @@ class Store:
         if rows:
             conn.execute(self._sql.raise_alert, list(rows))
 
-    def clear_alerts(self, conn: Connection, keys: Sequence[str], now: float) -> None:
+    def clear_alerts(
+        self, conn: Connection, keys: Sequence[str], now: float, reason: str | None = None
+    ) -> None:
         if keys:
-            conn.execute(self._sql.clear_alert, [{"b_key": k, "b_cleared": now} for k in keys])
+            conn.execute(
+                self._sql.clear_alert,
+                [{"b_key": k, "b_cleared": now, "b_reason": reason} for k in keys],
+            )
+
+    def close_other_versions(
+        self, conn: Connection, fleet: str, device: str, name: str, version: str, now: float
+    ) -> list[dict[str, Any]]:
+        """Close the device's active alerts raised against another model or version than the
+        one it now runs (reason: what it runs now), and reset their alert states, so that a
+        device that goes back to that version starts afresh. The alerts closed."""
+        a = alerts.c
+        stale = sa.and_(
+            a.cleared.is_(None),
+            a.fleet == fleet,
+            a.device == device,
+            sa.or_(a.model_name != name, a.model_version != version),
+        )
+        rows = [dict(r) for r in conn.execute(sa.select(alerts).where(stale)).mappings()]
+        if not rows:
+            return []
+        reason = f"the device no longer runs the model it was raised against (now {name} {version})"
+        keys = sorted({r["key"] for r in rows})
+        self.clear_alerts(conn, keys, now, reason)
+        conn.execute(
+            sa.update(alert_state)
+            .where(alert_state.c.key.in_(keys))
+            .values(active=False, over=0, under=0, updated=now)
+        )
+        return rows
+
+    def close_fleet_alerts_of(
+        self, conn: Connection, fleet: str, keep: set[tuple[str, str]], now: float, device: str
+    ) -> list[dict[str, Any]]:
+        """Close the active alerts of ``device`` (the fleet scope's) in ``fleet`` whose (model,
+        version) is not in ``keep`` (the versions the fleet's devices ran in the span)."""
+        a = alerts.c
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(alerts).where(a.cleared.is_(None), a.fleet == fleet, a.device == device)
+            ).mappings()
+            if (r["model_name"], r["model_version"]) not in keep
+        ]
+        if rows:
+            keys = sorted({r["key"] for r in rows})
+            self.clear_alerts(conn, keys, now, "no device of the fleet runs this version any more")
+            conn.execute(
+                sa.update(alert_state)
+                .where(alert_state.c.key.in_(keys))
+                .values(active=False, over=0, under=0, updated=now)
+            )
+        return rows
+
+    # --- per-device references ----------------------------------------------------------------
+
+    def lock_reference(
+        self, conn: Connection, fleet: str, device: str, name: str, version: str, now: float
+    ) -> dict[str, Any]:
+        """The device's reference row of (name, version), locked until the transaction ends;
+        created (collecting, empty) when missing."""
+        key = {"fleet": fleet, "device": device, "model_name": name, "model_version": version}
+        r = device_references.c
+        where = sa.and_(*(r[k] == v for k, v in key.items()))
+        found = (
+            conn.execute(sa.select(device_references).where(where).with_for_update())
+            .mappings()
+            .first()
+        )
+        if found is None:
+            conn.execute(
+                self._insert(device_references)
+                .values(
+                    **key,
+                    state="collecting",
+                    rows=0,
+                    window_ids=[],
+                    last_window=0,
+                    started=now,
+                )
+                .on_conflict_do_nothing(index_elements=list(key))
+            )
+            found = (
+                conn.execute(sa.select(device_references).where(where).with_for_update())
+                .mappings()
+                .first()
+            )
+        assert found is not None
+        return dict(found)
+
+    def save_reference(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        r = device_references.c
+        keys = ("fleet", "device", "model_name", "model_version")
+        conn.execute(
+            sa.update(device_references)
+            .where(*(r[k] == row[k] for k in keys))
+            .values({k: v for k, v in row.items() if k not in keys})
+        )
+
+    def references(
+        self, *, fleet: str | None = None, device: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per-device references: state, rows, windows, when started and ready (no data)."""
+        r = device_references.c
+        q = sa.select(
+            r.fleet, r.device, r.model_name, r.model_version, r.state, r.rows, r.started, r.ready
+        )
+        if fleet is not None:
+            q = q.where(r.fleet == fleet)
+        if device is not None:
+            q = q.where(r.device == device)
+        with self.begin() as conn:
+            return [dict(x) for x in conn.execute(q.order_by(r.started)).mappings()]
+
+    def windows_by_id(self, fleet: str, device: str, ids: Sequence[int]) -> list[StoredWindow]:
+        """Stored windows of one device by id (oldest first); undecodable ones left out."""
+        if not ids:
+            return []
+        with self.begin() as conn:
+            rows = conn.execute(self._sql.payloads, {"ids": list(ids)}).all()
+        out = []
+        for wid, payload, received in sorted(rows):
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                out.append(StoredWindow(wid, fleet, device, tele, received))
+        return out
 
     # --- models -------------------------------------------------------------------------------
 
@@ -868,6 +1043,7 @@ class Store:
                 r["device"],
                 r["model_name"],
                 r["model_version"],
+                r["reference"],
                 r["feature"],
                 r["kind"],
             )
