@@ -1168,21 +1168,28 @@ def drift_stream(p: Model, spec: StreamSpec, work: Path, s: Settings) -> StreamR
                 assert t is not None
                 svc.handle(topic, wire.encode(t))
                 alerts = svc.store.active_alerts(device=device)
-                active.append(frozenset(f"{a['kind']} {a['feature']}" for a in alerts))
+                active.append(frozenset(_key(a) for a in alerts))
         found = list(reversed(svc.store.drift_rows(device=device, latest=False)))
     finally:
         svc.stop()
     evaluations = [list(g) for _, g in itertools.groupby(found, key=lambda r: r["evaluated"])]
     assert len(evaluations) == spec.windows, f"{len(evaluations)} evaluations of {spec.windows}"
-    features = tuple(f"{r['kind']} {r['feature']}" for r in evaluations[0])
+    # verdicts since deploy begin once the device's reference is ready (its first windows)
+    features = tuple(dict.fromkeys(_key(r) for ev in evaluations for r in ev))
     drifted: dict[str, list[bool | None]] = {f: [] for f in features}
     js: dict[str, list[float | None]] = {f: [] for f in features}
     for ev in evaluations:
-        by = {f"{r['kind']} {r['feature']}": r for r in ev}
+        by = {_key(r): r for r in ev}
         for f in features:
-            drifted[f].append(by[f]["drifted"])
-            js[f].append(by[f]["js"])
+            drifted[f].append(by[f]["drifted"] if f in by else None)
+            js[f].append(by[f]["js"] if f in by else None)
     return StreamRun(spec, features, drifted, js, active)
+
+
+def _key(row: dict[str, Any]) -> str:
+    """``kind feature``, and `` (since deploy)`` for a verdict against the device's reference."""
+    since = " (since deploy)" if row.get("reference") == "deploy" else ""
+    return f"{row['kind']} {row['feature']}{since}"
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ def _empty(name: str, baseline: Baseline) -> Current:
 @dataclass(frozen=True)
 class Reference:
     """A reference built from telemetry windows: ``profile`` has the training baseline's bins,
-    categories and kurtosis with the windows' counts and moments; ``design_effects`` the spread
+    categories and kurtosis (at least 3) with the windows' counts and moments; ``design_effects`` the spread
     between the windows per window name; ``windows`` and ``rows`` what it was built from.
 
     ``to_dict()``: ``{"profile": Profile.to_dict(), "design_effects": {name: float},
@@ -331,8 +331,12 @@ def reference_from_windows(
     def rebuilt(name: str, p: Baseline) -> Baseline:
         w = merged.get(name) or _empty(name, p)
         if isinstance(p, NumericProfile) and isinstance(w, NumericWindow):
+            # windows carry no fourth moment: the training data's kurtosis, but at least a
+            # normal distribution's, so that a training mixture of two populations (kurtosis
+            # near 1) does not make the scale check of a one-population device too tight
+            kurtosis = None if p.kurtosis is None else max(p.kurtosis, 3.0)
             return NumericProfile(
-                p.name, p.edges, tuple(w.counts), w.missing, window_moments(w), p.kurtosis
+                p.name, p.edges, tuple(w.counts), w.missing, window_moments(w), kurtosis
             )
         if isinstance(p, CategoricalProfile) and isinstance(w, CategoricalWindow):
             return CategoricalProfile(p.name, p.categories, tuple(w.counts), w.other, w.missing)
