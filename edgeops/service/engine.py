@@ -1,5 +1,14 @@
-"""Drift evaluation: windows from storage, distances from :mod:`edgeops.drift`, alerts with
+"""Drift evaluation: windows from storage, verdicts from :mod:`edgeops.drift`, alerts with
 hysteresis, retained alert messages, and policy actions.
+
+Two verdicts per device span: against the training data (the bundle's baseline) and since
+deploy (the device's reference: its first healthy windows on the version, collected in the
+``device_references`` table and built with :func:`edgeops.drift.reference_from_windows` once
+they hold the policy's rows and windows). Both are stored with every check (value, threshold,
+noise floor) and the reason; the model's ``alert_on`` says which raise alerts. Once a device's
+reference exists, its design effects (the spread between its windows) widen the floors of both
+verdicts. A device's alerts raised against another model or version than the one it now runs
+are closed, with that reason, when its next window is evaluated.
 
 A device is evaluated after windows of it are stored, once per pending evaluation (coalesced,
 :mod:`edgeops.service.evaluation`): the span ends at its newest stored window and holds its
