@@ -264,8 +264,9 @@ def _empty(name: str, baseline: Baseline) -> Current:
 @dataclass(frozen=True)
 class Reference:
     """A reference built from telemetry windows: ``profile`` has the training baseline's bins,
-    categories and kurtosis (at least 3) with the windows' counts and moments; ``design_effects`` the spread
-    between the windows per window name; ``windows`` and ``rows`` what it was built from.
+    categories and kurtosis (at least 3) with the windows' counts and moments;
+    ``design_effects`` the spread between the windows per window name; ``windows`` and ``rows``
+    what it was built from.
 
     ``to_dict()``: ``{"profile": Profile.to_dict(), "design_effects": {name: float},
     "windows": int, "rows": int}``.
