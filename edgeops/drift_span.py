@@ -174,7 +174,7 @@ def evaluate_span(
     """
     known_in = input_baselines(profile)
     known_out = {p.name: p for p in profile.outputs}
-    lows = design_effects or {}
+    given = design_effects or {}
     unknown: list[str] = []
     for w in windows:
         _unique(w.inputs)
@@ -196,7 +196,7 @@ def evaluate_span(
         merged = _empty(name, base) if not picked else picked[0]
         for x in picked[1:]:
             merged = merge_window(merged, x)
-        deff = lows[name] if name in lows else design_effect([_bins(x) for x in picked])
+        deff = given[name] if name in given else design_effect([_bins(x) for x in picked])
         return feature_drift(
             base,
             merged,

@@ -257,3 +257,23 @@ def test_reference_policy_from_the_config_file(tmp_path: Path) -> None:
         with pytest.raises(UsageError):
             load_service_config(path)
     assert replace(ModelPolicy(), alert_on=("training", "deploy")).alert_on
+
+
+def test_an_unreadable_stored_reference_is_collected_again(
+    make_service: Callable[..., Service], windows: dict[str, list[wire.Telemetry]]
+) -> None:
+    s = make_service(ModelPolicy(reference=SMALL))
+    dev = Device(s, "hostile-1")
+    for t in windows["calm"][:4]:
+        dev.send(t)
+    assert s.store.references(device="hostile-1")[0]["state"] == "ready"
+    for bad in ({"profile": {"version": 99}}, {"design_effects": {"x": -1}}, [1, 2]):
+        with s.store.begin() as conn:
+            conn.execute(sa.update(db.device_references).values(data=bad))
+        s.engine._references.clear()  # as a process that has not read it yet
+        dev.send(windows["calm"][4])
+        (ref,) = s.store.references(device="hostile-1")
+        assert ref["state"] == "collecting" and ref["rows"] == 300
+        for t in windows["calm"][5:8]:
+            dev.send(t)
+        assert s.store.references(device="hostile-1")[0]["state"] == "ready"

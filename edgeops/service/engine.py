@@ -221,9 +221,18 @@ class Engine:
         ref: d.Reference | None
         with self.store.begin() as conn:
             row = self.store.lock_reference(conn, fleet, device, name, version, now)
+            ref = None
             if row["state"] == "ready":
-                ref = d.Reference.from_dict(row["data"])
-            else:
+                try:
+                    ref = d.Reference.from_dict(row["data"])
+                except ValueError as e:  # a row that no longer reads: collected again
+                    self._log.error(
+                        "reference",
+                        "reference of %s/%s %s %s is unreadable (%s): collecting it again",
+                        fleet, device, name, version, e,
+                    )  # fmt: skip
+                    row.update(state="collecting", rows=0, window_ids=[], data=None, ready=None)
+            if ref is None:
                 ref = self._collect(row, span, baseline, policy, now, healthy)
                 self.store.save_reference(conn, row)
         if ref is not None:
