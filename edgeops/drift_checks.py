@@ -36,17 +36,16 @@ from the spread between the windows of a span or of a reference.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-import numpy as np
-
 from edgeops.distances import (
     _js,
     _linf,
-    _points,
     _psi,
     _wasserstein,
     chi2_quantile,
@@ -192,7 +191,7 @@ class Check:
     decides: bool
     note: str = ""
 
-    @property
+    @functools.cached_property
     def limit(self) -> float:
         return max(self.threshold, self.floor)
 
@@ -369,7 +368,7 @@ def _binned(
     deff: float,
     by: Sequence[Metric],
     *,
-    points: np.ndarray | None = None,
+    points: list[float] | None = None,
     scale: float = math.nan,
     linf: bool,
 ) -> tuple[Check, ...]:
@@ -378,12 +377,12 @@ def _binned(
     p_total, q_total = sum(base), sum(now)
     if p_total <= 0 or q_total <= 0:
         return ()
-    p = np.asarray(base, dtype=np.float64) / p_total  # counts checked by profile and wire
-    q = np.asarray(now, dtype=np.float64) / q_total
+    p = [c / p_total for c in base]  # counts checked by profile and wire
+    q = [c / q_total for c in now]
     js_floor = psi_floor = 0.0
     alpha = _alpha(t, by)
     if alpha is not None:
-        bins = int(np.count_nonzero((p > 0) | (q > 0)))
+        bins = sum(1 for a, b in zip(p, q, strict=True) if a > 0 or b > 0)
         n_eff = p_total * q_total / (p_total + q_total)
         chi2 = chi2_quantile(max(bins - 1, 1), 1.0 - alpha) * deff
         js_floor = math.sqrt(chi2 / (8 * math.log(2) * n_eff))
@@ -411,8 +410,8 @@ def _numeric_checks(
     std = m.std if m.count else math.nan
     points = None
     if edges and math.isfinite(std) and std > 0:  # else Wasserstein is not defined
-        e = np.asarray(edges)  # checked by NumericProfile
-        points = _points(e, min(m.min, edges[0]), max(m.max, edges[-1]))
+        mids = [(a + b) / 2 for a, b in itertools.pairwise(edges)]  # edges checked by profile
+        points = [min(m.min, edges[0]), *mids, max(m.max, edges[-1])]
     checks = _binned(
         baseline.counts, current.counts, t, deff, by, points=points, scale=std, linf=False
     )
@@ -494,8 +493,8 @@ def _verdict(
     shift: float | None = None,
     ratio: float | None = None,
 ) -> FeatureDrift:
-    def value(metric: Metric) -> float | None:
-        return next((c.value for c in checks if c.test == metric), None)
+    values = {c.test: c.value for c in checks}
+    value = values.get
 
     rows = samples + missing
     enough_values = samples >= t.min_samples

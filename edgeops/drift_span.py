@@ -176,17 +176,21 @@ def evaluate_span(
     known_out = {p.name: p for p in profile.outputs}
     given = design_effects or {}
     unknown: list[str] = []
+    by_name: dict[str, list[dict[str, Current]]] = {"inputs": [], "outputs": []}
     for w in windows:
-        _unique(w.inputs)
-        _unique(w.outputs)
-        unknown += [x.name for x in w.inputs if x.name not in known_in]
-        unknown += [x.name for x in w.outputs if x.name not in known_out]
+        for part, known in (("inputs", known_in), ("outputs", known_out)):
+            ws: Sequence[Current] = getattr(w, part)
+            named = {x.name: x for x in ws}
+            if len(named) != len(ws):
+                raise ValueError(f"a window list names a feature twice: {[x.name for x in ws]}")
+            by_name[part].append(named)
+            unknown += [n for n in named if n not in known]
 
     def judge(name: str, base: Baseline, part: str) -> FeatureDrift:
         picked: list[Current] = []
         values = 0
-        for w in windows:
-            found = next((x for x in getattr(w, part) if x.name == name), None)
+        for named in by_name[part]:
+            found = named.get(name)
             if found is None:
                 continue
             picked.append(found)
@@ -229,12 +233,6 @@ def evaluate(
     name are merged here): :func:`evaluate_span` of a one-window span, without a design
     effect."""
     return evaluate_span(profile, [_Parts(_merge(inputs), _merge(outputs))], thresholds)
-
-
-def _unique(ws: Sequence[Current]) -> None:
-    names = [w.name for w in ws]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a window list names a feature twice: {names}")
 
 
 def _merge(windows: Sequence[Current]) -> list[Any]:

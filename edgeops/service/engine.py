@@ -37,7 +37,7 @@ import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from edgeops import drift as d
@@ -305,9 +305,12 @@ class Engine:
                 # A span is healthy unless the training verdicts alert and one of them drifts,
                 # judged without the design effect: drift that begins inside a span widens its
                 # floors, and its first windows must not enter the reference.
+                judged = (*training.features, *training.outputs)
                 healthy = True
                 if "training" in policy.alert_on:
-                    strict = d.evaluate_span(profile, tele, replace(th, design_effect=False))
+                    strict = training
+                    if any(f.design_effect > 1 for f in judged):
+                        strict = d.evaluate_span(profile, tele, replace(th, design_effect=False))
                     healthy = not any(f.drifted for f in (*strict.features, *strict.outputs))
                 ref = self._reference(fleet, device, name, version, span, base, healthy)
                 if ref is not None:
@@ -564,9 +567,14 @@ class Engine:
 def _detail(f: d.FeatureDrift) -> dict[str, Any]:
     """What an alert carries: the distances, the sample size and why."""
     out: dict[str, Any] = {
-        k: v for k, v in asdict(f).items() if k in ("js", "psi", "wasserstein", "linf")
+        "js": f.js,
+        "psi": f.psi,
+        "wasserstein": f.wasserstein,
+        "linf": f.linf,
+        "samples": f.samples,
+        "missing_rate": f.missing_rate,
+        "reason": f.reason,
     }
-    out |= {"samples": f.samples, "missing_rate": f.missing_rate, "reason": f.reason}
     return {k: v for k, v in out.items() if v is not None}
 
 
