@@ -125,7 +125,10 @@ def test_drifted_devices_alert_and_the_others_do_not(
             r = cli("fleet", "device", names[2], "--url", url)
             assert r.code == 0 and "p95" in r.out and "image:mean[c0]" in r.out
             r = cli("drift", "report", "--model", "digits", "--since", "1h", "--url", url, "--json")
-            assert r.code == 0 and '"js"' in r.out
+            assert r.code == 0 and '"js"' in r.out and '"checks"' in r.out
+            r = cli("drift", "report", "--model", "digits", "--url", url)
+            assert r.code == 0 and "why:" in r.out and "training data" in r.out
+            assert "threshold" in r.out and "floor" in r.out
         finally:
             for a in agents:
                 a.stop()
