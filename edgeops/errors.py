@@ -23,7 +23,8 @@ these.
     │   ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
     │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
     ├── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
-    └── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
+    ├── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
+    └── BrokerError (18)             the MQTT broker cannot be reached or refused the credentials
 """
 
 from __future__ import annotations
@@ -149,6 +150,12 @@ class ServiceFailed(EdgeOpsError):
     restarted, or stalled for longer than it may; a supervisor (systemd) should restart it."""
 
     exit_code = 17
+
+
+class BrokerError(EdgeOpsError):
+    """The MQTT broker cannot be reached (TCP, TLS) or refused this client's credentials."""
+
+    exit_code = 18
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

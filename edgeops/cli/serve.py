@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
 from edgeops.optional import require
 from edgeops.service.report import (
     DEFAULT_URL,
@@ -30,9 +31,14 @@ from edgeops.service.report import (
     default=None,
     help="TOML config with per-model drift policies (see edgeops/service/config.py).",
 )
-@click.option("--broker", default=None, help="mqtt://HOST:PORT (default mqtt://localhost:1883).")
+@mqtt_options()
 @click.option("--db", default=None, help="sqlite:///FILE (default) or postgresql://USER@HOST/DB.")
 @click.option("--group", default=None, help="Shared-subscription group (processes split load).")
+@click.option(
+    "--http-host",
+    default=None,
+    help="Address the REST API listens on (default 127.0.0.1; 0.0.0.0 for every interface).",
+)
 @click.option("--http-port", type=int, default=None, help="REST API port (default 8480).")
 @click.option(
     "--public-url",
@@ -56,14 +62,15 @@ from edgeops.service.report import (
 @click.option("--allow-unsigned", is_flag=True, default=None, help="Accept unsigned bundles.")
 def serve(
     config_path: Path | None,
-    broker: str | None,
     db: str | None,
     group: str | None,
+    http_host: str | None,
     http_port: int | None,
     public_url: str | None,
     bundles: tuple[Path, ...],
     pubkeys: tuple[Path, ...],
     allow_unsigned: bool | None,
+    **broker: Any,
 ) -> None:
     """Watch the fleet: store telemetry, detect drift, raise and clear alerts."""
     require("sqlalchemy", "service")
@@ -72,9 +79,10 @@ def serve(
 
     cfg = load_service_config(
         config_path,
-        broker=broker,
+        mqtt=mqtt_values(broker),
         db=db,
         group=group,
+        http_host=http_host,
         http_port=http_port,
         public_url=public_url,
         bundles=bundles,
@@ -90,8 +98,18 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = Service(cfg).start()
-    click.echo(f"serving the fleet from {cfg.broker}; REST API on {service.http.address}", err=True)
     try:
+        click.echo(
+            f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}",
+            err=True,
+        )
+        service.wait_connected(10.0)
+        if not service.connected.is_set():
+            click.echo(
+                f"warning: {service.broker_problem or 'the broker has not answered'}; "
+                "retrying (GET /readyz says when it is connected)",
+                err=True,
+            )
         while not stop.wait(1.0):
             if service.failed is not None:
                 from edgeops.errors import ServiceFailed

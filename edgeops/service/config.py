@@ -2,9 +2,14 @@
 
 ::
 
-    broker = "mqtt://localhost:1883"
+    broker = "mqtts://broker.example:8883"
     db = "sqlite:///edgeops.db"          # or postgresql://user:pass@host/db
     group = "edgeops-service"            # processes in one group split the fleet's load
+
+    [mqtt]                               # the service's broker account (edgeops.broker)
+    username = "edgeops-service"
+    password_file = "/etc/edgeops/service.mqtt-password"   # or EDGEOPS_MQTT_PASSWORD
+    ca = "/etc/edgeops/ca.crt"
 
     [drift]                              # defaults for every model
     js = 0.1
@@ -41,8 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
-from urllib.parse import urlsplit
 
+from edgeops.broker import BrokerSettings, read_secret
 from edgeops.drift import DriftThresholds
 from edgeops.errors import UsageError
 from edgeops.rollout import RolloutPolicy
@@ -173,7 +178,8 @@ class ModelPolicy:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    broker: str = "mqtt://localhost:1883"
+    broker: BrokerSettings | str = "mqtt://localhost:1883"
+    """The broker's URL, or its whole settings (credentials, TLS): see :attr:`mqtt`."""
     db: str = "sqlite:///edgeops.db"
     group: str = "edgeops-service"
     """MQTT 5 shared-subscription group; processes in one group split the load."""
@@ -219,11 +225,14 @@ class ServiceConfig:
         return self.retention.windows * 86400.0 if limit is None else limit
 
     @property
+    def mqtt(self) -> BrokerSettings:
+        """How the service reaches the broker."""
+        b = self.broker
+        return b if isinstance(b, BrokerSettings) else BrokerSettings(b)
+
+    @property
     def broker_host_port(self) -> tuple[str, int]:
-        u = urlsplit(self.broker if "://" in self.broker else f"mqtt://{self.broker}")
-        if u.scheme not in ("mqtt", "tcp"):
-            raise UsageError(f"--broker {self.broker}: use mqtt://HOST:PORT")
-        return u.hostname or "localhost", u.port or 1883
+        return self.mqtt.address
 
 
 def _thresholds(base: DriftThresholds, values: Mapping[str, Any], where: str) -> DriftThresholds:
@@ -283,8 +292,17 @@ def _policy(base: ModelPolicy, values: Mapping[str, Any], where: str) -> ModelPo
     return p
 
 
-def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
-    """The config file (optional) with command-line ``overrides`` (None values ignored)."""
+def load_service_config(
+    path: Path | None,
+    *,
+    mqtt: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> ServiceConfig:
+    """The config file (optional), then ``EDGEOPS_MQTT_*`` variables (``env``, default the
+    process's), then command-line ``overrides`` (None values ignored; ``mqtt`` holds the broker
+    settings given on the command line: ``url``, ``username``, ``ca``, ``cert``, ``key``,
+    ``password_file``)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -295,6 +313,7 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
             raise UsageError(f"{path}: {e}") from None
     cfg = ServiceConfig()
     simple = {f.name for f in fields(ServiceConfig)} - {
+        "broker",
         "default",
         "models",
         "bundles",
@@ -324,6 +343,10 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
         cfg = replace(cfg, intake=_section(IntakeLimits, data.pop("intake"), "[intake]"))
     if "retention" in data:
         cfg = replace(cfg, retention=_section(Retention, data.pop("retention"), "[retention]"))
+    table = dict(data.pop("mqtt", {}))
+    if "broker" in data:
+        table.setdefault("url", data.pop("broker"))
+    broker_table = BrokerSettings.from_mapping(table)
     if "bundles" in data:
         cfg = replace(cfg, bundles=tuple(Path(p) for p in data.pop("bundles")))
     if "trusted_keys" in data:
@@ -334,5 +357,10 @@ def load_service_config(path: Path | None, **overrides: Any) -> ServiceConfig:
     for k, v in overrides.items():
         if v is not None and v != ():
             cfg = replace(cfg, **{k: v})
-    cfg.broker_host_port  # noqa: B018 - validates the URL
-    return cfg
+    broker = broker_table.with_env(env)
+    given = dict(mqtt or {})
+    if given.get("password_file") is not None:
+        given["password"] = read_secret(Path(given.pop("password_file")), "--mqtt-password-file")
+    given.pop("password_file", None)
+    broker = broker.with_overrides(**given)
+    return replace(cfg, broker=broker)

@@ -34,8 +34,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeops import topics, wire
+from edgeops.broker import connack_problem, probe
 from edgeops.bundle import Bundle
-from edgeops.errors import BundleError, EdgeOpsError
+from edgeops.errors import BrokerError, BundleError, EdgeOpsError
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
@@ -112,11 +113,17 @@ class Service:
             manual_ack=True,
         )
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.reconnect_delay_set(min_delay=1, max_delay=10)
         c.max_inflight_messages_set(100)
+        config.mqtt.configure(c)
         self.client = c
+        self.broker_problem: str | None = None
+        """Why the last connection attempt failed (None once connected)."""
+        self.connect_failures = 0
+        self._refused = threading.Event()
         self.bundles = BundleStore(self.store)
         self.rollouts = Rollouts(
             self.store, send=self._send_command, bundle_url=self.bundle_url, owner=self.client_id
@@ -144,7 +151,7 @@ class Service:
     def start(self) -> Service:
         for path in self.config.bundles:
             self.register_bundle(path)
-        host, port = self.config.broker_host_port
+        host, port = self.config.mqtt.address
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 24 * 3600
         self.client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
@@ -256,6 +263,8 @@ class Service:
             "database": database,
             "workers": not problems,
         }
+        if self.broker_problem is not None:
+            problems.append(self.broker_problem)
         return {
             "alive": self.failed is None,
             "ready": self.failed is None and all(checks.values()),
@@ -275,6 +284,11 @@ class Service:
         out["evaluation_errors"] += int(ev["evaluation_errors"] or 0) + self.engine.fleet_errors
         out["evaluation"] = ev
         out["decoded"] = self.intake.decoded.as_dict()
+        out["broker"] = {
+            "connected": self.connected.is_set(),
+            "connect_failures": self.connect_failures,
+            "problem": self.broker_problem,
+        }
         out["purged"] = dict(self._purged)
         messages, queued = self.intake.depth()
         out["queue"] = {"messages": messages, "bytes": queued, "lag_s": self.intake.lag()}
@@ -362,10 +376,25 @@ class Service:
 
     # --- MQTT ---------------------------------------------------------------------------------
 
+    def wait_connected(self, timeout: float) -> None:
+        """Wait for the first connection; :class:`BrokerError` when the broker refused it. An
+        unreachable broker is retried (logged, counted): this returns after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(0.1):
+            if self._refused.is_set():
+                raise BrokerError(self.broker_problem or "the broker refused the connection")
+            if time.monotonic() > deadline:
+                return
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            self._log.warning("connect", "broker refused the connection: %s", reason)
+            self.connect_failures += 1
+            self.broker_problem = connack_problem(reason, self.config.mqtt)
+            self._refused.set()
+            self._log.error("connect", "%s; retrying", self.broker_problem)
             return
+        self.broker_problem = None
+        self._refused.clear()
         fleet, group = self.config.fleet, self.config.group
         subs = [
             (topics.shared(group, topics.device_filter(fleet, kind="telemetry")), 1),
@@ -376,6 +405,13 @@ class Service:
         client.subscribe(subs)
         self.connected.set()
         log.info("service connected (session present: %s)", flags.session_present)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self.connect_failures += 1
+        self.broker_problem = probe(self.config.mqtt, timeout=2.0) or (
+            f"broker {self.config.mqtt.url}: the connection failed"
+        )
+        self._log.warning("connect", "%s; retrying", self.broker_problem)
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
