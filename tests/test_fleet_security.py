@@ -210,3 +210,93 @@ def test_the_service_shares_its_subscription_under_the_acl(broker: FleetBroker) 
     assert one.messages and two.messages
     for c in (one, two, device):
         c.close()
+
+
+# --- the service and the simulator over the secured broker -------------------------------------
+
+
+@pytest.mark.parametrize("identity", ["password", "certificate"])
+def test_the_service_and_a_simulated_fleet_run_over_tls(
+    identity: str,
+    digits_bundles: tuple[Path, Path],
+    signing_keys: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    from edgeops.service import Service
+    from edgeops.service.config import ServiceConfig
+    from edgeops.simulate import Fleet, FleetConfig
+
+    ids = FleetConfig(devices=3, bundle=digits_bundles[0], prefix="sec").device_ids()
+    accounts = {d: uuid.uuid4().hex for d in ids}
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    with FleetBroker(tmp_path / "broker", accounts) as b:
+        if identity == "password":
+            (creds / "passwords").write_text("".join(f"{d}:{p}\n" for d, p in accounts.items()))
+            service_side = b.settings(SERVICE_ACCOUNT)
+            devices_side = BrokerSettings(b.url(), ca=b.ca.cert)
+        else:
+            for d in ids:
+                cert = b.issue(d)
+                cert.cert.rename(creds / f"{d}.crt")
+                cert.key.rename(creds / f"{d}.key")
+            service_side = b.mtls_settings(SERVICE_ACCOUNT)
+            devices_side = BrokerSettings(b.url(mtls=True), ca=b.ca.cert)
+        cfg = ServiceConfig(
+            broker=service_side,
+            db=f"sqlite:///{tmp_path / 'service.db'}",
+            http_port=0,
+            group=f"g{uuid.uuid4().hex[:6]}",
+            bundles=(digits_bundles[0],),
+            trusted_keys=(signing_keys[1],),
+            fleet_interval=3600.0,
+        )
+        fleet_cfg = FleetConfig(
+            devices=3,
+            bundle=digits_bundles[0],
+            broker=devices_side,
+            device_credentials=creds,
+            fleet=FLEET,
+            prefix="sec",
+            rate=20.0,
+            window_seconds=0.5,
+            trusted_keys=(signing_keys[1],),
+        )
+        with Service(cfg, http=False) as service:
+            service.wait_connected(15)
+            assert service.connected.is_set(), service.broker_problem
+            with Fleet(fleet_cfg) as fleet:
+                assert fleet.online == 3, fleet.connect_problem
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    seen = {r["device"] for r in service.store.devices(FLEET)}
+                    if seen >= set(ids) and service.counters.stored_windows >= 6:
+                        break
+                    time.sleep(0.2)
+                assert {r["device"] for r in service.store.devices(FLEET)} >= set(ids)
+                assert service.counters.stored_windows >= 6
+                assert sum(service.counters.rejected.values()) == 0
+
+
+def test_a_device_with_another_devices_password_is_refused(
+    digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from edgeops.simulate import Fleet, FleetConfig
+
+    with FleetBroker(tmp_path / "broker", {"imp-000": "right"}) as b:
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "passwords").write_text("imp-000:wrong\n")
+        cfg = FleetConfig(
+            devices=1,
+            bundle=digits_bundles[0],
+            broker=BrokerSettings(b.url(), ca=b.ca.cert),
+            device_credentials=creds,
+            fleet=FLEET,
+            prefix="imp",
+            trusted_keys=(signing_keys[1],),
+        )
+        with Fleet(cfg) as fleet:
+            assert fleet.online == 0
+            assert fleet.connect_problem is not None
+            assert "Not authorized" in fleet.connect_problem

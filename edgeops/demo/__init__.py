@@ -2,8 +2,10 @@
 
 1. train on scikit-learn's digits (the six pipeline steps), convert to int8 TFLite behind
    fidelity gates (fp32 TFLite and int8 ONNX alongside, to compare), sign and verify bundle 1.0.0;
-2. start a broker (a mosquitto on a free port, unless ``--broker`` is given), the central service
-   and a simulated fleet of real agents replaying the held-out digits;
+2. start a broker (unless ``--broker`` is given: a mosquitto on a free port running the shipped
+   fleet configuration, ``deploy/mosquitto.conf``: TLS with a throwaway CA, an account per device
+   and one for the service, the ACL), the central service and a simulated fleet of real agents
+   replaying the held-out digits;
 3. wait for each device's own reference (its first healthy windows on 1.0.0), brighten the
    images on part of the fleet (covariate drift) and show the alerts as they come;
 4. retrain on recent data (the originals plus their brightened copies) into bundle 1.1.0;
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +58,12 @@ REFERENCE_ROWS = 320
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgeops.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--broker", default=None, help="mqtt://HOST:PORT (default: start mosquitto)")
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="mqtt[s]://HOST:PORT of a broker of yours (its account from EDGEOPS_MQTT_*; "
+        "default: start mosquitto with the shipped TLS, accounts and ACL)",
+    )
     p.add_argument("--devices", type=int, default=12)
     p.add_argument("--drifted", type=int, default=4, help="devices whose input drifts")
     p.add_argument("--rate", type=float, default=40.0, help="predictions/s per device")
@@ -77,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: float) -> str:
     from edgeops import samples
-    from edgeops.testing import Mosquitto
+    from edgeops.broker import BrokerSettings
+    from edgeops.simulate import FleetConfig
+    from edgeops.testing import SERVICE_ACCOUNT, FleetBroker
 
     if not 0 < drifted < devices:
         raise DemoFailed("--drifted must be between 1 and --devices - 1")
@@ -88,20 +99,39 @@ def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: fl
     step("convert and package 1.0.0: int8 TFLite, gated (drop <= 1 point, agreement >= 98 %)")
     v1 = convert_and_package(run, out, keys, "1.0.0", parent=None, compare=True)
 
-    if broker is None:
-        step("broker: starting mosquitto on a free port")
-        try:
-            m = Mosquitto()
-        except RuntimeError as e:
-            raise DemoFailed(f"{e}; or give --broker mqtt://HOST:PORT") from None
-        with m:
-            return _loop(out, f"mqtt://127.0.0.1:{m.port}", keys, v1, data, devices, drifted, rate)
-    return _loop(out, broker, keys, v1, data, devices, drifted, rate)
+    if broker is not None:
+        mine = BrokerSettings().with_env().with_overrides(url=broker)
+        return _loop(out, mine, mine, None, keys, v1, data, devices, drifted, rate)
+    step(
+        "broker: mosquitto with the shipped fleet config (TLS, a throwaway CA, an account per "
+        "device and one for the service, the ACL)"
+    )
+    ids = FleetConfig(devices=devices, bundle=v1, prefix="dev").device_ids()
+    accounts = {d: secrets.token_urlsafe(12) for d in ids}
+    credentials = out / "device-credentials"
+    credentials.mkdir(parents=True, exist_ok=True)
+    secret = credentials / "passwords"
+    secret.touch(mode=0o600)
+    secret.write_text("".join(f"{d}:{pw}\n" for d, pw in accounts.items()))
+    shutil.rmtree(out / "broker", ignore_errors=True)  # a new CA and sessions each run
+    try:
+        fleet_broker = FleetBroker(out / "broker", accounts)
+    except RuntimeError as e:
+        raise DemoFailed(f"{e}; or give --broker mqtt://HOST:PORT") from None
+    with fleet_broker as b:
+        devices_side = BrokerSettings(b.url(), ca=b.ca.cert)
+        service_side = b.settings(SERVICE_ACCOUNT)
+        print(f"   broker {b.url()}: the service as {SERVICE_ACCOUNT}, devices as themselves")
+        return _loop(
+            out, service_side, devices_side, credentials, keys, v1, data, devices, drifted, rate
+        )
 
 
 def _loop(
     out: Path,
-    broker: str,
+    broker: Any,
+    device_broker: Any,
+    credentials: Path | None,
     keys: Any,
     v1: Path,
     data: Path,
@@ -139,13 +169,15 @@ def _loop(
     )
     step(f"service and fleet: {devices} simulated devices at {rate:.0f} predictions/s each")
     with Service(cfg) as service:
-        if not service.connected.wait(15):
-            raise DemoFailed(f"the service cannot reach the broker at {broker}")
+        service.wait_connected(15)
+        if not service.connected.is_set():
+            raise DemoFailed(service.broker_problem or f"the service cannot reach {broker.url}")
         print(f"   service: REST API on {service.http.address}, database {db_file}")
         fleet_cfg = FleetConfig(
             devices=devices,
             bundle=v1,
-            broker=broker,
+            broker=device_broker,
+            device_credentials=credentials,
             fleet=FLEET,
             rate=rate,
             feedback=0.2,

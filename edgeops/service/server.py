@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeops import topics, wire
-from edgeops.broker import connack_problem, probe
+from edgeops.broker import connack_problem, connect_problem
 from edgeops.bundle import Bundle
 from edgeops.errors import BrokerError, BundleError, EdgeOpsError
 from edgeops.rollout import RolloutPolicy
@@ -407,9 +408,13 @@ class Service:
         log.info("service connected (session present: %s)", flags.session_present)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: the socket or TLS error is at hand
         self.connect_failures += 1
-        self.broker_problem = probe(self.config.mqtt, timeout=2.0) or (
-            f"broker {self.config.mqtt.url}: the connection failed"
+        error = sys.exc_info()[1]
+        self.broker_problem = (
+            connect_problem(error, self.config.mqtt)
+            if error is not None
+            else f"broker {self.config.mqtt.url}: the connection failed"
         )
         self._log.warning("connect", "%s; retrying", self.broker_problem)
 
