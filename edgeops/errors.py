@@ -155,3 +155,21 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text, for wrapping third-party errors in one line."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def cause(e: BaseException, limit: int = 600, *, hide: tuple[str, ...] = ()) -> str:
+    """An exception's whole text on one line (its lines joined by ' | '), for wrapping
+    third-party errors without losing the reason; each path in ``hide`` is replaced by '…'
+    (temporary and staging directories mean nothing to a user)."""
+    text = str(e).strip()
+    for path in hide:
+        if path:
+            text = text.replace(path.rstrip("/") + "/", "").replace(path, "…")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    joined = " | ".join(lines) if lines else ""
+    name = type(e).__name__
+    if not joined:
+        return name
+    if name not in ("Exception", "RuntimeError", "ValueError") and not joined.startswith(name):
+        joined = f"{name}: {joined}"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
