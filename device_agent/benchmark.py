@@ -32,6 +32,7 @@ from edgeops.errors import (
     RuntimeBackendError,
     UsageError,
     cause,
+    error_class,
 )
 from edgeops.feeds import parse_shape, random_feeds
 from edgeops.tables import render
@@ -255,7 +256,7 @@ def bench_isolated(model: str | Path, config: BenchConfig) -> BenchResult:
         )
     data = json.loads(lines[-1])
     if "error" in data:
-        raise ModelError(data["error"])
+        raise error_class(int(data.get("exit_code", ModelError.exit_code)))(data["error"])
     return BenchResult.from_dict(data)
 
 

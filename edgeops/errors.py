@@ -157,6 +157,17 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
+def error_class(exit_code: int) -> type[EdgeOpsError]:
+    """The error class of an exit code (for errors passed between processes as JSON)."""
+    stack: list[type[EdgeOpsError]] = [EdgeOpsError]
+    while stack:
+        cls = stack.pop()
+        if cls.exit_code == exit_code and cls is not MissingExtraError:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return EdgeOpsError
+
+
 def cause(e: BaseException, limit: int = 600, *, hide: tuple[str, ...] = ()) -> str:
     """An exception's whole text on one line (its lines joined by ' | '), for wrapping
     third-party errors without losing the reason; each path in ``hide`` is replaced by '…'
@@ -170,6 +181,7 @@ def cause(e: BaseException, limit: int = 600, *, hide: tuple[str, ...] = ()) -> 
     name = type(e).__name__
     if not joined:
         return name
-    if name not in ("Exception", "RuntimeError", "ValueError") and not joined.startswith(name):
+    plain = ("Exception", "RuntimeError", "ValueError")
+    if not isinstance(e, EdgeOpsError) and name not in plain and not joined.startswith(name):
         joined = f"{name}: {joined}"
     return joined if len(joined) <= limit else joined[: limit - 1] + "…"

@@ -86,7 +86,7 @@ class Feeds:
     def one_call(self, i: int) -> list[Array]:
         """Sample ``i`` as the arrays of one call."""
         return [
-            np.ascontiguousarray(a[i] if w else a[i : i + 1])
+            np.asarray(a[i] if w else a[i : i + 1], order="C")
             for a, w in zip(self.arrays, self.whole, strict=True)
         ]
 
@@ -104,7 +104,7 @@ class Feeds:
             if self.fixed_batch and real < size:
                 pad = size - real
                 part = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in part]
-            yield [np.ascontiguousarray(p) for p in part], real
+            yield [np.asarray(p, order="C") for p in part], real
 
     def run(self, fn: Callable[[list[Array]], Sequence[Array]]) -> list[Array]:
         """Outputs of ``fn`` (one call) over every sample, samples along axis 0.
@@ -175,7 +175,7 @@ def bind(arrays: Mapping[str, Array], infos: Sequence[TensorInfo], what: str) ->
             raise InputDataError(f"{what}: input '{info.name}' contains NaN or infinite values")
         # Quantized inputs stay float here; run_float quantizes them with their scale.
         target = np.float32 if (info.quantized or dtype.kind == "f") else dtype
-        out.append(np.ascontiguousarray(a, dtype=target))
+        out.append(np.asarray(a, dtype=target, order="C"))
     return Feeds(infos, tuple(out), tuple(whole))
 
 
