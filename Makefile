@@ -39,7 +39,7 @@ test: lint broker
 
 # Every benchmark: tables on stdout (kept in results/NAME.txt), JSON in results/NAME.json, then
 # results/README.md with every goal in one markdown table.
-BENCHMARKS := conversion agent service rollout
+BENCHMARKS := conversion byom agent service rollout
 bench: $(STAMP) broker
 	@mkdir -p benchmarks/results
 	@for b in $(BENCHMARKS); do \

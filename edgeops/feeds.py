@@ -11,8 +11,8 @@ number of samples). A sample of an input is either
 
 A 0-d array for a scalar input is one value shared by every sample.
 
-Models whose batch dimension is fixed run a fixed number of samples per call (one, for the usual
-batch-1 export); the last call is padded with copies of its last sample and the padding dropped.
+Only a leading dimension that is free (-1) or 1 is a batch axis. Models whose batch is fixed at 1
+(the usual export) run one sample per call.
 """
 
 from __future__ import annotations
@@ -67,11 +67,10 @@ class Feeds:
 
     @property
     def fixed_batch(self) -> int | None:
-        """The batch size every call must have, when the model fixes it."""
+        """1 when the model fixes its batch at one sample per call."""
         if not self.batchable:
             return None
-        fixed = {int(i.shape[0]) for i in self.infos if i.shape and i.shape[0] > 0}
-        return min(fixed) if fixed else None
+        return 1 if any(i.shape and i.shape[0] == 1 for i in self.infos) else None
 
     def take(self, index: npt.NDArray[np.intp] | slice) -> Feeds:
         return Feeds(self.infos, tuple(a[index] for a in self.arrays), self.whole)
@@ -91,7 +90,7 @@ class Feeds:
         ]
 
     def calls(self, max_batch: int = MAX_BATCH) -> Iterator[tuple[list[Array], int]]:
-        """The arrays of each call and how many of its samples are real (the rest is padding)."""
+        """The arrays of each call and how many samples it holds."""
         n = len(self)
         if not self.batchable:
             for i in range(n):
@@ -99,12 +98,8 @@ class Feeds:
             return
         size = self.fixed_batch or max(1, max_batch)
         for start in range(0, n, size):
-            part = [a[start : start + size] for a in self.arrays]
-            real = int(part[0].shape[0])
-            if self.fixed_batch and real < size:
-                pad = size - real
-                part = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in part]
-            yield [np.asarray(p, order="C") for p in part], real
+            part = [np.asarray(a[start : start + size], order="C") for a in self.arrays]
+            yield part, int(part[0].shape[0])
 
     def run(self, fn: Callable[[list[Array]], Sequence[Array]]) -> list[Array]:
         """Outputs of ``fn`` (one call) over every sample, samples along axis 0.
@@ -112,10 +107,7 @@ class Feeds:
         Batched models' outputs are concatenated along their batch axis; models run one sample
         per call with a whole-tensor input have each call's outputs stacked along a new axis.
         """
-        parts: list[Sequence[Array]] = []
-        for arrays, real in self.calls():
-            outs = fn(arrays)
-            parts.append([o[:real] for o in outs] if real < len(arrays[0]) else outs)
+        parts = [fn(arrays) for arrays, _ in self.calls()]
         if not parts:
             raise InputDataError("no samples to run")
         join = np.concatenate if self.batchable else np.stack
@@ -154,7 +146,10 @@ def bind(arrays: Mapping[str, Array], infos: Sequence[TensorInfo], what: str) ->
         if a.ndim == 0 and len(info.shape) == 0:
             a = np.repeat(a[None], n)
         sample = tuple(int(s) for s in a.shape[1:])
-        if len(info.shape) >= 1 and _fits(sample, info.shape[1:]):
+        # Only a leading dimension that is free or 1 is a batch axis (an LSTM state's leading
+        # 2 is its directions, not a batch).
+        has_batch = len(info.shape) >= 1 and info.shape[0] in (-1, 1)
+        if has_batch and _fits(sample, info.shape[1:]):
             whole.append(False)
         elif _fits(sample, info.shape):
             whole.append(True)
