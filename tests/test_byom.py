@@ -297,3 +297,33 @@ def test_errors_name_no_staging_path(corpus: Corpus, tmp_path: Path) -> None:
     assert "both excluded and the only one quantized" in seen[1]
     assert not any(STAGING in s for s in seen)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_agent_serves_a_fixed_batch_model_sample_by_sample(digits_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A batch-1 ONNX export packaged and served: a caller's batch runs one sample per call."""
+    import onnx
+
+    from device_agent.serving import ServedModel
+    from device_agent.store import ModelStore
+    from edgeops.packaging import PackageConfig, package
+
+    report = convert(
+        digits_run.model, tmp_path, ConversionConfig(to=Format.ONNX, latency_runs=2, name="d")
+    )
+    model = onnx.load(str(tmp_path / report.artifact["file"]))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # as exported with batch 1
+    fixed = tmp_path / "fixed" / "digits-b1.onnx"
+    fixed.parent.mkdir()
+    onnx.save(model, str(fixed))
+    bundle = package(digits_run, fixed, tmp_path / "dist", PackageConfig(version="1.0.0"), key=None)
+    store = ModelStore(tmp_path / "store", trusted_keys=[], allow_unsigned=True)
+    entry = store.install(bundle)
+    with np.load(digits_run.split("test")) as z:
+        x = z["x"][:5].astype(np.float32)
+    with ServedModel(entry) as served:
+        assert served.runtime.inputs[0].shape[0] == 1
+        (batch,) = served.run(served.prepare(x).x)
+        singles = [served.run(served.prepare(x[i]).x)[0] for i in range(5)]
+    assert batch.shape == (5, 10)
+    np.testing.assert_allclose(batch, np.concatenate(singles), rtol=1e-5, atol=1e-6)
