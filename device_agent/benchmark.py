@@ -282,6 +282,7 @@ def table(results: Sequence[BenchResult]) -> str:
     headers = (
         "model",
         "backend",
+        "input",
         "init ms",
         "first ms",
         "warmup ms",
@@ -297,6 +298,7 @@ def table(results: Sequence[BenchResult]) -> str:
         (
             Path(r.model).name,
             r.backend,
+            " ".join("x".join(str(d) for d in v) or "scalar" for v in r.input_shapes.values()),
             r.init_ms,
             r.first_inference_ms,
             r.warmup_mean_ms,

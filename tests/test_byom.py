@@ -327,3 +327,41 @@ def test_agent_serves_a_fixed_batch_model_sample_by_sample(digits_run, tmp_path:
         singles = [served.run(served.prepare(x[i]).x)[0] for i in range(5)]
     assert batch.shape == (5, 10)
     np.testing.assert_allclose(batch, np.concatenate(singles), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-snr", "loud"], "--min-snr 'loud': a number of dB, or 'off'"),
+        (["--to", "tflite", "--exclude-op", "Conv"], "apply to ONNX float16, dynamic and int8"),
+        (["--sensitivity"], "--sensitivity needs --to onnx and --validation FILE"),
+        (["--min-iou", "0.9"], "need --validation FILE"),
+        (["--map-threshold", "1.5"], "--map-threshold is a probability"),
+        (["--shape", "x=1x3xbig"], "dimensions are whole numbers"),
+        (["--only-op", "Conv", "--exclude-op", "Conv"], "both excluded and the only one"),
+    ],
+)
+def test_convert_options_are_checked_before_any_work(  # type: ignore[no-untyped-def]
+    cli, corpus: Corpus, tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = ["--to", "onnx", "--quantize", "int8"] if "--to" not in args else ["--quantize", "int8"]
+    cal, _ = corpus.data["ocr-cls"]
+    r = cli(
+        "convert", corpus.model("ocr-cls"), *base, *args, "--calibration", cal, "--out", tmp_path
+    )
+    assert r.code in (errors.UsageError.exit_code, errors.InputDataError.exit_code), r.err
+    assert r.err.startswith("error: ") and r.err.count("\n") == 1 and message in r.err, r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_min_snr_off_keeps_a_poor_conversion(cli, corpus: Corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The floor rejects the VAD's int8 (exit 7); the user can say otherwise."""
+    cal, val = corpus.data["vad"]
+    common = ["--to", "onnx", "--quantize", "int8", "--calibration", cal, "--validation", val]
+    r = cli("convert", corpus.model("vad"), *common, "--out", tmp_path / "a", "--latency-runs", 2)
+    assert r.code == errors.GateError.exit_code and "SNR" in r.err, r.err
+    r = cli("convert", corpus.model("vad"), *common, "--min-snr", "off", "--out", tmp_path / "b",
+            "--latency-runs", 2)  # fmt: skip
+    assert r.code == 0, r.err
+    assert "task" in r.out and "classification (inferred: a score in [0, 1]" in r.out
+    assert "host latency (input 1x576, state 2x1x128, sr scalar)" in r.out
