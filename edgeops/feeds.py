@@ -158,7 +158,16 @@ def bind(arrays: Mapping[str, Array], infos: Sequence[TensorInfo], what: str) ->
                 f"{what}: samples of input '{info.name}' have shape {sample}; the model input "
                 f"expects {_dims(info.shape[1:])} per sample, or {_dims(info.shape)} per call"
             )
-        dtype = np.dtype(info.dtype)
+        try:
+            dtype = np.dtype(info.dtype)
+        except TypeError:
+            raise InputDataError(
+                f"{what}: input '{info.name}' takes {info.dtype}; edgeops feeds numbers"
+            ) from None
+        if dtype.kind not in "biuf":
+            raise InputDataError(
+                f"{what}: input '{info.name}' takes {dtype}; edgeops feeds numbers"
+            )
         fractions = a.dtype.kind == "f" and not (
             np.isfinite(a).all() and np.array_equal(a, np.round(a))
         )

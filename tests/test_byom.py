@@ -365,3 +365,97 @@ def test_min_snr_off_keeps_a_poor_conversion(cli, corpus: Corpus, tmp_path: Path
     assert r.code == 0, r.err
     assert "task" in r.out and "classification (inferred: a score in [0, 1]" in r.out
     assert "host latency (input 1x576, state 2x1x128, sr scalar)" in r.out
+
+
+def _tiny_onnx(path: Path, *, weight_scale: float = 1.0, input_type: int | None = None) -> Path:
+    """A well-formed two-layer ONNX model made here: MatMul, Add, Relu, MatMul."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.normal(size=(16, 32)) * weight_scale).astype(np.float32)
+    w2 = rng.normal(size=(32, 4)).astype(np.float32) / 32
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+            helper.make_node("Relu", ["hb"], ["r"], name="relu1"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", input_type or TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(np.zeros(32, np.float32), "b1"),
+            numpy_helper.from_array(w2, "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_weights_beyond_float16_range_stay_float32(tmp_path: Path) -> None:
+    model = _tiny_onnx(tmp_path / "big.onnx", weight_scale=1e6)  # values up to ~4e6
+    x = np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    cfg = ConversionConfig(
+        to=Format.ONNX, mode=Mode.FLOAT16, validation=tmp_path / "val.npz", latency_runs=2
+    )
+    report = convert(model, tmp_path / "out", cfg)
+    assert any("beyond float16's range" in s for s in report.steps), report.steps
+    assert report.status is Status.ACCEPTED, report.reasons
+    assert report.fidelity is not None and report.fidelity.min_snr_db is not None
+    assert report.fidelity.min_snr_db > 40
+
+
+def test_an_invalid_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A string input into a MatMul: onnxruntime's reason, on one line."""
+    from onnx import TensorProto
+
+    with pytest.raises(errors.EdgeOpsError) as e:
+        model = _tiny_onnx(tmp_path / "s.onnx", input_type=TensorProto.STRING)
+        np.savez(tmp_path / "val.npz", x=np.zeros((4, 16), np.float32))
+        cfg = ConversionConfig(
+            to=Format.ONNX, mode=Mode.FP32, validation=tmp_path / "val.npz", latency_runs=2
+        )
+        convert(model, tmp_path / "out", cfg)
+    assert isinstance(e.value, errors.ModelError) and "tensor(string)" in str(e.value)
+    assert "\n" not in str(e.value) and STAGING not in str(e.value)
+
+
+def test_dynamic_on_a_matmul_model_and_its_exclusions(tmp_path: Path) -> None:
+    model = _tiny_onnx(tmp_path / "mlp.onnx")
+    x = np.random.default_rng(2).normal(size=(128, 16)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    cfg = ConversionConfig(
+        to=Format.ONNX, mode=Mode.DYNAMIC, validation=tmp_path / "val.npz", latency_runs=2
+    )
+    report = convert(model, tmp_path / "a", cfg)
+    assert report.ops.counts.get("MatMulInteger") == 2
+    kept = convert(
+        model,
+        tmp_path / "b",
+        ConversionConfig(
+            to=Format.ONNX,
+            mode=Mode.DYNAMIC,
+            validation=tmp_path / "val.npz",
+            latency_runs=2,
+            onnx=OnnxQuantization(exclude_nodes=("fc2",)),
+        ),
+    )
+    assert kept.ops.counts.get("MatMulInteger") == 1 and kept.ops.counts.get("MatMul") == 1
+    with pytest.raises(errors.ConversionError, match="quantized none"):
+        convert(
+            model,
+            tmp_path / "c",
+            ConversionConfig(
+                to=Format.ONNX,
+                mode=Mode.DYNAMIC,
+                validation=tmp_path / "val.npz",
+                latency_runs=2,
+                onnx=OnnxQuantization(exclude_ops=("MatMul",)),
+            ),
+        )

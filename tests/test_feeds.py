@@ -149,3 +149,10 @@ def test_measures_on_edge_cases() -> None:
     assert snr_db(np.ones(3, np.float32), np.array([1, np.nan, 1], np.float32)) == -100.0
     empty = np.zeros((2, 2), bool)
     assert iou(empty, empty) == 1.0 and iou(empty, ~empty) == 0.0
+
+
+def test_non_numeric_inputs_are_refused() -> None:
+    for dtype in ("tensor(string)", "str"):
+        info = (TensorInfo("text", (-1,), dtype),)
+        with pytest.raises(InputDataError, match="edgeops feeds numbers"):
+            bind({"text": np.zeros(3)}, info, "data")
