@@ -237,6 +237,8 @@ class ConversionConfig:
                 "--exclude-op, --exclude-node and --only-op apply to ONNX float16, dynamic "
                 "and int8 conversions"
             )
+        if o.only_ops and mode is Mode.FLOAT16:
+            raise UsageError("--only-op applies to dynamic and int8 (float16: use --exclude-op)")
         if set(o.exclude_ops) & set(o.only_ops):
             both = ", ".join(sorted(set(o.exclude_ops) & set(o.only_ops)))
             raise UsageError(f"op type {both} is both excluded and the only one quantized")

@@ -91,18 +91,10 @@ def to_onnx(
         return OnnxResult(fp32.read_bytes())
     if mode is Mode.INT16X8:
         raise UsageError(f"mode {mode} is not available for ONNX")
-    per_channel = cfg.onnx.per_channel
-    if per_channel is None:
-        per_channel = mode is Mode.INT8
+    per_channel = mode is Mode.INT8 if cfg.onnx.per_channel is None else cfg.onnx.per_channel
+    plan = _Plan(per_channel and not per_tensor, [], (str(work),), list(cfg.onnx.exclude_nodes))
     if per_channel and per_tensor:
-        per_channel = False
-        plan_note = "weights quantized per tensor"
-    else:
-        plan_note = ""
-    plan = _Plan(per_channel=per_channel, steps=[], hide=(str(work),))
-    plan.excluded = list(cfg.onnx.exclude_nodes)
-    if plan_note:
-        plan.steps.append(plan_note)
+        plan.steps.append("weights quantized per tensor")
     out = work / "out.onnx"
     try:
         prepared = _prepare(fp32, work, cfg, plan)
