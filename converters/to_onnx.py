@@ -18,6 +18,7 @@ No TensorFlow is imported unless the source is a TensorFlow model or a ``.tflite
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -224,9 +225,17 @@ def constants_to_initializers(model: Any) -> int:
 
 
 def _preprocess(src: Path, work: Path, plan: _Plan) -> Path:
-    """onnxruntime's quantization pre-processing, with fallbacks for what real models break."""
+    """onnxruntime's quantization pre-processing, with fallbacks for what real models break.
+
+    It runs inside ``work``: when symbolic shape inference gives up on a large model it leaves
+    ``sym_shape_infer_temp.onnx`` and its external data in the current directory.
+    """
+    with contextlib.chdir(work):
+        return _preprocess_here(src, work / "pre.onnx", plan)
+
+
+def _preprocess_here(src: Path, pre: Path, plan: _Plan) -> Path:
     shape_inference = require("onnxruntime.quantization.shape_inference", "convert")
-    pre = work / "pre.onnx"
     try:
         shape_inference.quant_pre_process(str(src), str(pre))
         return pre
