@@ -177,7 +177,7 @@ class ConversionReport:
 def _shapes(shapes: dict[str, list[int]]) -> str:
     if not shapes:
         return "1 sample"
-    return ", ".join(f"{k} {'x'.join(str(d) for d in v) or 'scalar'}" for k, v in shapes.items())
+    return ", ".join(f"{k}={'x'.join(str(d) for d in v) or 'scalar'}" for k, v in shapes.items())
 
 
 def _kb(n: int) -> str:

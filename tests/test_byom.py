@@ -364,7 +364,7 @@ def test_min_snr_off_keeps_a_poor_conversion(cli, corpus: Corpus, tmp_path: Path
             "--latency-runs", 2)  # fmt: skip
     assert r.code == 0, r.err
     assert "task" in r.out and "classification (inferred: a score in [0, 1]" in r.out
-    assert "host latency (input 1x576, state 2x1x128, sr scalar)" in r.out
+    assert "host latency (input=1x576, state=2x1x128, sr=scalar)" in r.out
 
 
 def _tiny_onnx(path: Path, *, weight_scale: float = 1.0, input_type: int | None = None) -> Path:
