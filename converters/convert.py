@@ -227,7 +227,9 @@ def _measure(
     try:
         bench = benchmark(model, bench_cfg, timed)
     except EdgeOpsError as e:
-        raise type(e)(cause(e, hide=(str(staging),))) from None
+        e.message = cause(e, hide=(str(staging),))  # the staged file's path means nothing
+        e.args = (e.message,)
+        raise e from None
     with open_runtime(model) as rt:
         inputs, outputs = rt.inputs, rt.outputs
     ops = targets.check(model, cfg.target)
