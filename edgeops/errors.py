@@ -162,3 +162,33 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text, for wrapping third-party errors in one line."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def error_class(exit_code: int) -> type[EdgeOpsError]:
+    """The error class of an exit code (for errors passed between processes as JSON)."""
+    stack: list[type[EdgeOpsError]] = [EdgeOpsError]
+    while stack:
+        cls = stack.pop()
+        if cls.exit_code == exit_code and cls is not MissingExtraError:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return EdgeOpsError
+
+
+def cause(e: BaseException, limit: int = 600, *, hide: tuple[str, ...] = ()) -> str:
+    """An exception's whole text on one line (its lines joined by ' | '), for wrapping
+    third-party errors without losing the reason; each path in ``hide`` is replaced by '…'
+    (temporary and staging directories mean nothing to a user)."""
+    text = str(e).strip()
+    for path in hide:
+        if path:
+            text = text.replace(path.rstrip("/") + "/", "").replace(path, "…")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    joined = " | ".join(lines) if lines else ""
+    name = type(e).__name__
+    if not joined:
+        return name
+    plain = ("Exception", "RuntimeError", "ValueError")
+    if not isinstance(e, EdgeOpsError) and name not in plain and not joined.startswith(name):
+        joined = f"{name}: {joined}"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
