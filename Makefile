@@ -39,14 +39,26 @@ test: lint broker
 
 # Every benchmark: tables on stdout (kept in results/NAME.txt), JSON in results/NAME.json, then
 # results/README.md with every goal in one markdown table.
-BENCHMARKS := conversion agent service rollout
-bench: $(STAMP) broker
+# drift runs in .venv-drift: its peers (Evidently, alibi-detect) need numpy < 2.
+BENCHMARKS := conversion byom agent service rollout
+DRIFT_VENV  := .venv-drift
+DRIFT_STAMP := $(DRIFT_VENV)/.installed
+
+$(DRIFT_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DRIFT_VENV)
+	$(DRIFT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DRIFT_VENV)/bin/python -m pip install --quiet -e '.[drift-bench]'
+	touch $(DRIFT_STAMP)
+
+bench: $(STAMP) $(DRIFT_STAMP) broker
 	@mkdir -p benchmarks/results
 	@for b in $(BENCHMARKS); do \
 	  $(BIN)/python benchmarks/$$b.py --out benchmarks/results > benchmarks/results/$$b.txt || exit 1; \
 	  cat benchmarks/results/$$b.txt; \
 	done
+	$(DRIFT_VENV)/bin/python benchmarks/drift.py --out benchmarks/results > benchmarks/results/drift.txt
+	@cat benchmarks/results/drift.txt
 	$(BIN)/python benchmarks/summary.py --results benchmarks/results
 
 clean:
-	rm -rf $(VENV) demo-output benchmarks/results .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DRIFT_VENV) demo-output benchmarks/results .mypy_cache .ruff_cache .pytest_cache

@@ -326,8 +326,8 @@ class Watch:
         self.stop()
 
     def sample(self) -> None:
-        # The worker's queue is private; its depth is what a slow store looks like.
-        self._queue_max = max(self._queue_max, self.service._queue.qsize())
+        # The intake's queue depth is what a slow store looks like.
+        self._queue_max = max(self._queue_max, self.service.intake.depth()[0])
 
     def until(self, cond: Callable[[], bool], limit: float, poll: float) -> bool:
         deadline = time.monotonic() + limit

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ORDER = ("conversion", "agent", "service", "rollout")
+ORDER = ("conversion", "byom", "agent", "service", "rollout", "drift")
 
 
 def _cell(text: object) -> str:

@@ -8,33 +8,35 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgeops.feeds import Feeds
 
-def pick_samples(x: npt.NDArray[Any], n: int, seed: int = 0) -> npt.NDArray[np.float32]:
+
+def pick_samples(feeds: Feeds, n: int, seed: int = 0) -> Feeds:
     """Up to ``n`` samples drawn without replacement by a seeded shuffle.
 
     A shuffle rather than the first ``n`` rows: files are often sorted by class or time, and
     calibrating on one class gives ranges that clip the others.
     """
-    idx = np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))]
-    return np.ascontiguousarray(x[np.sort(idx)], dtype=np.float32)
+    idx = np.random.default_rng(seed).permutation(len(feeds))[: min(n, len(feeds))]
+    return feeds.take(np.sort(idx))
 
 
-def batches(x: npt.NDArray[np.float32], size: int = 1) -> Iterator[npt.NDArray[np.float32]]:
-    for start in range(0, len(x), size):
-        yield x[start : start + size]
+def calls(feeds: Feeds) -> Iterator[list[npt.NDArray[Any]]]:
+    """One sample per call, as the arrays of that call (in input order)."""
+    for arrays, _ in feeds.calls(max_batch=1):
+        yield arrays
 
 
 class OnnxCalibrationReader:
-    """onnxruntime's ``CalibrationDataReader`` protocol over an array, one sample per batch."""
+    """onnxruntime's ``CalibrationDataReader`` protocol over feeds, one sample per call."""
 
-    def __init__(self, input_name: str, x: npt.NDArray[np.float32]) -> None:
-        self._name = input_name
-        self._x = x
-        self._it = batches(x)
+    def __init__(self, feeds: Feeds) -> None:
+        self._feeds = feeds
+        self._it = calls(feeds)
 
-    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {self._name: batch}
+    def get_next(self) -> dict[str, npt.NDArray[Any]] | None:
+        arrays = next(self._it, None)
+        return None if arrays is None else dict(zip(self._feeds.names, arrays, strict=True))
 
     def rewind(self) -> None:
-        self._it = batches(self._x)
+        self._it = calls(self._feeds)

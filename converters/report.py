@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from converters.fidelity import Fidelity
+from converters.sensitivity import NodeError, by_op_type
 from converters.targets import OpReport
 from device_agent.benchmark import LatencySummary
 from edgeops.errors import GateError
@@ -45,6 +46,12 @@ class ConversionReport:
     quantization: tuple[dict[str, Any], ...] = ()
     """Scale and zero point at the model's boundary (see ``targets.boundary_quantization``)."""
     versions: dict[str, str] = field(default_factory=dict)
+    latency_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """The input shapes the latency was measured at (a validation or calibration sample's)."""
+    steps: tuple[str, ...] = ()
+    """What the conversion did beyond the plain recipe: fallbacks, upgrades, exclusions."""
+    sensitivity: tuple[NodeError, ...] = ()
+    """Per node of a quantized ONNX model, the error it adds (``--sensitivity``), worst first."""
 
     @property
     def size_ratio(self) -> float:
@@ -75,8 +82,10 @@ class ConversionReport:
                 "unsupported": [asdict(i) for i in self.ops.issues],
             },
             "quantization": list(self.quantization),
-            "latency": asdict(self.latency),
+            "latency": {**asdict(self.latency), "input_shapes": self.latency_shapes},
+            "steps": list(self.steps),
             "fidelity": None if self.fidelity is None else self.fidelity.to_dict(),
+            "sensitivity": [asdict(n) for n in self.sensitivity],
             "versions": self.versions,
         }
 
@@ -99,13 +108,15 @@ class ConversionReport:
                 f"(ratio {self.size_ratio:.3f})",
             ),
             (
-                "host latency (1 sample)",
+                f"host latency ({_shapes(self.latency_shapes)})",
                 f"p50 {fmt(self.latency.p50_ms)} ms, p99 {fmt(self.latency.p99_ms)} ms",
             ),
         ]
+        rows += [("step", step) for step in self.steps]
         f = self.fidelity
         if f is not None:
-            rows.append(("validation samples", f"{f.samples} ({f.task.value})"))
+            rows.append(("validation samples", str(f.samples)))
+            rows.append(("task", f"{f.task.value} ({f.task_reason})"))
             if f.agreement is not None:
                 rows.append(("top-1 agreement", f"{f.agreement * 100:.2f} %"))
             if f.source_accuracy is not None and f.converted_accuracy is not None:
@@ -125,11 +136,26 @@ class ConversionReport:
                 )
             for o in f.outputs:
                 snr = "exact" if o.snr_db is None else f"{o.snr_db:.1f} dB"
+                extra = "" if o.cosine is None else f", cosine {o.cosine:.4f}"
+                if o.iou is not None:
+                    extra += f", IoU at {f.threshold:g} {o.iou:.4f}"
                 rows.append(
                     (
                         f"output '{o.name}'",
                         f"max |err| {fmt(o.max_abs_error)}, mean |err| "
-                        f"{fmt(o.mean_abs_error)}, SNR {snr}",
+                        f"{fmt(o.mean_abs_error)}, SNR {snr}{extra}",
+                    )
+                )
+        if self.sensitivity:
+            for op, worst in by_op_type(self.sensitivity)[:6]:
+                rows.append(
+                    (f"sensitivity of {op} nodes", f"worst adds {worst.added_db:.1f} dB of error")
+                )
+            for n in self.sensitivity[:8]:
+                rows.append(
+                    (
+                        f"node {n.node!r} ({n.op})",
+                        f"output SNR {n.snr_db:.1f} dB, adds {n.added_db:.1f} dB",
                     )
                 )
         for q in self.quantization:
@@ -146,6 +172,12 @@ class ConversionReport:
         if not self.ops.checked:
             rows.append(("op check", f"no op list for {s['to']} on {s['target']}; not checked"))
         return render_pairs(rows)
+
+
+def _shapes(shapes: dict[str, list[int]]) -> str:
+    if not shapes:
+        return "1 sample"
+    return ", ".join(f"{k}={'x'.join(str(d) for d in v) or 'scalar'}" for k, v in shapes.items())
 
 
 def _kb(n: int) -> str:
@@ -168,7 +200,7 @@ def comparison_table(reports: list[ConversionReport]) -> str:
         "accuracy %",
         "drop pts",
         "agreement %",
-        "SNR dB",
+        "min SNR dB",
         "p50 ms",
         "p99 ms",
     )
@@ -184,7 +216,7 @@ def comparison_table(reports: list[ConversionReport]) -> str:
                 None if f is None or f.converted_accuracy is None else f.converted_accuracy * 100,
                 None if f is None else f.accuracy_drop_points,
                 None if f is None or f.agreement is None else f.agreement * 100,
-                None if f is None else f.outputs[0].snr_db,
+                None if f is None else f.min_snr_db,
                 r.latency.p50_ms,
                 r.latency.p99_ms,
             )

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from device_agent.runtimes import Runtime, open_runtime, run_float
 from edgeops.errors import ModelError, first_line
+from edgeops.feeds import Feeds
 from edgeops.optional import require
 from edgeops.tensors import TensorInfo
 
@@ -67,11 +68,6 @@ class Source:
         except BaseException:
             self.close()
             raise
-        if len(self.inputs) != 1:
-            raise ModelError(
-                f"{self.path}: the model has {len(self.inputs)} inputs; "
-                "edgeops converts single-input models"
-            )
 
     def _open(self) -> None:
         if self.kind in (SourceKind.ONNX, SourceKind.TFLITE):
@@ -126,17 +122,17 @@ class Source:
         """The SavedModel's serving signature (TensorFlow sources only)."""
         return self._signature
 
-    def predict(self, x: npt.NDArray[Any], batch_size: int = 256) -> list[npt.NDArray[np.float32]]:
-        """Float outputs of the unconverted model for float inputs, in ``outputs`` order."""
-        chunks: list[list[npt.NDArray[np.float32]]] = []
-        for start in range(0, len(x), batch_size):
-            part = x[start : start + batch_size]
-            if self._runtime is not None:
-                chunks.append(run_float(self._runtime, part))
-            else:
-                res = self._signature(**{self._input_names[0]: part})
-                chunks.append([np.asarray(res[n], dtype=np.float32) for n in self._output_names])
-        return [np.concatenate(c, axis=0) for c in zip(*chunks, strict=True)]
+    def predict(self, feeds: Feeds) -> list[npt.NDArray[np.float32]]:
+        """Float outputs of the unconverted model for every sample, in ``outputs`` order."""
+        runtime = self._runtime
+        if runtime is not None:
+            return feeds.run(lambda arrays: run_float(runtime, arrays))
+
+        def call(arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[np.float32]]:
+            res = self._signature(**dict(zip(self._input_names, arrays, strict=True)))
+            return [np.asarray(res[n], dtype=np.float32) for n in self._output_names]
+
+        return feeds.run(call)
 
     def close(self) -> None:
         if self._runtime is not None:

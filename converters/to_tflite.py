@@ -6,21 +6,17 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from converters.calibration import batches
+from converters.calibration import calls
 from converters.config import ConversionConfig, IOType, Mode, Target
 from converters.sources import Source
-from edgeops.errors import ConversionError, UsageError, first_line
+from edgeops.errors import ConversionError, UsageError, cause
+from edgeops.feeds import Feeds
 from edgeops.optional import quiet_native_stderr, require
 
 log = logging.getLogger(__name__)
 
 
-def to_tflite(
-    source: Source, cfg: ConversionConfig, calibration: npt.NDArray[np.float32] | None
-) -> bytes:
+def to_tflite(source: Source, cfg: ConversionConfig, calibration: Feeds | None) -> bytes:
     """Convert a TensorFlow source with the resolved ``cfg``; returns the flatbuffer."""
     if not source.is_tensorflow:
         raise UsageError(
@@ -38,8 +34,7 @@ def to_tflite(
         assert calibration is not None
 
         def representative() -> Iterator[list[Any]]:
-            for batch in batches(calibration):
-                yield [batch]
+            yield from calls(calibration)
 
         conv.representative_dataset = representative
         if mode is Mode.INT8:
@@ -57,4 +52,4 @@ def to_tflite(
         with quiet_native_stderr():
             return bytes(conv.convert())
     except Exception as e:  # the converter raises ConverterError, ValueError, RuntimeError...
-        raise ConversionError(f"TFLite conversion ({mode}) failed: {first_line(e, 300)}") from None
+        raise ConversionError(f"TFLite conversion ({mode}) failed: {cause(e)}") from None

@@ -16,16 +16,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.errors import ModelError, OutputError, RuntimeBackendError
+from edgeops import datafiles
+from edgeops.datafiles import model_feeds
+from edgeops.errors import (
+    InputDataError,
+    ModelError,
+    OutputError,
+    RuntimeBackendError,
+    UsageError,
+    cause,
+    error_class,
+)
+from edgeops.feeds import parse_shape, random_feeds
 from edgeops.tables import render
-from edgeops.tensors import TensorInfo
+from edgeops.tensors import TensorInfo, quantize
 
 from .runtimes import open_runtime
 
@@ -42,6 +53,11 @@ class BenchConfig:
     """Untimed inferences after the first one, before the timed runs."""
     batch: int = 1
     seed: int = 0
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """A call's input shapes by input name, for inputs with flexible dimensions."""
+    data: Path | None = None
+    """An input data file (.npz with one array per input name, .npy, .csv): its first samples
+    are what is timed, at their real shapes."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,8 @@ class BenchResult:
     """Samples per second in the steady state."""
     rss_before_load_mb: float
     peak_rss_mb: float
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """The shape of each input in the timed call."""
 
     @property
     def model_memory_mb(self) -> float:
@@ -110,22 +128,27 @@ class BenchResult:
 def random_inputs(
     infos: Sequence[TensorInfo], batch: int = 1, seed: int = 0
 ) -> list[npt.NDArray[Any]]:
-    """Random inputs of the right shape and dtype (dynamic dimensions other than batch become 1)."""
-    rng = np.random.default_rng(seed)
-    arrays: list[npt.NDArray[Any]] = []
-    for info in infos:
-        shape = [batch, *(s if s > 0 else 1 for s in info.sample_shape)]
-        dt = np.dtype(info.dtype)
-        if dt.kind == "f":
-            arrays.append(rng.random(shape, dtype=np.float32).astype(dt))
-        elif dt.kind in "iu":
-            lim = np.iinfo(dt)
-            arrays.append(rng.integers(lim.min, lim.max, size=shape, endpoint=True).astype(dt))
-        elif dt.kind == "b":
-            arrays.append(rng.integers(0, 1, size=shape, endpoint=True).astype(bool))
-        else:
-            raise ValueError(f"cannot make inputs of dtype {dt} for '{info.name}'")
-    return arrays
+    """Random inputs of the right shape and dtype; flexible dimensions other than the batch must
+    be given (:func:`call_inputs` with shapes or a data file)."""
+    return random_feeds(infos, seed=seed, batch=batch).one_call(0)
+
+
+def call_inputs(infos: Sequence[TensorInfo], cfg: BenchConfig) -> list[npt.NDArray[Any]]:
+    """The arrays of the timed call: from the data file, else random at the given shapes."""
+    if cfg.data is None:
+        return random_feeds(infos, dict(cfg.shapes), cfg.seed, cfg.batch).one_call(0)
+    if cfg.shapes:
+        raise UsageError("give input shapes (--shape) or an input data file, not both")
+    found = model_feeds(datafiles.load(cfg.data), tuple(infos), "benchmark input")
+    if cfg.batch > 1 and found.batchable and not found.fixed_batch:
+        if len(found) < cfg.batch:
+            raise InputDataError(
+                f"benchmark input {cfg.data}: {len(found)} samples, fewer than --batch {cfg.batch}"
+            )
+        return [np.ascontiguousarray(a[: cfg.batch]) for a in found.arrays]
+    if cfg.batch > 1:
+        raise UsageError(f"--batch {cfg.batch}: this model runs one sample per call")
+    return found.one_call(0)
 
 
 def _rss_mb() -> float:
@@ -142,17 +165,35 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def benchmark(model: str | Path, config: BenchConfig | None = None) -> BenchResult:
-    """Load ``model`` and time it in this process."""
+def benchmark(
+    model: str | Path,
+    config: BenchConfig | None = None,
+    arrays: Sequence[npt.NDArray[Any]] | None = None,
+) -> BenchResult:
+    """Load ``model`` and time it in this process, on ``arrays`` (one call's inputs) if given."""
     cfg = config or BenchConfig()
     before = _rss_mb()
     t0 = time.perf_counter()
     rt = open_runtime(model, threads=cfg.threads)
     init = time.perf_counter() - t0
     try:
-        inputs = random_inputs(rt.inputs, cfg.batch, cfg.seed)
+        given = call_inputs(rt.inputs, cfg) if arrays is None else arrays
+        # Float data for a quantized input is quantized as a caller would.
+        inputs = [
+            quantize(a, i) if i.quantized and np.asarray(a).dtype.kind == "f" else a
+            for a, i in zip(given, rt.inputs, strict=True)
+        ]
+        shapes = {
+            i.name: [int(d) for d in np.shape(a)] for i, a in zip(rt.inputs, inputs, strict=True)
+        }
         t0 = time.perf_counter()
-        rt.run(inputs)
+        try:
+            rt.run(inputs)
+        except Exception as e:  # the runtime's own exception types
+            listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+            raise RuntimeBackendError(
+                f"{Path(model).name} does not run on inputs {listed}: {cause(e)}"
+            ) from None
         first = time.perf_counter() - t0
         warm: list[float] = []
         for _ in range(cfg.warmup):
@@ -180,6 +221,7 @@ def benchmark(model: str | Path, config: BenchConfig | None = None) -> BenchResu
         throughput_per_s=len(steady) * cfg.batch / total if total > 0 else float("inf"),
         rss_before_load_mb=before,
         peak_rss_mb=_peak_rss_mb(),
+        input_shapes=shapes,
     )
 
 
@@ -202,15 +244,33 @@ def bench_isolated(model: str | Path, config: BenchConfig) -> BenchResult:
     ]
     if config.threads:
         cmd += ["--threads", str(config.threads)]
+    for name, shape in config.shapes:
+        cmd += ["--shape", f"{name}={'x'.join(str(d) for d in shape)}"]
+    if config.data is not None:
+        cmd += ["--input", str(config.data)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeBackendError(f"{p}: benchmark process failed ({tail[0][:200]})")
+        raise RuntimeBackendError(
+            f"{p}: benchmark process failed (exit {proc.returncode}): {_stderr_cause(proc.stderr)}"
+        )
     data = json.loads(lines[-1])
     if "error" in data:
-        raise ModelError(data["error"])
+        raise error_class(int(data.get("exit_code", ModelError.exit_code)))(data["error"])
     return BenchResult.from_dict(data)
+
+
+def _stderr_cause(stderr: str) -> str:
+    """The error a crashed process printed: its exception line(s), not only the last line."""
+    lines = [ln.rstrip() for ln in stderr.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "no output"
+    start = max(
+        (k for k, ln in enumerate(lines) if ln.startswith("Traceback")), default=len(lines) - 1
+    )
+    tail = [ln.strip() for ln in lines[start:] if not ln.startswith(("  ", "Traceback"))]
+    text = " | ".join(tail or lines[-3:])
+    return text if len(text) <= 600 else text[:599] + "…"
 
 
 def bench_models(models: Sequence[str | Path], config: BenchConfig) -> list[BenchResult]:
@@ -222,6 +282,7 @@ def table(results: Sequence[BenchResult]) -> str:
     headers = (
         "model",
         "backend",
+        "input",
         "init ms",
         "first ms",
         "warmup ms",
@@ -237,6 +298,7 @@ def table(results: Sequence[BenchResult]) -> str:
         (
             Path(r.model).name,
             r.backend,
+            " ".join("x".join(str(d) for d in v) or "scalar" for v in r.input_shapes.values()),
             r.init_ms,
             r.first_inference_ms,
             r.warmup_mean_ms,
@@ -273,11 +335,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--shape", action="append", default=[])
+    ap.add_argument("--input", default=None)
     args = ap.parse_args(argv)
     from edgeops.errors import EdgeOpsError
 
-    cfg = BenchConfig(threads=args.threads, runs=args.runs, warmup=args.warmup, batch=args.batch)
     try:
+        cfg = BenchConfig(
+            threads=args.threads,
+            runs=args.runs,
+            warmup=args.warmup,
+            batch=args.batch,
+            shapes=tuple(parse_shape(t) for t in args.shape),
+            data=None if args.input is None else Path(args.input),
+        )
         result = benchmark(args.model, cfg)
     except EdgeOpsError as e:
         print(json.dumps({"error": str(e), "exit_code": e.exit_code}))

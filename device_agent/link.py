@@ -65,6 +65,8 @@ class MqttLink:
         self._in_flight: dict[int, tuple[mqtt.MQTTMessageInfo, float]] = {}
         self._thread: threading.Thread | None = None
         self.connects = 0
+        self.problem: str | None = None
+        """Why the last connection attempt failed (None once connected)."""
 
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -160,8 +162,10 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
+            self.problem = f"the broker refused the connection: {reason}"
+            log.warning("%s", self.problem)
             return
+        self.problem = None
         self.connects += 1
         log.info(
             "connected to %s:%s (session present: %s)",
@@ -179,9 +183,10 @@ class MqttLink:
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the TLS or socket error is at hand.
-        log.warning(
-            "cannot connect to %s:%s: %s", self.config.host, self.config.port, sys.exc_info()[1]
+        self.problem = f"cannot connect to {self.config.host}:{self.config.port}: " + str(
+            sys.exc_info()[1]
         )
+        log.warning("%s", self.problem)
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeops.errors import ModelError, RuntimeBackendError, first_line
+from edgeops.feeds import Feeds
 from edgeops.tensors import TensorInfo, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,44 @@ def open_runtime(path: str | Path, *, threads: int | None = None) -> Runtime:
     raise ModelError(f"{p}: unsupported model type '{suffix}' (expected .tflite or .onnx)")
 
 
-def run_float(runtime: Runtime, x: Array) -> list[npt.NDArray[np.float32]]:
-    """Run a single-input model on float inputs and return float outputs.
+def run_float(runtime: Runtime, x: Array | Sequence[Array]) -> list[npt.NDArray[np.float32]]:
+    """Run one call on float inputs (an array, or one per input) and return float outputs.
 
-    Quantized inputs are quantized with their scale and zero point, quantized outputs dequantized.
+    Quantized inputs are quantized with their scale and zero point, quantized outputs dequantized;
+    integer inputs (such as a sample rate) are passed as they are.
     """
-    (info,) = runtime.inputs
-    feed = quantize(x, info) if info.quantized else np.asarray(x, dtype=info.dtype)
-    outs = runtime.run([feed])
-    return [dequantize(o, i) for o, i in zip(outs, runtime.outputs, strict=True)]
+    arrays = [x] if isinstance(x, np.ndarray) else list(x)
+    if len(arrays) != len(runtime.inputs):
+        raise ValueError(f"model takes {len(runtime.inputs)} inputs, got {len(arrays)}")
+    feed = [
+        quantize(a, info) if info.quantized else np.asarray(a, dtype=info.dtype)
+        for a, info in zip(arrays, runtime.inputs, strict=True)
+    ]
+    outs = runtime.run(feed)
+    return [
+        dequantize(o, i) if np.asarray(o).dtype.kind in "fiu" else np.asarray(o, np.float32)
+        for o, i in zip(outs, runtime.outputs, strict=True)
+    ]
+
+
+def run_feeds(runtime: Runtime, feeds: Feeds) -> list[npt.NDArray[np.float32]]:
+    """Float outputs for every sample of ``feeds``, calls split as the model needs them."""
+    return feeds.run(lambda arrays: run_float(runtime, arrays))
+
+
+def fixed_batch_split(infos: Sequence[TensorInfo], arrays: Sequence[Array]) -> bool:
+    """Whether a call must be split into one call per sample: every input has a batch fixed at
+    one and the arrays hold several samples along that axis."""
+    if not infos or any(len(i.shape) == 0 or i.shape[0] != 1 for i in infos):
+        return False
+    sizes = {int(np.asarray(a).shape[0]) if np.ndim(a) else 0 for a in arrays}
+    return len(sizes) == 1 and sizes.pop() > 1
+
+
+def split_run(run: Any, arrays: Sequence[Array]) -> list[Array]:
+    """Run a batch one sample at a time and stack the outputs along the batch axis."""
+    parts = [run([a[i : i + 1] for a in arrays]) for i in range(int(arrays[0].shape[0]))]
+    return [np.concatenate(p, axis=0) for p in zip(*parts, strict=True)]
 
 
 def tflite_interpreter_class() -> tuple[str, Any]:
@@ -131,24 +161,20 @@ class TFLiteRuntime:
         self._out = self._interp.get_output_details()
         self.inputs = tuple(_tflite_info(d) for d in self._in)
         self.outputs = tuple(_tflite_info(d) for d in self._out)
-        self._batch = int(self._in[0]["shape"][0]) if len(self._in[0]["shape"]) else 1
-        self._dynamic_batch = bool(
-            self.inputs and self.inputs[0].shape and self.inputs[0].shape[0] < 0
-        )
+        self._shapes = [tuple(int(v) for v in d["shape"]) for d in self._in]
 
     def run(self, arrays: Sequence[Array]) -> list[Array]:
         if len(arrays) != len(self._in):
             raise ValueError(f"model takes {len(self._in)} inputs, got {len(arrays)}")
-        batch = int(arrays[0].shape[0]) if arrays[0].ndim else 1
-        if batch != self._batch:
-            if not self._dynamic_batch:
+        shapes = [tuple(int(v) for v in np.shape(a)) for a in arrays]
+        if shapes != self._shapes:
+            if fixed_batch_split(self.inputs, arrays):
                 # A fixed-batch model: run sample by sample and stack.
-                parts = [self.run([a[i : i + 1] for a in arrays]) for i in range(batch)]
-                return [np.concatenate(p, axis=0) for p in zip(*parts, strict=True)]
-            for d, a in zip(self._in, arrays, strict=True):
-                self._interp.resize_tensor_input(d["index"], list(a.shape))
+                return split_run(self.run, arrays)
+            for d, shape in zip(self._in, shapes, strict=True):
+                self._interp.resize_tensor_input(d["index"], list(shape))
             self._interp.allocate_tensors()
-            self._batch = batch
+            self._shapes = shapes
         for d, a in zip(self._in, arrays, strict=True):
             self._interp.set_tensor(d["index"], a)
         self._interp.invoke()
@@ -265,6 +291,9 @@ class OnnxRuntime:
     def run(self, arrays: Sequence[Array]) -> list[Array]:
         if len(arrays) != len(self._names):
             raise ValueError(f"model takes {len(self._names)} inputs, got {len(arrays)}")
+        if fixed_batch_split(self.inputs, arrays):
+            # A model exported with batch 1: run sample by sample and stack.
+            return split_run(self.run, arrays)
         feed = dict(zip(self._names, arrays, strict=True))
         return list(self._session.run(None, feed))
 

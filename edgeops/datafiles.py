@@ -3,7 +3,8 @@
 Conventions, the same for every command:
 
 - ``.npz``: inputs under ``x`` (or ``inputs``), labels, if any, under ``y`` (or ``labels``); a file
-  with a single array holds inputs only.
+  with a single array holds inputs only. For a model with several inputs, one array per input
+  name (samples along axis 0, see :mod:`edgeops.feeds`), and labels under ``y``.
 - ``.npy``: inputs only.
 - ``.csv``: a header row; a column named ``label``, ``target`` or ``y`` holds labels, every other
   column is a numeric input feature, in file order.
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import csv
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from edgeops import feeds
 from edgeops.errors import InputDataError
+from edgeops.feeds import Feeds
 from edgeops.tensors import TensorInfo, shape_matches
 
 LABEL_COLUMNS = ("label", "target", "y")
@@ -33,14 +36,22 @@ class Dataset:
     """Inputs, and labels when the file has them."""
 
     x: npt.NDArray[Any]
+    """The inputs of a one-input model; for a file of named arrays, the first of them."""
     y: npt.NDArray[Any] | None
     source: str
+    named: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    """Every input array of a ``.npz`` by its name (labels excluded)."""
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.x.shape[0]) if self.x.ndim else 1
 
     def head(self, n: int) -> Dataset:
-        return Dataset(self.x[:n], None if self.y is None else self.y[:n], self.source)
+        return Dataset(
+            self.x[:n],
+            None if self.y is None else self.y[:n],
+            self.source,
+            {k: v[:n] if v.ndim else v for k, v in self.named.items()},
+        )
 
 
 def load(path: str | Path) -> Dataset:
@@ -59,7 +70,7 @@ def load(path: str | Path) -> Dataset:
         ds = _load_csv(p)
     else:
         raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use .npz, .npy or .csv)")
-    if ds.x.ndim == 0 or len(ds) == 0:
+    if (ds.x.ndim == 0 and not ds.named) or len(ds) == 0:
         raise InputDataError(f"{p}: holds no samples")
     if ds.y is not None and ds.y.shape[0] != ds.x.shape[0]:
         raise InputDataError(f"{p}: {ds.x.shape[0]} inputs but {ds.y.shape[0]} labels")
@@ -84,15 +95,15 @@ def _load_npz(p: Path) -> Dataset:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputDataError(f"{p}: not a readable .npz file ({e})") from None
-    x_key = next((k for k in _X_KEYS if k in arrays), None)
-    if x_key is None:
-        if len(arrays) != 1:
-            raise InputDataError(
-                f"{p}: expected inputs under 'x' (and labels under 'y'), found {sorted(arrays)}"
-            )
-        x_key = next(iter(arrays))
     y_key = next((k for k in _Y_KEYS if k in arrays), None)
-    return Dataset(arrays[x_key], None if y_key is None else arrays[y_key], str(p))
+    named = {k: v for k, v in arrays.items() if k != y_key}
+    if not named:
+        raise InputDataError(f"{p}: holds labels only; inputs go under 'x' or the input names")
+    x_key = next((k for k in _X_KEYS if k in named), next(iter(named)))
+    for k, v in named.items():
+        if v.dtype.kind not in "biuf":
+            raise InputDataError(f"{p}: array '{k}' has dtype {v.dtype}, expected numbers")
+    return Dataset(named[x_key], None if y_key is None else arrays[y_key], str(p), named)
 
 
 def _load_csv(p: Path) -> Dataset:
@@ -135,3 +146,15 @@ def check_inputs(ds: Dataset, info: TensorInfo, what: str) -> npt.NDArray[np.flo
     if not np.isfinite(x).all():
         raise InputDataError(f"{what} {ds.source}: contains NaN or infinite values")
     return x
+
+
+def model_feeds(ds: Dataset, infos: tuple[TensorInfo, ...], what: str) -> Feeds:
+    """The model's inputs from ``ds``: its arrays by input name, or ``x`` for a one-input model."""
+    label = f"{what} {ds.source}"
+    if len(infos) == 1 and infos[0].name not in ds.named:
+        found = feeds.bind({infos[0].name: ds.x}, infos, label)
+    else:
+        found = feeds.bind(ds.named, infos, label)
+    if ds.y is not None and ds.y.shape[0] != len(found):
+        raise InputDataError(f"{label}: {len(found)} samples but {ds.y.shape[0]} labels")
+    return found

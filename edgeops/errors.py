@@ -23,7 +23,9 @@ these.
     ├── BundleError (13)             a bundle is malformed or fails verification
     │   ├── BundleIntegrityError (14)  a file's size or sha256 differs from the manifest
     │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
-    └── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
+    ├── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
+    ├── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
+    └── BrokerError (18)             the MQTT broker cannot be reached or refused the credentials
 """
 
 from __future__ import annotations
@@ -155,7 +157,50 @@ class DeploymentAborted(EdgeOpsError):
     exit_code = 16
 
 
+class ServiceFailed(EdgeOpsError):
+    """The central service stopped itself: a worker thread died more often than it may be
+    restarted, or stalled for longer than it may; a supervisor (systemd) should restart it."""
+
+    exit_code = 17
+
+
+class BrokerError(EdgeOpsError):
+    """The MQTT broker cannot be reached (TCP, TLS) or refused this client's credentials."""
+
+    exit_code = 18
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text, for wrapping third-party errors in one line."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def error_class(exit_code: int) -> type[EdgeOpsError]:
+    """The error class of an exit code (for errors passed between processes as JSON)."""
+    stack: list[type[EdgeOpsError]] = [EdgeOpsError]
+    while stack:
+        cls = stack.pop()
+        if cls.exit_code == exit_code and cls is not MissingExtraError:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return EdgeOpsError
+
+
+def cause(e: BaseException, limit: int = 600, *, hide: tuple[str, ...] = ()) -> str:
+    """An exception's whole text on one line (its lines joined by ' | '), for wrapping
+    third-party errors without losing the reason; each path in ``hide`` is replaced by '…'
+    (temporary and staging directories mean nothing to a user)."""
+    text = str(e).strip()
+    for path in hide:
+        if path:
+            text = text.replace(path.rstrip("/") + "/", "").replace(path, "…")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    joined = " | ".join(lines) if lines else ""
+    name = type(e).__name__
+    if not joined:
+        return name
+    plain = ("Exception", "RuntimeError", "ValueError")
+    if not isinstance(e, EdgeOpsError) and name not in plain and not joined.startswith(name):
+        joined = f"{name}: {joined}"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"

@@ -233,15 +233,23 @@ class LogHistogram:
 
 
 def merge_wire(histograms: Iterable[LatencyHistogram]) -> LogHistogram:
-    """One histogram holding all of ``histograms`` (same accuracy required, else ValueError;
-    ValueError also when there are none, as their accuracy is then unknown)."""
-    merged: LogHistogram | None = None
+    """One histogram holding ``histograms`` (ValueError when there are none, as their accuracy
+    is then unknown).
+
+    Histograms merge only with the same ``relative_accuracy`` and ``min_value``. When they
+    differ (a device configured otherwise, or a message that says so), the parameters holding
+    the most values win and the others are left out: one odd window never makes a span, a
+    device page or a rollout gate unreadable.
+    """
+    groups: dict[tuple[float, float], LogHistogram] = {}
     for h in histograms:
         one = LogHistogram.from_wire(h)
+        key = (one.relative_accuracy, one.min_value)
+        merged = groups.get(key)
         if merged is None:
-            merged = one
+            groups[key] = one
         else:
             merged.merge(one)
-    if merged is None:
+    if not groups:
         raise ValueError("no latency histograms to merge")
-    return merged
+    return max(groups.values(), key=lambda g: g.count)

@@ -27,6 +27,7 @@ from edgeops.stats import (
     FloatArray,
     Moments,
     as_floats,
+    baseline_edges,
     bin_counts,
     category_keys,
     check_edges,
@@ -34,7 +35,7 @@ from edgeops.stats import (
     check_reductions,
     class_output_counts,
     count_keys,
-    quantile_edges,
+    kurtosis,
     reduce_tensor,
     reduced_names,
     resolve_channels_last,
@@ -45,10 +46,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class NumericProfile:
-    """Bin counts (open tails, ties go up: see :mod:`edgeops.stats`), NaN count and moments.
+    """Bin counts (open tails, ties go up: see :mod:`edgeops.stats`), NaN count, moments and
+    the kurtosis (which the scale test of :mod:`edgeops.drift` needs; None in profiles made
+    before it was recorded, or for fewer than two distinct values).
 
     ``to_dict()``: ``{"kind": "numeric", "name", "edges": [float], "counts": [int] (one more
-    than edges), "missing": int, "moments": Moments.to_dict()}``.
+    than edges), "missing": int, "moments": Moments.to_dict(), "kurtosis": float | null}``;
+    ``from_dict`` accepts a dict without ``kurtosis`` (older bundles), and readers that predate
+    it ignore the key.
     """
 
     KIND: ClassVar[str] = "numeric"
@@ -57,17 +62,35 @@ class NumericProfile:
     counts: tuple[int, ...]
     missing: int
     moments: Moments
+    kurtosis: float | None = None
 
     def __post_init__(self) -> None:
         check_edges(self.edges)
         if len(self.counts) != len(self.edges) + 1:
             raise ValueError(f"{len(self.counts)} counts for {len(self.edges)} edges")
         _check_counts((*self.counts, self.missing))
+        if self.kurtosis is not None and not (math.isfinite(self.kurtosis) and self.kurtosis >= 1):
+            raise ValueError(f"kurtosis must be finite and at least 1, got {self.kurtosis!r}")
 
     @property
     def probs(self) -> FloatArray:
         """The share of the non-missing values in each bin (zeros when there are none)."""
         return _probs(self.counts)
+
+    @property
+    def blind_spot(self) -> str | None:
+        """Why drift of this feature cannot (fully) show, or None when it can.
+
+        ``"no values"``: the baseline holds no finite value, so only its missing rate can be
+        tested. ``"one open bin"``: every baseline value sits in one open tail bin (quantile
+        edges of a mostly constant feature, as profiles made before tie-aware edges have), so
+        a change inside that tail moves no count and only the moments can show it."""
+        if self.moments.count == 0:
+            return "no values"
+        filled = [i for i, c in enumerate(self.counts) if c > 0]
+        if len(filled) == 1 and filled[0] in (0, len(self.counts) - 1):
+            return "one open bin"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -78,6 +101,7 @@ class NumericProfile:
             cls,
             d,
             where,
+            optional={"kurtosis": _optional_float},
             name=_str,
             edges=_floats,
             counts=_ints,
@@ -259,6 +283,22 @@ class Profile:
     def input(self, name: str) -> InputProfile:
         return _lookup(self.inputs, name)
 
+    def blind_spots(self) -> dict[str, str]:
+        """Every numeric input (tensor reductions as ``"image:mean[c0]"``) and output whose
+        drift cannot fully show, with the reason (:attr:`NumericProfile.blind_spot`)."""
+        found: dict[str, str] = {}
+        for p in (*self.inputs, *self.outputs):
+            parts = (
+                [(f"{p.name}:{f.name}", f) for f in p.features]
+                if isinstance(p, TensorProfile)
+                else [(p.name, p)]
+            )
+            for name, part in parts:
+                reason = part.blind_spot if isinstance(part, NumericProfile) else None
+                if reason is not None:
+                    found[name] = reason
+        return found
+
     def output(self, name: str) -> OutputProfile:
         return _lookup(self.outputs, name)
 
@@ -294,12 +334,13 @@ class Profile:
 
 
 def profile_numeric(name: str, values: npt.ArrayLike, n_bins: int = 10) -> NumericProfile:
-    """Quantile edges, bin counts, NaN count and moments of a numeric feature."""
+    """Tie-aware edges (:func:`~edgeops.stats.baseline_edges`), bin counts, NaN count, moments
+    and kurtosis of a numeric feature."""
     v = as_floats(values)
-    edges = quantile_edges(v, n_bins)
+    edges = baseline_edges(v, n_bins)
     counts, missing = bin_counts(v, edges)
     return NumericProfile(
-        name, tuple(edges.tolist()), tuple(counts.tolist()), missing, Moments.of(v)
+        name, tuple(edges.tolist()), tuple(counts.tolist()), missing, Moments.of(v), kurtosis(v)
     )
 
 
@@ -420,13 +461,21 @@ def _build(where: str, make: Callable[[], T]) -> T:
         raise ValueError(e if own else f"{where}: {e}") from None
 
 
-def _read(cls: type[T], d: Any, where: str, **readers: Callable[[Any, str], Any]) -> T:
-    """``cls(**fields)``, each field read from ``d[key]`` by its reader (value, path)."""
+def _read(
+    cls: type[T],
+    d: Any,
+    where: str,
+    optional: Mapping[str, Callable[[Any, str], Any]] | None = None,
+    **readers: Callable[[Any, str], Any],
+) -> T:
+    """``cls(**fields)``, each field read from ``d[key]`` by its reader (value, path); the
+    ``optional`` fields only when ``d`` has them (else the field's default)."""
     d = _mapping(d, where)
     missing = [k for k in readers if k not in d]
     if missing:
         raise ValueError(f"{where}: missing {missing}")
     values = {k: read(d[k], f"{where}.{k}") for k, read in readers.items()}
+    values |= {k: read(d[k], f"{where}.{k}") for k, read in (optional or {}).items() if k in d}
     return _build(where, lambda: cls(**values))
 
 
@@ -452,6 +501,10 @@ def _float(v: Any, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise ValueError(f"{where}: expected a finite number, got {v!r}")
     return float(v)
+
+
+def _optional_float(v: Any, where: str) -> float | None:
+    return None if v is None else _float(v, where)
 
 
 def _str(v: Any, where: str) -> str:

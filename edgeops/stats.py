@@ -69,12 +69,64 @@ def quantile_edges(values: npt.ArrayLike, n_bins: int = 10) -> FloatArray:
     return np.unique(np.quantile(v, np.arange(1, n_bins) / n_bins, method="inverted_cdf"))
 
 
+def baseline_edges(values: npt.ArrayLike, n_bins: int = 10) -> FloatArray:
+    """Tie-aware bin edges: one bin per value that repeats, quantile bins on the rest.
+
+    Quantile edges (:func:`quantile_edges`) collapse where values repeat: a pixel that is 0 in
+    95 % of the samples gets one edge at 0, so every value lands in ``[0, +inf)`` and no binned
+    distance can ever move. Here every value holding at least ``1 / (2 * n_bins)`` of the values
+    is an *atom* with its own bin ``[value, next)``, ``next`` the next distinct value of the
+    data, so the bin holds that value alone and no bin is left empty between values (an empty
+    baseline bin would make PSI explode on the first unseen value in it). The largest value, when
+    it is an atom, gets ``[value, value + 1e-6 * max(|value|, 1))``: a value above every value
+    seen is a change. The other values get quantile edges with the bins left over (``n_bins``
+    minus the atoms). Without such repeated values this is :func:`quantile_edges`. A shift
+    smaller than the gap between two atoms stays in its bin: the moment checks of
+    :mod:`edgeops.drift_checks` see it. Edges are strictly increasing; no finite values give no
+    edges.
+    """
+    check_n_bins(n_bins)
+    v = as_floats(values)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.empty(0, dtype=np.float64)
+    distinct, counts = np.unique(v, return_counts=True)
+    atom = counts * (2 * n_bins) >= v.size
+    edges: list[float] = []
+    for i in np.flatnonzero(atom).tolist():
+        value = float(distinct[i])
+        if i + 1 < distinct.size:
+            upper = float(distinct[i + 1])
+        else:
+            upper = value + 1e-6 * max(abs(value), 1.0)
+        edges += [value, upper]
+    left = n_bins - int(atom.sum())
+    rest = v[~np.isin(v, distinct[atom])]
+    if rest.size and left >= 2:
+        edges += np.quantile(rest, np.arange(1, left) / left, method="inverted_cdf").tolist()
+    return np.unique(np.asarray(edges, dtype=np.float64))
+
+
 def check_edges(edges: npt.ArrayLike) -> FloatArray:
     """``edges`` as a float64 array; ValueError unless 1-D, finite and strictly increasing."""
     e = np.asarray(edges, dtype=np.float64)
     if e.ndim != 1 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
         raise ValueError("edges must be a 1-D sequence of finite, strictly increasing numbers")
     return e
+
+
+def kurtosis(values: npt.ArrayLike) -> float | None:
+    """The (non-excess) kurtosis ``m4 / m2**2`` of the finite values, 3 for a normal
+    distribution; None for fewer than two distinct values."""
+    v = as_floats(values)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return None
+    dev = v - v.mean()
+    m2 = float(np.mean(dev * dev))
+    if m2 <= 0:
+        return None
+    return float(np.mean(dev**4)) / (m2 * m2)
 
 
 def bin_counts(values: npt.ArrayLike, edges: npt.ArrayLike) -> tuple[IntArray, int]:

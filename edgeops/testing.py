@@ -26,8 +26,6 @@ another in time without overlapping.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import itertools
 import os
 import shutil
@@ -87,100 +85,22 @@ class TestPki:
 def make_test_pki(
     directory: Path, *, client_name: str = "edgeops-test-client", days: int = 2
 ) -> TestPki:
-    """Write a new CA, a server certificate and a client certificate to ``directory``.
+    """Write a new CA, a server certificate and a client certificate to ``directory``
+    (:mod:`edgeops.pki`).
 
     Each call makes a different CA, so a broker given one :class:`TestPki` is not trusted by a
-    client given another's ``ca``. EC P-256 keys: fast to make, and OpenSSL and mosquitto take
-    them.
+    client given another's ``ca``.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from edgeops import pki
 
-    def name(common_name: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ca = pki.make_ca(directory, f"edgeops test CA {os.urandom(4).hex()}", days=days)
+    server = pki.issue(ca, directory, "localhost", server_hosts=SERVER_HOSTS, days=days)
+    client = pki.issue(ca, directory, client_name, days=days)
+    return TestPki(ca.cert, server.cert, server.key, client.cert, client.key)
 
-    def usage(*, ca: bool) -> x509.KeyUsage:
-        return x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=ca,
-            crl_sign=ca,
-            encipher_only=False,
-            decipher_only=False,
-        )
 
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name(f"edgeops test CA {os.urandom(4).hex()}")
-
-    def issue(
-        subject: x509.Name,
-        key: ec.EllipticCurvePrivateKey,
-        *extensions: x509.ExtensionType,
-        ca: bool = False,
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
-            .add_extension(usage(ca=ca), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-        )
-        for extension in extensions:
-            builder = builder.add_extension(extension, critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
-
-    def write_cert(file: str, cert: x509.Certificate) -> Path:
-        path = directory / file
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def write_key(file: str, key: ec.EllipticCurvePrivateKey) -> Path:
-        path = directory / file
-        path.touch(mode=0o600)
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return path
-
-    directory.mkdir(parents=True, exist_ok=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    hosts = x509.SubjectAlternativeName(
-        [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
-    )
-    server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
-    client_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-    return TestPki(
-        ca=write_cert("ca.pem", issue(ca_name, ca_key, ca=True)),
-        server_cert=write_cert(
-            "server.pem", issue(name("localhost"), server_key, hosts, server_auth)
-        ),
-        server_key=write_key("server.key", server_key),
-        client_cert=write_cert("client.pem", issue(name(client_name), client_key, client_auth)),
-        client_key=write_key("client.key", client_key),
-    )
+SERVER_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""The names a test broker's certificate is valid for."""
 
 
 class Mosquitto:
@@ -239,7 +159,9 @@ class Mosquitto:
                     f"persistence_location {self.directory}/",
                     "autosave_interval 1",
                     "max_queued_messages 100000",
-                    "max_inflight_messages 100",
+                    # the service acks a message after storing it: a batch is stored while
+                    # the next one is in flight (the default, 20, starves a batched consumer)
+                    "max_inflight_messages 1000",
                     f"log_dest file {self.directory}/mosquitto.log",
                     "",
                 ]
@@ -308,6 +230,103 @@ class Mosquitto:
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+SERVICE_ACCOUNT = "edgeops-service"
+"""The service's broker account in the shipped ACL (``deploy/mosquitto.acl``)."""
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+"""The shipped broker configuration (a source checkout's ``deploy/``)."""
+
+
+class FleetBroker:
+    """mosquitto running the shipped fleet configuration (``deploy/mosquitto.conf`` and
+    ``deploy/mosquitto.acl``, verbatim but for the file locations and the two ports) with a
+    throwaway CA (:mod:`edgeops.pki`): a TLS listener with passwords and an mTLS listener whose
+    client certificates name the user.
+
+    ``accounts`` (user name to password) go to the password file; the service's account
+    (:data:`SERVICE_ACCOUNT`) gets a random password unless given. :meth:`settings` gives the
+    :class:`~edgeops.broker.BrokerSettings` of an account, :meth:`issue` a client certificate
+    for the mTLS listener.
+
+        with FleetBroker(tmp_path / "broker", {"dev-1": "pw"}) as b:
+            Service(ServiceConfig(broker=b.settings(SERVICE_ACCOUNT), ...))
+    """
+
+    def __init__(self, directory: Path, accounts: Mapping[str, str] | None = None) -> None:
+        from edgeops import pki
+
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        for name in ("mosquitto.conf", "mosquitto.acl"):
+            if not (DEPLOY / name).is_file():
+                raise RuntimeError(f"{DEPLOY / name}: the shipped broker configuration is missing")
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = pki.make_ca(directory / "certs", f"edgeops test fleet CA {os.urandom(4).hex()}")
+        server = pki.issue(self.ca, directory / "certs", "broker", server_hosts=SERVER_HOSTS)
+        self.accounts = dict(accounts or {})
+        self.accounts.setdefault(SERVICE_ACCOUNT, os.urandom(12).hex())
+        self.tls_port, self.mtls_port = free_port(), free_port()
+        self._broker = Mosquitto(directory=directory, port=self.tls_port)
+        root = f"{directory}/"
+        text = (DEPLOY / "mosquitto.conf").read_text()
+        text = text.replace("/etc/mosquitto/certs/broker.crt", str(server.cert))
+        text = text.replace("/etc/mosquitto/certs/broker.key", str(server.key))
+        text = text.replace("/etc/mosquitto/", root).replace("/var/lib/mosquitto/", root)
+        text = text.replace("listener 8883", f"listener {self.tls_port} 127.0.0.1")
+        text = text.replace("listener 8884", f"listener {self.mtls_port} 127.0.0.1")
+        user = ["user root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+        extra = [*user, f"log_dest file {directory}/mosquitto.log", "log_type all", ""]
+        (directory / "mosquitto.conf").write_text(text + "\n" + "\n".join(extra))
+        (directory / "mosquitto.acl").write_text((DEPLOY / "mosquitto.acl").read_text())
+        self._broker._password_file(self.accounts)  # directory/passwd, as the config names it
+
+    def url(self, *, mtls: bool = False) -> str:
+        return f"mqtts://127.0.0.1:{self.mtls_port if mtls else self.tls_port}"
+
+    def settings(self, user: str, *, password: str | None = None) -> Any:
+        """The :class:`~edgeops.broker.BrokerSettings` of ``user`` over TLS with its password
+        (``password`` overrides the account's, for a wrong one)."""
+        from edgeops.broker import BrokerSettings
+
+        return BrokerSettings(
+            self.url(), username=user, password=password or self.accounts[user], ca=self.ca.cert
+        )
+
+    def mtls_settings(self, user: str) -> Any:
+        """The settings of ``user`` on the mTLS listener, with a new client certificate."""
+        from edgeops.broker import BrokerSettings
+
+        cert = self.issue(user)
+        return BrokerSettings(self.url(mtls=True), ca=self.ca.cert, cert=cert.cert, key=cert.key)
+
+    def issue(self, name: str) -> Any:
+        """A client certificate for ``name`` (its common name), signed by this broker's CA."""
+        from edgeops import pki
+
+        return pki.issue(self.ca, self.directory / "clients", name)
+
+    def start(self) -> FleetBroker:
+        self._broker.start()
+        return self
+
+    def stop(self) -> None:
+        self._broker.stop()
+
+    def restart(self) -> None:
+        self._broker.restart()
+
+    def __enter__(self) -> FleetBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text() if path.exists() else ""
 
 
 class Collector:

@@ -12,6 +12,7 @@ Versioning: ``schema`` is ``"MAJOR.MINOR"``. A consumer accepts any minor versio
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,9 +27,45 @@ SCHEMA_MAJOR = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Larger payloads are refused by :func:`decode` (and never produced by :func:`encode`)."""
 
-Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-"""A non-negative integer that fits a signed 64-bit database column."""
+# --- bounded field types -----------------------------------------------------------------------
+# Every string is bounded by the database column that stores it, and no string may hold NUL
+# (PostgreSQL text cannot; :func:`decode` refuses a payload with the escape ``\u0000`` anywhere,
+# which is cheaper than a pattern on every string); every number is bounded so that sums over a
+# span stay exact and finite. A message outside these bounds is refused at decode, before
+# anything stores or evaluates it.
+
+_NUL_ESCAPE = b"\\u0000"
+MAX_COUNT = 2**40
+"""The largest count a message may carry (about 1.1e12): sums over any span fit 64 bits."""
+MAX_MAGNITUDE = 1e100
+"""The largest magnitude of a moment, mean or bound: merged moments stay finite."""
+MAX_TIME = 1e11
+"""Unix time in seconds, year 5138: any later is not a clock reading."""
+MAX_LATENCY_MS = 1e9
+"""A latency histogram's largest bucketed value (11.6 days)."""
+MAX_BINS = 4096
+"""Bins, categories or classes of one feature."""
+MAX_FEATURES = 4096
+"""Features (or outputs) of one window."""
+MAX_DATA_DEPTH = 8
+"""How deeply an event's ``data`` may nest."""
+MAX_DATA_NODES = 4096
+"""Values (containers, keys and leaves) in an event's ``data``."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+"""A non-negative integer: a count within :data:`MAX_COUNT`."""
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+DeviceId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+"""A device or fleet id (the topic's own check is stricter: :func:`edgeops.topics.check_id`)."""
+ModelName = Annotated[str, msgspec.Meta(max_length=128)]
+ShortText = Annotated[str, msgspec.Meta(max_length=64)]
+"""A version, a kind, a digest: what fits a 64-character column."""
+FeatureName = Annotated[str, msgspec.Meta(max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Time = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIME)]
+Magnitude = Annotated[float, msgspec.Meta(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+Positive = Annotated[float, msgspec.Meta(ge=0, le=MAX_MAGNITUDE)]
+Counts = Annotated[list[Count], msgspec.Meta(max_length=MAX_BINS + 1)]
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -36,22 +73,65 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class _DeviceMessage(_Message, frozen=True, kw_only=True):
-    device: Id
+    device: DeviceId
     boot: Id
     """A random id chosen at each agent start."""
-    seq: Count
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
     """Increases by one per message within a boot."""
-    sent: float
+    sent: Time
     """Unix time (seconds) when the message was made."""
+
+
+MAX_WINDOW_SECONDS = 7 * 86400.0
+"""The longest telemetry window."""
+
+
+def _check_range(lo: float | None, hi: float | None) -> None:
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError("min is more than max")
+
+
+def check_data(data: object) -> None:
+    """ValueError unless ``data`` (decoded JSON) is within :data:`MAX_DATA_DEPTH`,
+    :data:`MAX_DATA_NODES` and :data:`Text`'s string bounds. Iterative: no depth can make it
+    recurse."""
+    stack: list[tuple[object, int]] = [(data, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_DATA_NODES:
+            raise ValueError(f"data holds more than {MAX_DATA_NODES} values")
+        if isinstance(value, dict):
+            if depth >= MAX_DATA_DEPTH:
+                raise ValueError(f"data nested deeper than {MAX_DATA_DEPTH}")
+            for k, v in value.items():
+                _check_text(k)
+                stack.append((v, depth + 1))
+        elif isinstance(value, list):
+            if depth >= MAX_DATA_DEPTH:
+                raise ValueError(f"data nested deeper than {MAX_DATA_DEPTH}")
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("data holds a number that is not finite")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise ValueError("data holds an integer beyond 64 bits")
+
+
+def _check_text(s: str) -> None:
+    if len(s) > 4096 or "\x00" in s:
+        raise ValueError("data holds a string longer than 4096 characters or with NUL")
 
 
 # --- telemetry window parts -------------------------------------------------------------------
 
 
 class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    version: str
-    sha256: str
+    name: ModelName
+    version: ShortText
+    sha256: ShortText
 
 
 class LatencyHistogram(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,14 +142,27 @@ class LatencyHistogram(msgspec.Struct, frozen=True, kw_only=True):
     Histograms with the same ``relative_accuracy`` merge by adding counts.
     """
 
-    relative_accuracy: Annotated[float, msgspec.Meta(gt=0, lt=1)]
-    buckets: dict[int, Count]
+    relative_accuracy: Annotated[float, msgspec.Meta(ge=1e-4, le=0.5)]
+    buckets: Annotated[dict[int, Count], msgspec.Meta(max_length=65536)]
     zero: Count = 0
     count: Count = 0
-    sum: float = 0.0
-    min: float | None = None
-    max: float | None = None
-    min_value: Annotated[float, msgspec.Meta(gt=0)] = 1e-6
+    sum: Positive = 0.0
+    min: Positive | None = None
+    max: Positive | None = None
+    min_value: Annotated[float, msgspec.Meta(ge=1e-12, le=1.0)] = 1e-6
+
+    def __post_init__(self) -> None:
+        if sum(self.buckets.values()) + self.zero != self.count:
+            raise ValueError("the buckets and zero do not add up to count")
+        if self.buckets:
+            gamma = (1.0 + self.relative_accuracy) / (1.0 - self.relative_accuracy)
+            lo = math.floor(math.log(self.min_value) / math.log(gamma))
+            hi = math.ceil(math.log(MAX_LATENCY_MS) / math.log(gamma)) + 1
+            if min(self.buckets) < lo or max(self.buckets) > hi:
+                raise ValueError(f"bucket index outside [{lo}, {hi}]")
+        if self.count and (self.min is None or self.max is None):
+            raise ValueError("a histogram with values needs min and max")
+        _check_range(self.min, self.max)
 
 
 class NumericWindow(msgspec.Struct, frozen=True, kw_only=True, tag="numeric"):
@@ -79,22 +172,37 @@ class NumericWindow(msgspec.Struct, frozen=True, kw_only=True, tag="numeric"):
     ``out_of_range`` counts values outside the baseline's [min, max]; moments are mergeable.
     """
 
-    name: str
-    counts: list[Count]
+    name: FeatureName
+    counts: Counts
     missing: Count = 0
     out_of_range: Count = 0
     count: Count = 0
-    mean: float | None = None
-    m2: float = 0.0
-    min: float | None = None
-    max: float | None = None
+    mean: Magnitude | None = None
+    m2: Positive = 0.0
+    min: Magnitude | None = None
+    max: Magnitude | None = None
+
+    def __post_init__(self) -> None:
+        # on the intake's hot path (once per feature and window): only what a merge or a
+        # distance needs, the cheap tests first
+        lo, hi, mean = self.min, self.max, self.mean
+        if lo is None or hi is None or mean is None:
+            if self.count:
+                raise ValueError("a window with values needs mean, min and max")
+            return
+        if not lo <= mean <= hi:
+            if lo > hi:
+                raise ValueError("min is more than max")
+            slack = 1e-9 * max(abs(lo), abs(hi), 1.0)  # rounding in a merge of moments
+            if not lo - slack <= mean <= hi + slack:
+                raise ValueError("mean outside [min, max]")
 
 
 class CategoricalWindow(msgspec.Struct, frozen=True, kw_only=True, tag="categorical"):
     """One categorical feature: counts per baseline category, then other and missing."""
 
-    name: str
-    counts: list[Count]
+    name: FeatureName
+    counts: Counts
     other: Count = 0
     missing: Count = 0
 
@@ -102,9 +210,9 @@ class CategoricalWindow(msgspec.Struct, frozen=True, kw_only=True, tag="categori
 class ClassOutputWindow(msgspec.Struct, frozen=True, kw_only=True, tag="class_output"):
     """A classifier's predicted-class counts and confidence histogram (baseline edges)."""
 
-    name: str
-    class_counts: list[Count]
-    confidence_counts: list[Count]
+    name: FeatureName
+    class_counts: Counts
+    confidence_counts: Counts
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,7 +223,7 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProcessStats(msgspec.Struct, frozen=True, kw_only=True):
-    cpu_percent: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    cpu_percent: Annotated[float, msgspec.Meta(ge=0, le=1e6)] = 0.0
     rss_bytes: Count = 0
 
 
@@ -135,8 +243,8 @@ OutputWindow = NumericWindow | ClassOutputWindow
 class Telemetry(_DeviceMessage, frozen=True, kw_only=True, tag="telemetry"):
     """One measurement window."""
 
-    window_start: float
-    window_end: float
+    window_start: Time
+    window_end: Time
     model: ModelRef | None
     count: Count
     """Predictions served (samples, not calls)."""
@@ -145,11 +253,26 @@ class Telemetry(_DeviceMessage, frozen=True, kw_only=True, tag="telemetry"):
     bad_inputs: Count
     """Calls refused for their input (wrong shape, dtype, NaN where not allowed)."""
     latency: LatencyHistogram
-    inputs: list[InputWindow] = msgspec.field(default_factory=list)
-    outputs: list[OutputWindow] = msgspec.field(default_factory=list)
+    inputs: Annotated[list[InputWindow], msgspec.Meta(max_length=MAX_FEATURES)] = msgspec.field(
+        default_factory=list
+    )
+    outputs: Annotated[list[OutputWindow], msgspec.Meta(max_length=MAX_FEATURES)] = msgspec.field(
+        default_factory=list
+    )
     feedback: Feedback = msgspec.field(default_factory=Feedback)
     process: ProcessStats = msgspec.field(default_factory=ProcessStats)
     outbox: OutboxStats = msgspec.field(default_factory=OutboxStats)
+
+    def __post_init__(self) -> None:
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        if self.window_end - self.window_start > MAX_WINDOW_SECONDS:
+            raise ValueError(f"a window longer than {MAX_WINDOW_SECONDS:.0f} s")
+        if self.feedback.correct > self.feedback.total:
+            raise ValueError("more correct feedback than feedback")
+        for group in (self.inputs, self.outputs):
+            if len({w.name for w in group}) != len(group):
+                raise ValueError("a feature name is repeated")
 
     @property
     def throughput(self) -> float:
@@ -163,20 +286,27 @@ class Status(_DeviceMessage, frozen=True, kw_only=True, tag="status"):
 
     online: bool
     model: ModelRef | None = None
-    agent_version: str = ""
-    started: float = 0.0
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    agent_version: ShortText = ""
+    started: Time = 0.0
+    labels: Annotated[dict[ShortText, Text], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=dict
+    )
     """Device labels, for rollouts that target a label selector."""
 
 
 class Event(_DeviceMessage, frozen=True, kw_only=True, tag="event"):
     """Something that happened: a command's result, an update's progress, an error."""
 
-    kind: str
+    kind: ShortText
     level: Literal["info", "warning", "error"] = "info"
-    message: str = ""
-    command_id: str | None = None
+    message: Text = ""
+    command_id: Id | None = None
     data: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Free-form detail: at most :data:`MAX_DATA_DEPTH` deep and :data:`MAX_DATA_NODES`
+    values, strings within :data:`Text`'s bounds, numbers finite."""
+
+    def __post_init__(self) -> None:
+        check_data(self.data)
 
 
 # --- service messages -------------------------------------------------------------------------
@@ -257,6 +387,10 @@ _DECODERS: dict[type[Message], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls) for cls in _TYPES.values()
 }
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
+_PREFIX: dict[type[Message], bytes] = {
+    cls: b'{"type":"' + tag.encode() + b'","schema":"' for tag, cls in _TYPES.items()
+}
+"""How :func:`encode` starts each message: the tag and the schema are then surely there."""
 
 
 def encode(msg: Message) -> bytes:
@@ -287,6 +421,20 @@ def decode(payload: bytes | bytearray | memoryview, expected: type[M] | None = N
     size = memoryview(payload).nbytes
     if size > MAX_PAYLOAD_BYTES:
         raise WireError("oversized", f"{size} bytes, more than {MAX_PAYLOAD_BYTES}")
+    if isinstance(payload, memoryview):
+        payload = payload.tobytes()
+    if _NUL_ESCAPE in payload:
+        raise WireError("bad field", "a string holds NUL (\\u0000)")
+    if expected is not None and payload.startswith(_PREFIX[expected]):
+        # this module's own encoding (the type tag and the schema first): one pass, and only a
+        # failure is decoded again to be classified
+        try:
+            msg: Message = _DECODERS[expected].decode(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass
+        else:
+            _check_version(msg.schema)
+            return msg
     try:
         env = _ENVELOPE.decode(payload)
     except msgspec.ValidationError as e:  # valid JSON, but not an object
@@ -296,7 +444,7 @@ def decode(payload: bytes | bytearray | memoryview, expected: type[M] | None = N
     _check_version(env.schema)
     cls = _message_type(env.type, expected)
     try:
-        msg: Message = _DECODERS[cls].decode(payload)
+        msg = _DECODERS[cls].decode(payload)
     except msgspec.ValidationError as e:
         raise WireError("bad field", _clip(e)) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:

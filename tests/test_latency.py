@@ -186,17 +186,17 @@ def test_merge_wire_computes_percentiles_from_merged_counts() -> None:
     assert got is not None and abs(got - exact) <= 0.01 * exact < abs(mean_of_p95 - exact)
     with pytest.raises(ValueError):
         merge_wire([])
-    with pytest.raises(ValueError):
-        other = LogHistogram(0.05)
-        other.add(1.0)
-        merge_wire([wires[0], other.to_wire()])
+    # another accuracy (a device configured otherwise, or a hostile window) is left out: the
+    # parameters that hold the most values win, whatever the order
+    other = LogHistogram(0.05)
+    other.add([1.0] * 10)
+    for mixed in ([wires[0], other.to_wire()], [other.to_wire(), wires[0]]):
+        assert merge_wire(mixed).count == wires[0].count
 
 
 def test_from_wire_refuses_inconsistent_counts() -> None:
-    with pytest.raises(ValueError, match="count"):
-        LogHistogram.from_wire(
-            LatencyHistogram(relative_accuracy=0.01, buckets={3: 2}, count=5, min=1.0, max=2.0)
-        )
+    with pytest.raises(ValueError, match="count"):  # the wire refuses it too
+        LatencyHistogram(relative_accuracy=0.01, buckets={3: 2}, count=5, min=1.0, max=2.0)
     with pytest.raises(ValueError, match="min and max"):
         LogHistogram.from_wire(LatencyHistogram(relative_accuracy=0.01, buckets={3: 2}, count=2))
 

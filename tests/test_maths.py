@@ -50,8 +50,8 @@ def test_compare_regressor() -> None:
 
 
 def test_binary_scores_with_01_labels_are_a_classifier() -> None:
-    assert infer_task(np.array([[0.2], [0.9]]), np.array([0, 1])) is Task.CLASSIFICATION
-    assert infer_task(np.array([[0.2], [0.9]]), np.array([0.5, 3.0])) is Task.REGRESSION
+    assert infer_task([np.array([[0.2], [0.9]])], np.array([0, 1]))[0] is Task.CLASSIFICATION
+    assert infer_task([np.array([[0.2], [0.9]])], np.array([0.5, 3.0]))[0] is Task.REGRESSION
 
 
 def test_latency_summary() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from functools import reduce
 from typing import Any
 
@@ -96,11 +97,13 @@ def test_ties_give_fewer_bins() -> None:
     assert np.all(bin_counts(magnesium, edges)[0][1:] > 0)
 
 
-def test_constant_feature_has_one_edge_and_everything_in_the_upper_bin() -> None:
+def test_constant_feature_has_its_own_narrow_bin() -> None:
+    """A constant feature gets ``[value, value + 1e-6)``: any other value is a change in the
+    bins (with quantile edges alone everything above it stayed in one open bin)."""
     p = profile_numeric("c", np.full(50, 7.5), n_bins=10)
-    assert p.edges == (7.5,) and p.counts == (0, 50)
+    assert p.edges == (7.5, 7.5 + 7.5e-6) and p.counts == (0, 50, 0)
     assert p.moments.count == 50 and p.moments.variance == 0.0 and p.moments.std == 0.0
-    assert p.probs.tolist() == [0.0, 1.0]
+    assert p.probs.tolist() == [0.0, 1.0, 0.0] and p.blind_spot is None and p.kurtosis is None
 
 
 def test_nan_is_missing_and_infinities_fall_in_the_tails() -> None:
@@ -364,7 +367,11 @@ def test_profile_round_trips_through_json() -> None:
     assert [e["kind"] for e in d["inputs"]] == ["numeric", "numeric", "categorical", "tensor"]
     assert [e["kind"] for e in d["outputs"]] == ["class_output", "numeric", "numeric"]
     assert d["inputs"][1]["moments"]["mean"] is None
-    assert set(d["inputs"][0]) == {"kind", "name", "edges", "counts", "missing", "moments"}
+    keys = {"kind", "name", "edges", "counts", "missing", "moments", "kurtosis"}
+    assert set(d["inputs"][0]) == keys
+    del d["inputs"][0]["kurtosis"]  # a profile written before the kurtosis was recorded
+    old = Profile.from_dict(d)
+    assert old.inputs[0] == replace(p.inputs[0], kurtosis=None)
     assert set(d["outputs"][0]) == {
         "kind",
         "name",

@@ -125,7 +125,10 @@ def test_drifted_devices_alert_and_the_others_do_not(
             r = cli("fleet", "device", names[2], "--url", url)
             assert r.code == 0 and "p95" in r.out and "image:mean[c0]" in r.out
             r = cli("drift", "report", "--model", "digits", "--since", "1h", "--url", url, "--json")
-            assert r.code == 0 and '"js"' in r.out
+            assert r.code == 0 and '"js"' in r.out and '"checks"' in r.out
+            r = cli("drift", "report", "--model", "digits", "--url", url)
+            assert r.code == 0 and "why:" in r.out and "training data" in r.out
+            assert "threshold" in r.out and "floor" in r.out
         finally:
             for a in agents:
                 a.stop()
@@ -156,12 +159,19 @@ def test_bad_and_duplicate_messages_are_counted_not_stored(
         service.handle(topics.telemetry(FLEET, "someone-else"), good)  # device != topic
         service.handle("edgeops/v1/x", good)
         c = service.counters
-        assert c.stored_windows == 1 and c.duplicates == 1 and c.mismatched_topic == 2
-        assert c.wire.rejected["not json"] == 1 and c.wire.rejected["unknown major version"] == 1
-        assert c.wire.rejected["oversized"] == 1
+        assert c.stored_windows == 1 and c.duplicates == 1 and c.rejected["topic"] == 2
+        assert c.rejected["not json"] == 1 and c.rejected["unknown major version"] == 1
+        assert c.rejected["oversized"] == 1
         from edgeops.service import db
 
         assert service.store.count_rows(db.windows) == 1
+        # every refused message is kept with its reason, and none of them as a window
+        dead = service.store.dead_letters()
+        assert sorted(d["reason"] for d in dead) == sorted(
+            ["not json", "unknown major version", "oversized", "topic", "topic"]
+        )
+        big = next(d for d in dead if d["reason"] == "oversized")
+        assert big["size"] == wire.MAX_PAYLOAD_BYTES + 3 and len(big["payload"]) == 16 * 1024
 
 
 @pytest.mark.slow

@@ -55,7 +55,9 @@ def telemetry(seq: int = 7, **kw: Any) -> wire.Telemetry:
             wire.ClassOutputWindow(
                 name="probs", class_counts=[4] * 10, confidence_counts=[0, 2, 8, 30]
             ),
-            wire.NumericWindow(name="score", counts=[5, 35], count=40, mean=0.9, m2=0.2),
+            wire.NumericWindow(
+                name="score", counts=[5, 35], count=40, mean=0.9, m2=0.2, min=0.1, max=1.0
+            ),
         ],
         "feedback": wire.Feedback(correct=9, total=10),
         "process": wire.ProcessStats(cpu_percent=12.5, rss_bytes=50_000_000),
@@ -254,7 +256,7 @@ def test_size_limit_is_inclusive() -> None:
 
 
 def test_encode_refuses_oversized_and_invalid_messages() -> None:
-    big = wire.Event(**header(), kind="log", data={"blob": "x" * wire.MAX_PAYLOAD_BYTES})
+    big = wire.Event(**header(), kind="log", data={"blob": ["x" * 4000] * 100})
     with pytest.raises(ValueError, match="oversized") as info:
         wire.encode(big)
     assert isinstance(info.value, wire.WireError) and info.value.reason == "oversized"

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "validate": ("edgeops.cli.train", "validate", "Check a data file against a schema."),
     "keys": ("edgeops.cli.keys", "keys", "Make ed25519 key pairs for signing bundles."),
+    "pki": ("edgeops.cli.pki", "pki", "A certificate authority for the broker's TLS listeners."),
     "package": (
         "edgeops.cli.bundle",
         "package",

@@ -14,6 +14,22 @@ import click
 @click.option("--warmup", default=10, show_default=True, help="Untimed inferences before timing.")
 @click.option("--batch", default=1, show_default=True, help="Samples per inference.")
 @click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD..",
+    help="A call's shape for an input with flexible dimensions, e.g. x=1x3x640x640 "
+    "(repeat per input).",
+)
+@click.option(
+    "--input",
+    "data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inputs to time (.npz with one array per input name, .npy, .csv): the first "
+    "sample, at its real shape.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(path_type=Path),
@@ -26,12 +42,26 @@ def bench(
     runs: int,
     warmup: int,
     batch: int,
+    shapes: tuple[str, ...],
+    data: Path | None,
     json_path: Path | None,
 ) -> None:
-    """Benchmark MODELS (.tflite, .onnx): init, first inference, latency, throughput, memory."""
-    from device_agent.benchmark import BenchConfig, bench_models, table, write_json
+    """Benchmark MODELS (.tflite, .onnx): init, first inference, latency, throughput, memory.
 
-    cfg = BenchConfig(threads=threads, runs=runs, warmup=warmup, batch=batch)
+    Inputs are random at the model's shapes; an input with flexible dimensions other than the
+    batch needs --shape or --input, so that what is timed is the size the model really runs at.
+    """
+    from device_agent.benchmark import BenchConfig, bench_models, table, write_json
+    from edgeops.feeds import parse_shape
+
+    cfg = BenchConfig(
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        batch=batch,
+        shapes=tuple(parse_shape(s) for s in shapes),
+        data=data,
+    )
     results = bench_models(list(models), cfg)
     click.echo(table(results))
     if json_path is not None:

@@ -6,7 +6,23 @@ from pathlib import Path
 
 import click
 
+from edgeops.errors import UsageError
+from edgeops.feeds import parse_shape
 from edgeops.optional import require
+
+DEFAULT_MIN_SNR_DB = 12.0
+"""converters.config.DEFAULT_MIN_SNR_DB, repeated so that --help does not import converters."""
+
+
+def _snr_floor(text: str | None) -> float | None:
+    if text is None:
+        return DEFAULT_MIN_SNR_DB
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--min-snr {text!r}: a number of dB, or 'off'") from None
 
 
 def _enum_choice(values: list[str]) -> click.Choice[str]:
@@ -66,7 +82,8 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
     "--task",
     default="auto",
     show_default=True,
-    type=_enum_choice(["auto", "classification", "regression"]),
+    type=_enum_choice(["auto", "classification", "regression", "dense", "detection"]),
+    help="What the outputs mean; picks the fidelity measures (auto: inferred and shown).",
 )
 @click.option(
     "--max-accuracy-drop",
@@ -83,6 +100,61 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
     help="Reject when top-1 agreement with the source is below this (e.g. 0.99).",
 )
 @click.option(
+    "--min-snr",
+    default=None,
+    metavar="DB|off",
+    help=f"Reject when an output's SNR against the source is below DB "
+    f"(default {DEFAULT_MIN_SNR_DB:g} with --validation; 'off' for no floor).",
+)
+@click.option(
+    "--min-iou",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Reject when the IoU of thresholded maps or detection scores is below this.",
+)
+@click.option(
+    "--map-threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Threshold of probability maps and detection scores for the IoU.",
+)
+@click.option("--strict", is_flag=True, help="Reject a model with ops the --target cannot run.")
+@click.option(
+    "--exclude-op",
+    "exclude_ops",
+    multiple=True,
+    metavar="TYPE",
+    help="ONNX op type to keep in float (repeatable), e.g. MatMul.",
+)
+@click.option(
+    "--exclude-node",
+    "exclude_nodes",
+    multiple=True,
+    metavar="NAME",
+    help="ONNX node to keep in float (repeatable; names as --sensitivity lists them).",
+)
+@click.option(
+    "--only-op",
+    "only_ops",
+    multiple=True,
+    metavar="TYPE",
+    help="Quantize only these ONNX op types (repeatable), e.g. --only-op MatMul.",
+)
+@click.option(
+    "--sensitivity",
+    is_flag=True,
+    help="Report the error each node of the quantized ONNX model adds (needs --validation).",
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=DxD..",
+    help="Input shape for the latency measurement when no data file gives one.",
+)
+@click.option(
     "--onnx-format",
     default="qdq",
     show_default=True,
@@ -91,9 +163,8 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
 )
 @click.option(
     "--per-channel/--per-tensor",
-    default=True,
-    show_default=True,
-    help="ONNX int8 weight quantization granularity.",
+    default=None,
+    help="ONNX weight scale granularity (default: per channel for int8, per tensor for dynamic).",
 )
 @click.option(
     "--calibration-method",
@@ -128,8 +199,17 @@ def convert(
     task: str,
     max_accuracy_drop: float | None,
     min_agreement: float | None,
+    min_snr: str | None,
+    min_iou: float | None,
+    map_threshold: float,
+    strict: bool,
+    exclude_ops: tuple[str, ...],
+    exclude_nodes: tuple[str, ...],
+    only_ops: tuple[str, ...],
+    sensitivity: bool,
+    shapes: tuple[str, ...],
     onnx_format: str,
-    per_channel: bool,
+    per_channel: bool | None,
     calibration_method: str,
     no_preprocess: bool,
     opset: int,
@@ -154,11 +234,23 @@ def convert(
             per_channel=per_channel,
             method=conv.CalibrationMethod(calibration_method.lower()),
             preprocess=not no_preprocess,
+            exclude_ops=exclude_ops,
+            exclude_nodes=exclude_nodes,
+            only_ops=only_ops,
         ),
         opset=opset,
-        gates=conv.Gates(max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement),
+        gates=conv.Gates(
+            max_accuracy_drop=max_accuracy_drop,
+            min_agreement=min_agreement,
+            min_snr_db=_snr_floor(min_snr),
+            min_iou=min_iou,
+            strict=strict,
+        ),
         latency_runs=latency_runs,
         threads=threads,
+        shapes=tuple(parse_shape(t) for t in shapes),
+        map_threshold=map_threshold,
+        sensitivity=sensitivity,
         name=name,
     )
     report = conv.convert(src, out, cfg)

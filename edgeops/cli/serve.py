@@ -11,11 +11,12 @@ from typing import Any
 
 import click
 
+from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
 from edgeops.optional import require
 from edgeops.service.report import (
     DEFAULT_URL,
     device_report,
-    drift_table,
+    drift_report,
     fleet_table,
     get,
     parse_since,
@@ -30,9 +31,14 @@ from edgeops.service.report import (
     default=None,
     help="TOML config with per-model drift policies (see edgeops/service/config.py).",
 )
-@click.option("--broker", default=None, help="mqtt://HOST:PORT (default mqtt://localhost:1883).")
+@mqtt_options()
 @click.option("--db", default=None, help="sqlite:///FILE (default) or postgresql://USER@HOST/DB.")
 @click.option("--group", default=None, help="Shared-subscription group (processes split load).")
+@click.option(
+    "--http-host",
+    default=None,
+    help="Address the REST API listens on (default 127.0.0.1; 0.0.0.0 for every interface).",
+)
 @click.option("--http-port", type=int, default=None, help="REST API port (default 8480).")
 @click.option(
     "--public-url",
@@ -56,14 +62,15 @@ from edgeops.service.report import (
 @click.option("--allow-unsigned", is_flag=True, default=None, help="Accept unsigned bundles.")
 def serve(
     config_path: Path | None,
-    broker: str | None,
     db: str | None,
     group: str | None,
+    http_host: str | None,
     http_port: int | None,
     public_url: str | None,
     bundles: tuple[Path, ...],
     pubkeys: tuple[Path, ...],
     allow_unsigned: bool | None,
+    **broker: Any,
 ) -> None:
     """Watch the fleet: store telemetry, detect drift, raise and clear alerts."""
     require("sqlalchemy", "service")
@@ -72,9 +79,10 @@ def serve(
 
     cfg = load_service_config(
         config_path,
-        broker=broker,
+        mqtt=mqtt_values(broker),
         db=db,
         group=group,
+        http_host=http_host,
         http_port=http_port,
         public_url=public_url,
         bundles=bundles,
@@ -90,10 +98,23 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = Service(cfg).start()
-    click.echo(f"serving the fleet from {cfg.broker}; REST API on {service.http.address}", err=True)
     try:
+        click.echo(
+            f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}",
+            err=True,
+        )
+        service.wait_connected(10.0)
+        if not service.connected.is_set():
+            click.echo(
+                f"warning: {service.broker_problem or 'the broker has not answered'}; "
+                "retrying (GET /readyz says when it is connected)",
+                err=True,
+            )
         while not stop.wait(1.0):
-            pass
+            if service.failed is not None:
+                from edgeops.errors import ServiceFailed
+
+                raise ServiceFailed(f"the service stopped: {service.failed}")
     finally:
         service.stop()
 
@@ -146,7 +167,8 @@ def drift() -> None:
 def report(
     model: str | None, since: str | None, device: str | None, url: str, as_json: bool
 ) -> None:
-    """The latest distances per feature, drifted or not."""
+    """The latest verdict per feature, against the training data and since deploy: the
+    distances, and why each verdict was reached (value, threshold, noise floor, test)."""
     name, _, version = (model or "").partition(":")
     data = get(
         url,
@@ -156,4 +178,4 @@ def report(
         since=parse_since(since),
         device=device,
     )
-    _out(data, as_json, drift_table(data["drift"]) if not as_json else "")
+    _out(data, as_json, drift_report(data) if not as_json else "")

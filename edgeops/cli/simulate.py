@@ -11,14 +11,21 @@ from typing import Any
 
 import click
 
+from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
 from edgeops.errors import UsageError
 from edgeops.optional import require
 
 
 @click.command()
 @click.option("--devices", type=int, required=True, help="Simulated devices (agents).")
+@mqtt_options(account=False)
 @click.option(
-    "--broker", default="mqtt://localhost:1883", show_default=True, help="mqtt://HOST:PORT."
+    "--device-credentials",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Each device's broker identity: DIR/ID.crt and DIR/ID.key (client certificates), or "
+    "lines ID:PASSWORD in DIR/passwords (env EDGEOPS_SIM_DEVICE_CREDENTIALS).",
+    envvar="EDGEOPS_SIM_DEVICE_CREDENTIALS",
 )
 @click.option(
     "--bundle",
@@ -80,7 +87,7 @@ from edgeops.optional import require
 )
 def simulate(
     devices: int,
-    broker: str,
+    device_credentials: Path | None,
     bundle: Path,
     fleet: str,
     data: Path | None,
@@ -96,6 +103,7 @@ def simulate(
     workdir: Path | None,
     seed: int,
     every: float,
+    **mqtt: Any,
 ) -> None:
     """Run a fleet of simulated devices: real agents replaying real rows, with drift."""
     require("paho.mqtt", "agent")
@@ -105,10 +113,19 @@ def simulate(
         raise UsageError("--duration must be a positive number of seconds")
     if every <= 0:
         raise UsageError("--every must be a positive number of seconds")
+    from edgeops.broker import BrokerSettings
+
+    given = mqtt_values(mqtt)
+    broker = (
+        BrokerSettings()
+        .with_env()
+        .with_overrides(url=given["url"], ca=given["ca"], insecure=given["insecure"])
+    )
     config = FleetConfig(
         devices=devices,
         bundle=bundle,
         broker=broker,
+        device_credentials=device_credentials,
         fleet=fleet,
         data=data,
         target=target,
@@ -129,7 +146,7 @@ def simulate(
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         sim.prepare()  # the bundle and the data: a mistake in either is an error before any start
-        click.echo(f"starting {devices} device(s) against {broker} …", err=True)
+        click.echo(f"starting {devices} device(s) against {broker.url} …", err=True)
         sim.start()
         try:
             click.echo(
@@ -138,7 +155,10 @@ def simulate(
                 err=True,
             )
             if sim.online == 0:
-                raise UsageError(f"--broker {broker}: no device could connect to it")
+                from edgeops.errors import BrokerError
+
+                why = sim.connect_problem or "no answer"
+                raise BrokerError(f"broker {broker.url}: no device could connect ({why})")
             end = None if duration is None else time.monotonic() + duration
             while True:
                 left = every if end is None else min(every, end - time.monotonic())

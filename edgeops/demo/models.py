@@ -54,7 +54,8 @@ def convert_and_package(
     run: Any, out: Path, keys: Keys, version: str, *, parent: str | None, compare: bool
 ) -> Path:
     """Convert to int8 TFLite (gated: at most 1 point of accuracy lost, 98 % agreement), with
-    fp32 TFLite and int8 ONNX alongside when ``compare``; sign and verify the bundle."""
+    fp32 TFLite and int8 ONNX alongside when ``compare`` (a comparison that its gate rejects is
+    shown as rejected; only the deployed model must pass); sign and verify the bundle."""
     from converters import ConversionConfig, Format, Gates, Mode, Status, convert
     from converters.report import comparison_table
     from edgeops.bundle import Bundle
@@ -86,7 +87,10 @@ def convert_and_package(
             f"   {report.artifact['file']}: {report.status.value}, {time.perf_counter() - t:.1f} s"
         )
         if report.status is Status.REJECTED:
-            raise DemoFailed(f"{report.artifact['file']}: {'; '.join(report.reasons)}")
+            why = "; ".join(report.reasons)
+            if not reports[1:]:  # the model that is deployed
+                raise DemoFailed(f"{report.artifact['file']}: {why}")
+            print(f"     (shown for comparison only, not deployed: {why})")
     if compare:
         print("\n   size ratio against the Keras file; latency: host CPU, 1 thread, batch 1")
         print(comparison_table(reports))

@@ -6,13 +6,22 @@
     GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles, drift, alerts,
                                           recent events
     GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
-                                          latest distances per feature (all rows with all=1)
+                                          latest verdict per feature and reference (all rows
+                                          with all=1): distances, every check (value, threshold,
+                                          noise floor), the reason; the baselines' blind spots;
+                                          the per-device references
     GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
     GET  /v1/models                       registered bundles
     POST /v1/models                       register a bundle (the body is the bundle file, at
                                           most MAX_BUNDLE_BYTES: 413 beyond, found while it
                                           streams in, before it is buffered)
-    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason
+    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason,
+                                          evaluations (lag), queue depth, retention purges
+    GET  /v1/dead-letters[?reason=R&limit=N]
+                                          refused messages kept with their reason, newest first
+    GET  /healthz                         200 while no worker has failed for good, else 503
+    GET  /readyz                          200 when alive, connected to the broker, the database
+                                          answers and no worker is stalled, else 503 (why)
     GET  /v1/bundles/{sha256}             a registered bundle's bytes (HTTP Range for resuming)
     GET  /v1/deployments[?active=1]       deployments, newest first
     POST /v1/deployments                  start one: {"bundle": "NAME-VERSION", "fleet": F,
@@ -92,8 +101,8 @@ def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
         raise KeyError(device)
     recent = store.recent_windows(fleet=fleet, device=device, limit=30)
     latency: dict[str, Any] = {}
-    if recent:
-        h = merge_wire([w.telemetry.latency for w in recent])
+    if any(w.telemetry.latency.count for w in recent):
+        h = merge_wire([w.telemetry.latency for w in recent if w.telemetry.latency.count])
         latency = {
             "windows": len(recent),
             "count": h.count,
@@ -111,6 +120,19 @@ def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
         "drift": store.drift_rows(fleet=fleet, device=device),
         "events": store.events_of(fleet, device, limit=20),
     }
+
+
+def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per model version in ``rows`` ("NAME VERSION"): the baseline's features whose drift
+    cannot fully show, and why (:meth:`edgeops.profile.Profile.blind_spots`)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, version in sorted({(r["model_name"], r["model_version"]) for r in rows}):
+        base = service.baselines.get(name, version)
+        if base is not None:
+            found = base.profile.blind_spots()
+            if found:
+                out[f"{name} {version}"] = found
+    return out
 
 
 def make_app(service: Service) -> Starlette:
@@ -155,7 +177,8 @@ def make_app(service: Service) -> Starlette:
                 model=model, since=since, device=q.get("device"), latest=q.get("all") != "1"
             )
         )
-        return _json({"drift": rows})
+        refs = await run_in_threadpool(lambda: store.references(device=q.get("device")))
+        return _json({"drift": rows, "blind_spots": blind_spots(service, rows), "references": refs})
 
     async def alerts(request: Request) -> JSONResponse:
         every = request.query_params.get("all") == "1"
@@ -185,7 +208,26 @@ def make_app(service: Service) -> Starlette:
         return _json({"models": await run_in_threadpool(store.models)})
 
     async def stats(request: Request) -> JSONResponse:
-        return _json(service.counters.as_dict())
+        return _json(await run_in_threadpool(service.stats))
+
+    async def dead_letters(request: Request) -> JSONResponse:
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return _json({"error": "limit must be an integer"}, 400)
+        rows = await run_in_threadpool(
+            lambda: store.dead_letters(reason=q.get("reason"), limit=max(1, min(limit, 1000)))
+        )
+        return _json({"dead_letters": rows})
+
+    async def healthz(request: Request) -> JSONResponse:
+        h = await run_in_threadpool(service.health)
+        return _json(h, 200 if h["alive"] else 503)
+
+    async def readyz(request: Request) -> JSONResponse:
+        h = await run_in_threadpool(service.health)
+        return _json(h, 200 if h["ready"] else 503)
 
     async def bundle(request: Request) -> Response:
         data = await run_in_threadpool(service.bundles.get, request.path_params["sha256"])
@@ -241,6 +283,9 @@ def make_app(service: Service) -> Starlette:
             Route("/v1/alerts", alerts),
             Route("/v1/models", models, methods=["GET", "POST"]),
             Route("/v1/stats", stats),
+            Route("/v1/dead-letters", dead_letters),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/v1/bundles/{sha256}", bundle),
             Route("/v1/deployments", deployments, methods=["GET", "POST"]),
             Route("/v1/deployments/{id}", deployment),

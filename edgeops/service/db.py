@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from edgeops import wire
 from edgeops.errors import UsageError
+from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ windows = sa.Table(
     sa.Column("bad_inputs", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="windows_once"),
-    sa.Index("windows_by_device", "fleet", "device", "window_end"),
-    sa.Index("windows_by_model", "model_name", "model_version", "window_end"),
+    # Arrival order (the id) orders a device's windows: devices' clocks do not.
+    sa.Index("windows_by_arrival", "fleet", "device", "model_name", "model_version", "id"),
+    sa.Index("windows_by_received", "received"),
 )
 
 events = sa.Table(
@@ -89,6 +90,8 @@ events = sa.Table(
     sa.Column("data", sa.JSON),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="events_once"),
     sa.Index("events_by_command", "command_id", "id"),
+    sa.Index("events_by_device", "fleet", "device", "id"),
+    sa.Index("events_by_sent", "sent"),
 )
 
 models = sa.Table(
@@ -123,8 +126,13 @@ drift = sa.Table(
     sa.Column("value", sa.Float),
     sa.Column("drifted", sa.Boolean),
     sa.Column("reason", sa.Text),
+    # "training" (the bundle's baseline), "deploy" (the device's first windows on the version)
+    # or "" (concept drift, latency): added after the first release, see _COLUMNS_ADDED
+    sa.Column("reference", sa.String(8), nullable=False, server_default="training"),
+    sa.Column("checks", sa.JSON),  # every check: test, value, threshold, floor, decides, over
     sa.Index("drift_by_model", "model_name", "model_version", "evaluated"),
     sa.Index("drift_by_device", "fleet", "device", "evaluated"),
+    sa.Index("drift_by_time", "evaluated"),
 )
 
 alert_state = sa.Table(
@@ -153,9 +161,46 @@ alerts = sa.Table(
     sa.Column("raised", sa.Float, nullable=False),
     sa.Column("cleared", sa.Float),
     sa.Column("detail", sa.JSON),
+    sa.Column("reference", sa.String(8), nullable=False, server_default="training"),
+    sa.Column("cleared_reason", sa.Text),
     sa.Index("alerts_active", "cleared", "fleet", "device"),
 )
 
+device_references = sa.Table(
+    "device_references",
+    md,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(12), nullable=False),  # collecting | ready
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("window_ids", sa.JSON, nullable=False),  # while collecting: the windows taken
+    sa.Column("last_window", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.JSON),  # when ready: edgeops.drift.Reference.to_dict()
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("ready", sa.Float),
+)
+
+_COLUMNS_ADDED = {
+    "drift": ("reference", "checks"),
+    "alerts": ("reference", "cleared_reason"),
+}
+"""Columns added since the first release: a database made before gets them at connect."""
+
+dead_letters = sa.Table(
+    "dead_letters",
+    md,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("received", sa.Float, nullable=False),
+    sa.Column("topic", sa.String(256), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.String(512), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # its first dead_letter_bytes
+    sa.Index("dead_letters_by_received", "received"),
+)
 
 bundles = sa.Table(
     "bundles",
@@ -237,11 +282,35 @@ def connect(url: str) -> Engine:
         raise UsageError(f"--db {url}: use sqlite:///FILE or postgresql://…")
     try:
         md.create_all(engine)
+        _add_columns(engine)
+        with engine.begin() as conn:  # indexes added since a database was made
+            for table in md.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
     except sa.exc.OperationalError as e:
         raise UsageError(
             f"--db {url}: cannot open the database ({str(e).splitlines()[0]})"
         ) from None
     return engine
+
+
+def _add_columns(engine: Engine) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for the columns of :data:`_COLUMNS_ADDED` a database lacks."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for name, columns in _COLUMNS_ADDED.items():
+            have = {c["name"] for c in inspector.get_columns(name)}
+            for column in columns:
+                if column in have:
+                    continue
+                col = md.tables[name].c[column]
+                kind = col.type.compile(dialect=engine.dialect)
+                default = col.server_default
+                extra = ""
+                if default is not None:
+                    text = getattr(default, "arg", "")
+                    extra = f" NOT NULL DEFAULT '{text}'"
+                conn.execute(sa.text(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}{extra}'))
 
 
 def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
@@ -254,9 +323,43 @@ def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
 @dataclass(frozen=True)
 class StoredWindow:
     id: int
+    """Arrival order: ids grow as windows are stored."""
     fleet: str
     device: str
     telemetry: wire.Telemetry
+    received: float
+    """The service's clock when it was stored."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused message as the ``dead_letters`` table keeps it."""
+
+    received: float
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    """The whole payload; :meth:`row` keeps its first ``keep`` bytes."""
+
+    def row(self, keep: int) -> dict[str, Any]:
+        import hashlib
+
+        return {
+            "received": self.received,
+            "topic": _clean(self.topic, 256),
+            "reason": _clean(self.reason, 32),
+            "detail": _clean(self.detail, 512),
+            "size": len(self.payload),
+            "sha256": hashlib.sha256(self.payload).hexdigest(),
+            "payload": bytes(self.payload[:keep]),
+        }
+
+
+def _clean(text: str, limit: int) -> str:
+    """``text`` as any column of ``limit`` characters takes it: no NUL, clipped."""
+    text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -296,6 +399,7 @@ class StoredBatch:
     events: int
     duplicates: int
     """Windows and events already stored, or repeated within the batch."""
+    dead_letters: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,21 +442,21 @@ class _Statements:
         )
         w = windows.c
         self.span_counts = (
-            sa.select(w.id, w["count"])
+            sa.select(w.id, w["count"], w.received)
             .where(
                 w.fleet == sa.bindparam("fleet"),
                 w.device == sa.bindparam("device"),
                 w.model_name == sa.bindparam("name"),
                 w.model_version == sa.bindparam("version"),
-                w.window_end >= sa.bindparam("since"),
                 w.id <= sa.bindparam("upto"),
             )
-            .order_by(w.window_end.desc(), w.id.desc())
+            .order_by(w.id.desc())
             .limit(sa.bindparam("limit"))
         )
-        self.payloads = sa.select(w.id, w.payload).where(
+        self.payloads = sa.select(w.id, w.payload, w.received).where(
             w.id.in_(sa.bindparam("ids", expanding=True))
         )
+        self.add_dead_letters = sa.insert(dead_letters)
         self.add_drift = sa.insert(drift)
         s = alert_state.c
         self.lock_states = (
@@ -367,7 +471,7 @@ class _Statements:
         self.clear_alert = (
             sa.update(alerts)
             .where(alerts.c.key == sa.bindparam("b_key"), alerts.c.cleared.is_(None))
-            .values(cleared=sa.bindparam("b_cleared"))
+            .values(cleared=sa.bindparam("b_cleared"), cleared_reason=sa.bindparam("b_reason"))
         )
 
 
@@ -378,12 +482,20 @@ class Store:
         self.engine = engine
         self._insert = _insert_for(engine.dialect.name)
         self._sql = _Statements(engine.dialect.name)
-        self._decoder = msgspec.json.Decoder(wire.Telemetry)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    def answers(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
 
     # --- device messages ----------------------------------------------------------------------
 
@@ -392,11 +504,16 @@ class Store:
         new_windows: Sequence[NewWindow] = (),
         new_events: Sequence[tuple[str, wire.Event]] = (),
         statuses: Sequence[tuple[str, wire.Status]] = (),
+        dead: Sequence[DeadLetter] = (),
+        *,
+        dead_letter_bytes: int = 16 * 1024,
+        now: float | None = None,
     ) -> StoredBatch:
         """Store a batch of device messages in one transaction: windows and events with one
         multi-row ``INSERT … ON CONFLICT DO NOTHING`` each (the unique ``(fleet, device, boot,
-        seq)`` key decides what is new), then each device touched once, then the statuses."""
-        now = time.time()
+        seq)`` key decides what is new), then each device touched once, then the statuses,
+        then the dead letters (``now``: the receive time, default the clock)."""
+        now = time.time() if now is None else now
         firsts: dict[tuple[Any, ...], NewWindow] = {}
         for w in new_windows:  # a key repeated within the batch is a duplicate too
             firsts.setdefault((w.fleet, w.telemetry.device, w.telemetry.boot, w.telemetry.seq), w)
@@ -423,7 +540,7 @@ class Store:
                 rows = [_window_row(w, now) for w in firsts.values()]
                 for wid, *key in conn.execute(self._sql.add_windows, rows):
                     t = firsts[tuple(key)].telemetry
-                    stored.append(StoredWindow(int(wid), key[0], t.device, t))
+                    stored.append(StoredWindow(int(wid), key[0], t.device, t, now))
             stored.sort(key=lambda sw: sw.id)
             event_keys: list[tuple[Any, ...]] = []
             if event_rows:
@@ -443,8 +560,22 @@ class Store:
             self._touch_many(conn, touched, now)
             for fleet, s in statuses:
                 self._set_status(conn, fleet, s, now)
+            if dead:
+                conn.execute(self._sql.add_dead_letters, [d.row(dead_letter_bytes) for d in dead])
         duplicates = len(new_windows) - len(stored) + len(new_events) - len(event_keys)
-        return StoredBatch(stored, len(event_keys), duplicates)
+        return StoredBatch(stored, len(event_keys), duplicates, len(dead))
+
+    def known_devices(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(fleet, device)`` of ``keys`` the devices table holds."""
+        found: set[tuple[str, str]] = set()
+        for i in range(0, len(keys), 500):
+            part = list(keys[i : i + 500])
+            q = sa.select(devices.c.fleet, devices.c.device).where(
+                sa.tuple_(devices.c.fleet, devices.c.device).in_(part)
+            )
+            with self.begin() as conn:
+                found.update((f, d) for f, d in conn.execute(q))
+        return found
 
     def _touch_many(
         self, conn: Connection, touched: dict[tuple[str, str], dict[str, Any]], now: float
@@ -520,10 +651,11 @@ class Store:
         limit: int,
         known: Mapping[int, StoredWindow],
     ) -> list[StoredWindow]:
-        """The device's windows of ``newest``'s model up to ``newest`` (by id), newest first,
-        as many as reach ``min_samples`` (at most ``limit``, none that ended before
-        ``since``). Counts come from the ``count`` column; payloads are read and decoded only
-        for the windows of the span that are not in ``known``."""
+        """The device's windows of ``newest``'s model up to ``newest``, in arrival order (by
+        id), newest first, as many as reach ``min_samples`` (at most ``limit``, none received
+        before ``since``). Counts come from the ``count`` column; payloads are read and decoded
+        only for the windows of the span that are not in ``known``; one that no longer decodes
+        is left out (and logged)."""
         t = newest.telemetry
         assert t.model is not None
         params = {
@@ -531,14 +663,15 @@ class Store:
             "device": newest.device,
             "name": t.model.name,
             "version": t.model.version,
-            "since": since,
             "upto": newest.id,
             "limit": limit,
         }
         with self.begin() as conn:
             ids: list[int] = []
             samples = 0
-            for wid, count in conn.execute(self._sql.span_counts, params):
+            for wid, count, received in conn.execute(self._sql.span_counts, params):
+                if received < since:
+                    break
                 ids.append(int(wid))
                 samples += count
                 if samples >= min_samples:
@@ -546,11 +679,11 @@ class Store:
             missing = [i for i in ids if i not in known]
             rows = conn.execute(self._sql.payloads, {"ids": missing}).all() if missing else []
         found = dict(known)
-        for wid, payload in rows:
-            found[wid] = StoredWindow(
-                wid, newest.fleet, newest.device, self._decoder.decode(payload)
-            )
-        return [found[i] for i in ids]
+        for wid, payload, received in rows:
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                found[wid] = StoredWindow(wid, newest.fleet, newest.device, tele, received)
+        return [found[i] for i in ids if i in found]
 
     def add_drift(self, conn: Connection, records: Sequence[dict[str, Any]]) -> None:
         """Insert drift rows (one ``executemany``)."""
@@ -601,9 +734,136 @@ class Store:
         if rows:
             conn.execute(self._sql.raise_alert, list(rows))
 
-    def clear_alerts(self, conn: Connection, keys: Sequence[str], now: float) -> None:
+    def clear_alerts(
+        self, conn: Connection, keys: Sequence[str], now: float, reason: str | None = None
+    ) -> None:
         if keys:
-            conn.execute(self._sql.clear_alert, [{"b_key": k, "b_cleared": now} for k in keys])
+            conn.execute(
+                self._sql.clear_alert,
+                [{"b_key": k, "b_cleared": now, "b_reason": reason} for k in keys],
+            )
+
+    def close_other_versions(
+        self, conn: Connection, fleet: str, device: str, name: str, version: str, now: float
+    ) -> list[dict[str, Any]]:
+        """Close the device's active alerts raised against another model or version than the
+        one it now runs (reason: what it runs now), and reset their alert states, so that a
+        device that goes back to that version starts afresh. The alerts closed."""
+        a = alerts.c
+        stale = sa.and_(
+            a.cleared.is_(None),
+            a.fleet == fleet,
+            a.device == device,
+            sa.or_(a.model_name != name, a.model_version != version),
+        )
+        rows = [dict(r) for r in conn.execute(sa.select(alerts).where(stale)).mappings()]
+        if not rows:
+            return []
+        reason = f"the device no longer runs the model it was raised against (now {name} {version})"
+        keys = sorted({r["key"] for r in rows})
+        self.clear_alerts(conn, keys, now, reason)
+        conn.execute(
+            sa.update(alert_state)
+            .where(alert_state.c.key.in_(keys))
+            .values(active=False, over=0, under=0, updated=now)
+        )
+        return rows
+
+    def close_fleet_alerts_of(
+        self, conn: Connection, fleet: str, keep: set[tuple[str, str]], now: float, device: str
+    ) -> list[dict[str, Any]]:
+        """Close the active alerts of ``device`` (the fleet scope's) in ``fleet`` whose (model,
+        version) is not in ``keep`` (the versions the fleet's devices ran in the span)."""
+        a = alerts.c
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(alerts).where(a.cleared.is_(None), a.fleet == fleet, a.device == device)
+            ).mappings()
+            if (r["model_name"], r["model_version"]) not in keep
+        ]
+        if rows:
+            keys = sorted({r["key"] for r in rows})
+            self.clear_alerts(conn, keys, now, "no device of the fleet runs this version any more")
+            conn.execute(
+                sa.update(alert_state)
+                .where(alert_state.c.key.in_(keys))
+                .values(active=False, over=0, under=0, updated=now)
+            )
+        return rows
+
+    # --- per-device references ----------------------------------------------------------------
+
+    def lock_reference(
+        self, conn: Connection, fleet: str, device: str, name: str, version: str, now: float
+    ) -> dict[str, Any]:
+        """The device's reference row of (name, version), locked until the transaction ends;
+        created (collecting, empty) when missing."""
+        key = {"fleet": fleet, "device": device, "model_name": name, "model_version": version}
+        r = device_references.c
+        where = sa.and_(*(r[k] == v for k, v in key.items()))
+        found = (
+            conn.execute(sa.select(device_references).where(where).with_for_update())
+            .mappings()
+            .first()
+        )
+        if found is None:
+            conn.execute(
+                self._insert(device_references)
+                .values(
+                    **key,
+                    state="collecting",
+                    rows=0,
+                    window_ids=[],
+                    last_window=0,
+                    started=now,
+                )
+                .on_conflict_do_nothing(index_elements=list(key))
+            )
+            found = (
+                conn.execute(sa.select(device_references).where(where).with_for_update())
+                .mappings()
+                .first()
+            )
+        assert found is not None
+        return dict(found)
+
+    def save_reference(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        r = device_references.c
+        keys = ("fleet", "device", "model_name", "model_version")
+        conn.execute(
+            sa.update(device_references)
+            .where(*(r[k] == row[k] for k in keys))
+            .values({k: v for k, v in row.items() if k not in keys})
+        )
+
+    def references(
+        self, *, fleet: str | None = None, device: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per-device references: state, rows, windows, when started and ready (no data)."""
+        r = device_references.c
+        q = sa.select(
+            r.fleet, r.device, r.model_name, r.model_version, r.state, r.rows, r.started, r.ready
+        )
+        if fleet is not None:
+            q = q.where(r.fleet == fleet)
+        if device is not None:
+            q = q.where(r.device == device)
+        with self.begin() as conn:
+            return [dict(x) for x in conn.execute(q.order_by(r.started)).mappings()]
+
+    def windows_by_id(self, fleet: str, device: str, ids: Sequence[int]) -> list[StoredWindow]:
+        """Stored windows of one device by id (oldest first); undecodable ones left out."""
+        if not ids:
+            return []
+        with self.begin() as conn:
+            rows = conn.execute(self._sql.payloads, {"ids": list(ids)}).all()
+        out = []
+        for wid, payload, received in sorted(rows):
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                out.append(StoredWindow(wid, fleet, device, tele, received))
+        return out
 
     # --- models -------------------------------------------------------------------------------
 
@@ -694,8 +954,11 @@ class Store:
         since: float | None = None,
         limit: int = 1000,
     ) -> list[StoredWindow]:
-        """Newest first."""
-        q = sa.select(windows.c.id, windows.c.fleet, windows.c.device, windows.c.payload)
+        """Newest first (arrival order), ``since`` on the service's clock; windows stored
+        before today's checks that no longer decode are left out (and logged)."""
+        q = sa.select(
+            windows.c.id, windows.c.fleet, windows.c.device, windows.c.payload, windows.c.received
+        )
         if fleet is not None:
             q = q.where(windows.c.fleet == fleet)
         if device is not None:
@@ -703,12 +966,16 @@ class Store:
         if model is not None:
             q = q.where(windows.c.model_name == model[0], windows.c.model_version == model[1])
         if since is not None:
-            q = q.where(windows.c.window_end >= since)
-        q = q.order_by(windows.c.window_end.desc(), windows.c.id.desc()).limit(limit)
-        decoder = msgspec.json.Decoder(wire.Telemetry)
+            q = q.where(windows.c.received >= since)
+        q = q.order_by(windows.c.id.desc()).limit(limit)
         with self.begin() as conn:
             rows = conn.execute(q).all()
-        return [StoredWindow(int(r[0]), r[1], r[2], decoder.decode(r[3])) for r in rows]
+        out = []
+        for wid, fleet_, device_, payload, received in rows:
+            tele = decode_stored(payload, wid)
+            if tele is not None:
+                out.append(StoredWindow(int(wid), fleet_, device_, tele, received))
+        return out
 
     def devices(self, fleet: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(devices).order_by(devices.c.fleet, devices.c.device)
@@ -731,10 +998,11 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
     def events_of(self, fleet: str, device: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The device's newest events, in arrival order."""
         q = (
             sa.select(events)
             .where(events.c.fleet == fleet, events.c.device == device)
-            .order_by(events.c.sent.desc())
+            .order_by(events.c.id.desc())
             .limit(limit)
         )
         with self.begin() as conn:
@@ -775,6 +1043,7 @@ class Store:
                 r["device"],
                 r["model_name"],
                 r["model_version"],
+                r["reference"],
                 r["feature"],
                 r["kind"],
             )
@@ -799,6 +1068,74 @@ class Store:
             return [
                 dict(r) for r in conn.execute(sa.select(alerts).order_by(alerts.c.id)).mappings()
             ]
+
+    # --- dead letters and retention ----------------------------------------------------------
+
+    def dead_letters(self, *, reason: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters (payload prefix as text, undecodable bytes escaped)."""
+        q = sa.select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        if reason is not None:
+            q = q.where(dead_letters.c.reason == reason)
+        with self.begin() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["payload"] = bytes(r["payload"]).decode("utf-8", "backslashreplace")
+        return rows
+
+    def purge(self, retention: Any, now: float | None = None, chunk: int = 5000) -> dict[str, int]:
+        """Delete what ``retention`` (:class:`~edgeops.service.config.Retention`) no longer
+        keeps, in chunks of ``chunk`` rows per transaction; the rows deleted per table."""
+        now = time.time() if now is None else now
+        day = 86400.0
+        plans: list[tuple[str, sa.Table, Any]] = [
+            ("windows", windows, windows.c.received < now - retention.windows * day),
+            ("events", events, events.c.sent < now - retention.events * day),
+            ("drift", drift, drift.c.evaluated < now - retention.drift * day),
+            ("alerts", alerts, alerts.c.cleared < now - retention.alerts * day),
+            (
+                "dead_letters",
+                dead_letters,
+                dead_letters.c.received < now - retention.dead_letters * day,
+            ),
+        ]
+        deleted: dict[str, int] = {}
+        for name, table, older in plans:
+            deleted[name] = self._delete_chunks(table, older, chunk)
+        with self.begin() as conn:  # the newest dead_letter_rows only
+            keep_from = conn.execute(
+                sa.select(dead_letters.c.id)
+                .order_by(dead_letters.c.id.desc())
+                .offset(retention.dead_letter_rows - 1)
+                .limit(1)
+            ).scalar()
+        if keep_from is not None:
+            deleted["dead_letters"] += self._delete_chunks(
+                dead_letters, dead_letters.c.id < keep_from, chunk
+            )
+        return deleted
+
+    def _delete_chunks(self, table: sa.Table, where: Any, chunk: int) -> int:
+        total = 0
+        while True:
+            ids = sa.select(table.c.id).where(where).limit(chunk).scalar_subquery()
+            with self.begin() as conn:
+                n = conn.execute(sa.delete(table).where(table.c.id.in_(ids))).rowcount
+            total += n
+            if n < chunk:
+                return total
+
+
+_unreadable = SafeLog(log)
+
+
+def decode_stored(payload: bytes, row_id: int | None = None) -> wire.Telemetry | None:
+    """A stored window's telemetry, or None (logged) when it no longer decodes: a row stored
+    before the wire's bounds tightened must not make a read fail."""
+    try:
+        return wire.decode(payload, wire.Telemetry)
+    except wire.WireError as e:
+        _unreadable.warning("unreadable", "stored window %s is left out: %s", row_id, e)
+        return None
 
 
 def dumps(rows: Sequence[dict[str, Any]]) -> str:

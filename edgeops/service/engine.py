@@ -1,15 +1,26 @@
-"""Drift evaluation: windows from storage, distances from :mod:`edgeops.drift`, alerts with
+"""Drift evaluation: windows from storage, verdicts from :mod:`edgeops.drift`, alerts with
 hysteresis, retained alert messages, and policy actions.
 
-A device is evaluated after each batch that stored windows of it, once per batch (coalesced):
-the span ends at its newest window of the batch and holds its newest windows of the same model,
-as many as it takes to reach the minimum sample count (at most ``span_windows``, no older than
-``span_seconds``). A window that reaches the minimum alone is the span, read from nothing but
-memory; otherwise only the span's windows are read back. Hysteresis counts evaluations, not
-windows: under a burst (a backlog drained in batches) several windows of one device make one
-span and one verdict, so an alert may take more windows to raise or clear than ``k_raise`` or
-``k_clear``. A fleet (per model version) is evaluated every
-``fleet_interval`` seconds over all its devices' windows in the span. Every raw distance is
+Two verdicts per device span: against the training data (the bundle's baseline) and since
+deploy (the device's reference: its first healthy windows on the version, collected in the
+``device_references`` table and built with :func:`edgeops.drift.reference_from_windows` once
+they hold the policy's rows and windows). Both are stored with every check (value, threshold,
+noise floor) and the reason; the model's ``alert_on`` says which raise alerts. Once a device's
+reference exists, its design effects (the spread between its windows) widen the floors of both
+verdicts. A device's alerts raised against another model or version than the one it now runs
+are closed, with that reason, when its next window is evaluated.
+
+A device is evaluated after windows of it are stored, once per pending evaluation (coalesced,
+:mod:`edgeops.service.evaluation`): the span ends at its newest stored window and holds its
+newest windows of the same model in arrival order (the service's clock: devices' clocks may be
+wrong), as many as it takes to reach the minimum sample count (at most ``span_windows``, none
+received more than ``span_seconds`` before the newest). A window that reaches the minimum alone
+is the span, read from nothing but memory; otherwise only the span's windows not in memory are
+read back. Hysteresis counts evaluations, not windows: under a burst (a backlog drained in
+batches) several windows of one device make one span and one verdict, so an alert may take more
+windows to raise or clear than ``k_raise`` or ``k_clear``. A fleet (per model version) is
+evaluated every ``fleet_interval`` seconds over all its devices' windows in the span; a group
+whose evaluation fails is logged and counted, and the others go on. Every raw distance is
 stored, alert or not. Alert state transitions happen inside one transaction (the drift rows with
 one ``executemany``, the evaluation's alert states locked with one ``SELECT … FOR UPDATE``,
 stepped in Python and written back with one ``executemany``) that also records the newest window
@@ -20,23 +31,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from edgeops import drift as d
 from edgeops import topics, wire
-from edgeops.profile import Profile
 from edgeops.service import db
-from edgeops.service.config import ServiceConfig
+from edgeops.service.baselines import Baseline, Baselines
+from edgeops.service.config import ReferencePolicy, ServiceConfig
+from edgeops.service.logs import SafeLog
 from edgeops.window_merge import merge_windows
 
 log = logging.getLogger(__name__)
 
 FLEET_SCOPE_DEVICE = "_fleet"
+MAX_CACHED = 100_000
+"""Per-device entries an engine keeps in memory (ready references, versions seen)."""
 
 
 class Engine:
@@ -48,27 +64,23 @@ class Engine:
         config: ServiceConfig,
         publish: Callable[[str, bytes], None] | None = None,
         deploy: Callable[[str, str, dict[str, Any]], None] | None = None,
+        baselines: Baselines | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.publish = publish
         self.deploy = deploy
         """``deploy(bundle, fleet, alert)``: the ``deploy`` alert action."""
-        self._profiles: dict[tuple[str, str], tuple[Profile, dict[str, Any]] | None] = {}
-        self.missing_baselines: set[tuple[str, str]] = set()
+        self.baselines = baselines or Baselines(store)
+        self.fleet_errors = 0
+        self._log = SafeLog(log)
+        self._references: OrderedDict[tuple[str, str, str, str], d.Reference] = OrderedDict()
+        """Ready per-device references (fleet, device, name, version), the newest kept."""
+        self._running: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        """What each device was last seen running (its other versions' alerts are closed)."""
 
-    def _baseline(self, name: str, version: str) -> tuple[Profile, dict[str, Any]] | None:
-        key = (name, version)
-        if self._profiles.get(key) is None:
-            manifest = self.store.model(name, version)
-            if manifest is None:
-                if key not in self.missing_baselines:
-                    log.warning("no registered bundle for %s %s: drift not evaluated", *key)
-                self.missing_baselines.add(key)
-                return None
-            self.missing_baselines.discard(key)
-            self._profiles[key] = (Profile.from_dict(manifest["baseline"]), manifest)
-        return self._profiles[key]
+    def _baseline(self, name: str, version: str) -> Baseline | None:
+        return self.baselines.get(name, version)
 
     # --- spans --------------------------------------------------------------------------------
 
@@ -87,21 +99,26 @@ class Engine:
     ) -> None:
         """Evaluate a device's span ending at its window ``newest`` (the newest of a batch).
 
-        When ``newest`` alone holds ``min_samples`` it is the span and nothing is read; else the
-        span's older windows are read, except those in ``known`` (the batch just stored)."""
+        Alerts raised against another model or version than ``newest``'s are closed first,
+        with that reason. When ``newest`` alone holds ``min_samples`` non-missing values of
+        every input it is the span and nothing is read; else the span's older windows are read
+        (enough rows for the input with the most missing values), except those in ``known``
+        (the batch just stored)."""
         t = newest.telemetry
         if t.model is None:
             return
+        self._close_other_versions(newest.fleet, t.device, t.model.name, t.model.version)
         if self._baseline(t.model.name, t.model.version) is None:
             return
         min_samples = self.config.policy(t.model.name).drift.min_samples
-        if t.count >= min_samples or self.config.span_windows <= 1:
+        need = _rows_needed(t, min_samples)
+        if t.count >= need or self.config.span_windows <= 1:
             span = [newest]
         else:
             span = self.store.device_span(
                 newest,
-                since=t.window_end - self.config.span_seconds,
-                min_samples=min_samples,
+                since=newest.received - self.config.span_seconds,
+                min_samples=need,
                 limit=self.config.span_windows,
                 known=known or {newest.id: newest},
             )
@@ -109,24 +126,159 @@ class Engine:
             "device", newest.fleet, t.device, t.model.name, t.model.version, span, newest.id
         )
 
-    def evaluate_fleets(self) -> None:
-        """Evaluate every (fleet, model version) with windows in the span."""
+    def _close_other_versions(self, fleet: str, device: str, name: str, version: str) -> None:
+        """Close the device's alerts of versions it no longer runs (checked when this process
+        first sees the device, and whenever its version changes)."""
+        key = (fleet, device)
+        if self._running.get(key) == (name, version):
+            return
+        with self.store.begin() as conn:
+            closed = self.store.close_other_versions(
+                conn, fleet, device, name, version, time.time()
+            )
+        self._running[key] = (name, version)
+        if len(self._running) > MAX_CACHED:
+            self._running.pop(next(iter(self._running)))
+        if closed:
+            for a in closed:
+                log.warning(
+                    "alert closed: %s %s %s %s/%s (%s %s): the device now runs %s %s",
+                    a["scope"], fleet, device, a["kind"], a["feature"],
+                    a["model_name"], a["model_version"], name, version,
+                )  # fmt: skip
+            self._announce(fleet, device)
+
+    def evaluate_fleets(self, beat: Callable[[], None] | None = None) -> int:
+        """Evaluate every (fleet, model version) with windows received in the span; a group
+        that fails is logged and counted and the others go on (``beat()`` after each: the
+        supervisor's heartbeat). Fleet-wide alerts of a version no device of the fleet ran in
+        the span are closed, with that reason. The groups that failed."""
         since = time.time() - self.config.span_seconds
         groups: dict[tuple[str, str, str], list[db.StoredWindow]] = {}
         for r in self.store.recent_windows(since=since, limit=20_000):
             m = r.telemetry.model
             if m is not None:
                 groups.setdefault((r.fleet, m.name, m.version), []).append(r)
+        failed = 0
+        for fleet in sorted({f for f, _, _ in groups}):
+            running = {(n, v) for f, n, v in groups if f == fleet}
+            with self.store.begin() as conn:
+                closed = self.store.close_fleet_alerts_of(
+                    conn, fleet, running, time.time(), FLEET_SCOPE_DEVICE
+                )
+            if closed:
+                self._announce(fleet, FLEET_SCOPE_DEVICE)
         for (fleet, name, version), rows in groups.items():
-            policy = self.config.policy(name)
-            per_device: dict[str, list[db.StoredWindow]] = {}
-            for r in rows:
-                per_device.setdefault(r.device, []).append(r)
-            span = [
-                w for ws in per_device.values() for w in self._span(ws, policy.drift.min_samples)
-            ]
-            newest = max(r.id for r in rows)
-            self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
+            try:
+                policy = self.config.policy(name)
+                per_device: dict[str, list[db.StoredWindow]] = {}
+                for r in rows:  # newest first: each device's span is its newest windows
+                    per_device.setdefault(r.device, []).append(r)
+                span = [
+                    w
+                    for ws in per_device.values()
+                    for w in self._span(ws, policy.drift.min_samples)
+                ]
+                newest = max(r.id for r in rows)
+                self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
+            except Exception as e:
+                failed += 1
+                self._log.error(
+                    f"fleet {fleet}",
+                    "fleet drift evaluation of %s %s %s failed: %s: %s",
+                    fleet,
+                    name,
+                    version,
+                    type(e).__name__,
+                    e,
+                )
+            if beat is not None:
+                beat()
+        self.fleet_errors += failed
+        return failed
+
+    # --- per-device references ----------------------------------------------------------------
+
+    def _reference(
+        self,
+        fleet: str,
+        device: str,
+        name: str,
+        version: str,
+        span: Sequence[db.StoredWindow],
+        baseline: Baseline,
+        healthy: bool,
+    ) -> d.Reference | None:
+        """The device's reference for (name, version) when it is ready; else, when the span is
+        ``healthy``, its windows not yet taken and served without errors are added to it (and it
+        is built once it holds the policy's rows and windows)."""
+        key = (fleet, device, name, version)
+        found = self._references.get(key)
+        if found is not None:
+            return found
+        policy = self.config.policy(name).reference
+        now = time.time()
+        ref: d.Reference | None
+        with self.store.begin() as conn:
+            row = self.store.lock_reference(conn, fleet, device, name, version, now)
+            ref = None
+            if row["state"] == "ready":
+                try:
+                    ref = d.Reference.from_dict(row["data"])
+                except ValueError as e:  # a row that no longer reads: collected again
+                    self._log.error(
+                        "reference",
+                        "reference of %s/%s %s %s is unreadable (%s): collecting it again",
+                        fleet, device, name, version, e,
+                    )  # fmt: skip
+                    row.update(state="collecting", rows=0, window_ids=[], data=None, ready=None)
+            if ref is None:
+                ref = self._collect(row, span, baseline, policy, now, healthy)
+                self.store.save_reference(conn, row)
+        if ref is not None:
+            self._references[key] = ref
+            if len(self._references) > MAX_CACHED:
+                self._references.pop(next(iter(self._references)))
+        return ref
+
+    def _collect(
+        self,
+        row: dict[str, Any],
+        span: Sequence[db.StoredWindow],
+        baseline: Baseline,
+        policy: ReferencePolicy,
+        now: float,
+        healthy: bool,
+    ) -> d.Reference | None:
+        """Add the span's healthy windows newer than the reference's last to ``row`` (in
+        place); the built reference once ``row`` holds enough, else None."""
+        ids: list[int] = list(row["window_ids"])
+        for w in sorted(span, key=lambda w: w.id):
+            t = w.telemetry
+            if w.id <= row["last_window"]:
+                continue
+            row["last_window"] = w.id
+            if healthy and t.count > 0 and t.errors == 0 and t.bad_inputs == 0:
+                ids.append(w.id)
+                row["rows"] += t.count
+        row["window_ids"] = ids
+        if row["rows"] < policy.rows or len(ids) < policy.min_windows:
+            return None
+        known = {w.id: w for w in span}
+        missing = [i for i in ids if i not in known]
+        found = {w.id: w for w in self.store.windows_by_id(row["fleet"], row["device"], missing)}
+        windows = [(known.get(i) or found.get(i)) for i in ids]
+        tele = [w.telemetry for w in windows if w is not None]
+        ref = d.reference_from_windows(baseline.profile, tele, rows=row["rows"])
+        row.update(state="ready", data=ref.to_dict(), ready=now, window_ids=[])
+        log.info(
+            "reference ready: %s/%s %s %s from %d windows, %d rows",
+            row["fleet"], row["device"], row["model_name"], row["model_version"],
+            ref.windows, ref.rows,
+        )  # fmt: skip
+        return ref
+
+    # --- one evaluation -----------------------------------------------------------------------
 
     def _evaluate(
         self,
@@ -141,19 +293,42 @@ class Engine:
         base = self._baseline(name, version)
         if base is None or not span:
             return
-        profile, manifest = base
+        profile, manifest = base.profile, base.manifest
         policy = self.config.policy(name)
         th = policy.drift
         tele = [r.telemetry for r in span]
-        inputs = merge_windows([t.inputs for t in tele])
-        outputs = merge_windows([t.outputs for t in tele])
-        result = d.evaluate(profile, inputs, outputs, th)
+        if scope == "device":  # the span, newest first: each feature takes what it needs
+            ref = self._references.get((fleet, device, name, version))
+            effects = None if ref is None else ref.design_effects
+            training = d.evaluate_span(profile, tele, th, design_effects=effects)
+            if ref is None:
+                # A span is healthy unless the training verdicts alert and one of them drifts,
+                # judged without the design effect: drift that begins inside a span widens its
+                # floors, and its first windows must not enter the reference.
+                judged = (*training.features, *training.outputs)
+                healthy = True
+                if "training" in policy.alert_on:
+                    strict = training
+                    if any(f.design_effect > 1 for f in judged):
+                        strict = d.evaluate_span(profile, tele, replace(th, design_effect=False))
+                    healthy = not any(f.drifted for f in (*strict.features, *strict.outputs))
+                ref = self._reference(fleet, device, name, version, span, base, healthy)
+                if ref is not None:
+                    effects = ref.design_effects
+                    training = d.evaluate_span(profile, tele, th, design_effects=effects)
+            results = {"training": training}
+            if ref is not None:
+                results["deploy"] = d.evaluate_span(ref.profile, tele, th, design_effects=effects)
+        else:  # a fleet: every device's span, merged
+            inputs = merge_windows([t.inputs for t in tele])
+            outputs = merge_windows([t.outputs for t in tele])
+            results = {"training": d.evaluate(profile, inputs, outputs, th)}
         now = time.time()
         samples = sum(t.count for t in tele)
-        verdicts: list[tuple[str, str, bool | None, dict[str, Any]]] = []
+        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]] = []
         records: list[dict[str, Any]] = []
 
-        def record(kind: str, feature: str, **values: Any) -> None:
+        def record(reference: str, kind: str, feature: str, **values: Any) -> None:
             records.append(
                 {
                     "evaluated": now,
@@ -167,63 +342,82 @@ class Engine:
                     "samples": samples,
                     **dict.fromkeys(("js", "psi", "wasserstein", "linf", "value", "drifted")),
                     "reason": None,
+                    "checks": None,
+                    "reference": reference,
                     **values,
                 }
             )
 
-        for f, kind in [(f, "input") for f in result.features] + [
-            (f, "output") for f in result.outputs
-        ]:
-            enough = f.samples >= th.min_samples
-            record(
-                kind,
-                f.feature,
-                samples=f.samples,
-                js=f.js,
-                psi=f.psi,
-                wasserstein=f.wasserstein,
-                linf=f.linf,
-                drifted=f.drifted if enough else None,
-                reason=f.reason,
-            )
-            verdicts.append((kind, f.feature, f.drifted if enough else None, _distances(f)))
-        enough = samples >= th.min_samples
-        record("dataset", "*", drifted=result.dataset_drifted if enough else None)
-        verdicts.append(("dataset", "*", result.dataset_drifted if enough else None, {}))
+        for reference, result in results.items():
+            alerting = reference in policy.alert_on
+            for f, kind in [(f, "input") for f in result.features] + [
+                (f, "output") for f in result.outputs
+            ]:
+                record(
+                    reference,
+                    kind,
+                    f.feature,
+                    samples=f.samples,
+                    js=f.js,
+                    psi=f.psi,
+                    wasserstein=f.wasserstein,
+                    linf=f.linf,
+                    value=f.missing_rate,
+                    drifted=f.verdict,
+                    reason=f.reason,
+                    checks=[c.to_dict() for c in f.checks],
+                )
+                if alerting:
+                    verdicts.append((reference, kind, f.feature, f.verdict, _detail(f)))
+            record(reference, "dataset", "*", drifted=result.dataset_verdict)
+            if alerting:
+                verdicts.append((reference, "dataset", "*", result.dataset_verdict, {}))
 
-        reference = (manifest.get("evaluation") or {}).get("test", {}).get("accuracy")
+        evaluation = manifest.get("evaluation") or {}
+        test = evaluation.get("test") or {}
+        accuracy = test.get("accuracy")
+        count = test.get("count")
         correct = sum(t.feedback.correct for t in tele)
         total = sum(t.feedback.total for t in tele)
-        if reference is not None and total > 0:
+        if accuracy is not None and total > 0:
             c = d.accuracy_drop(
                 correct,
                 total,
-                float(reference),
+                float(accuracy),
                 th.accuracy_confidence,
                 min_feedback=th.min_feedback,
+                reference_count=int(count) if isinstance(count, int) and count > 0 else None,
             )
-            verdict = c.drifted if total >= th.min_feedback else None
             record(
+                "",
                 "concept",
                 "accuracy",
                 samples=total,
                 value=c.accuracy,
-                drifted=verdict,
+                drifted=c.verdict,
                 reason=c.reason,
             )
             verdicts.append(
                 (
+                    "",
                     "concept",
                     "accuracy",
-                    verdict,
-                    {"accuracy": c.accuracy, "upper": c.upper, "reference": reference},
+                    c.verdict,
+                    {
+                        "accuracy": c.accuracy,
+                        "upper": c.upper,
+                        "reference": accuracy,
+                        "test_rows": c.reference_count,
+                        "reason": c.reason,
+                    },
                 )
             )
         if policy.latency_budget_ms is not None:
             lat = d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
-            record("latency", "p95", value=lat.p95, drifted=lat.over)
+            why = f"p95 {lat.p95} ms against a budget of {lat.budget} ms"
+            record("", "latency", "p95", value=lat.p95, drifted=lat.over, reason=why)
             verdicts.append(
-                ("latency", "p95", lat.over, {"p95_ms": lat.p95, "budget_ms": lat.budget})
+                ("", "latency", "p95", lat.over, {"p95_ms": lat.p95, "budget_ms": lat.budget})
             )
 
         changed = self._store_and_step(
@@ -244,19 +438,23 @@ class Engine:
         version: str,
         window_id: int,
         records: list[dict[str, Any]],
-        verdicts: list[tuple[str, str, bool | None, dict[str, Any]]],
+        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]],
         th: d.DriftThresholds,
     ) -> list[tuple[str, str, str, dict[str, Any]]]:
         changed: list[tuple[str, str, str, dict[str, Any]]] = []
         now = time.time()
-        keys = ["|".join((scope, fleet, device, name, version, k, f)) for k, f, _, _ in verdicts]
+        keys = [
+            "|".join((scope, fleet, device, name, version, r, k, f)) for r, k, f, _, _ in verdicts
+        ]
         with self.store.begin() as conn:
             self.store.add_drift(conn, records)
             states = self.store.lock_alert_states(conn, keys, now)
             updates: list[dict[str, Any]] = []
             raised: list[dict[str, Any]] = []
             cleared: list[str] = []
-            for key, (kind, feature, verdict, detail) in zip(keys, verdicts, strict=True):
+            for key, (reference, kind, feature, verdict, detail) in zip(
+                keys, verdicts, strict=True
+            ):
                 row = states[key]
                 if row.last_window >= window_id:
                     continue  # another process already accounted for this window
@@ -284,6 +482,7 @@ class Engine:
                             "model_version": version,
                             "feature": feature,
                             "kind": kind,
+                            "reference": reference,
                             "raised": now,
                             "detail": detail,
                         }
@@ -365,7 +564,32 @@ class Engine:
                 self.deploy(action.deploy, fleet, alert)
 
 
-def _distances(f: Any) -> dict[str, Any]:
-    out = {k: v for k, v in asdict(f).items() if k in ("js", "psi", "wasserstein", "linf")}
-    out["samples"] = f.samples
+def _detail(f: d.FeatureDrift) -> dict[str, Any]:
+    """What an alert carries: the distances, the sample size and why."""
+    out: dict[str, Any] = {
+        "js": f.js,
+        "psi": f.psi,
+        "wasserstein": f.wasserstein,
+        "linf": f.linf,
+        "samples": f.samples,
+        "missing_rate": f.missing_rate,
+        "reason": f.reason,
+    }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _rows_needed(t: wire.Telemetry, min_samples: int) -> int:
+    """Rows a span needs for ``min_samples`` non-missing values of every input, judged by the
+    missing share of each input in ``t`` (at most 10 times ``min_samples``)."""
+    worst = 0.0
+    for w in t.inputs:
+        if isinstance(w, wire.NumericWindow):
+            values = sum(w.counts)
+        elif isinstance(w, wire.CategoricalWindow):
+            values = sum(w.counts) + w.other
+        else:
+            continue
+        rows = values + w.missing
+        if rows:
+            worst = max(worst, w.missing / rows)
+    return min(math.ceil(min_samples / max(1.0 - worst, 0.1)), 10 * min_samples)

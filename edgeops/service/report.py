@@ -101,56 +101,106 @@ def fleet_table(data: dict[str, Any]) -> str:
     return out
 
 
+REFERENCE_NAMES = {"training": "training data", "deploy": "since deploy", "": "-"}
+"""How the two verdict kinds read: "differs from training data", "changed since deploy"."""
+
+
 def alerts_table(alerts: list[dict[str, Any]]) -> str:
     rows = [
         (
             a["fleet"],
             a["device"],
             f"{a['model_name']} {a['model_version']}",
+            REFERENCE_NAMES.get(a.get("reference", "training"), "-"),
             a["kind"],
             a["feature"],
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["raised"])),
         )
         for a in alerts
     ]
-    return render(("fleet", "device", "model", "kind", "feature", "raised"), rows)
+    return render(("fleet", "device", "model", "against", "kind", "feature", "raised"), rows)
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r.get("drifted") is None:
+        return "no verdict"
+    return "DRIFT" if r["drifted"] else "ok"
 
 
 def drift_table(rows: list[dict[str, Any]]) -> str:
+    """Every verdict: what it compared with, the distances, and why it was reached (the checks
+    over their limit, or the closest one, each with its value, threshold, floor and test)."""
+    ordered = sorted(
+        rows,
+        key=lambda r: (
+            r["scope"], r["device"], r.get("reference", ""), r["kind"], r["feature"]
+        ),
+    )  # fmt: skip
     body = [
         (
             r["scope"],
             r["device"] or "-",
             f"{r['model_name']} {r['model_version']}",
+            REFERENCE_NAMES.get(r.get("reference", "training"), "-"),
             r["kind"],
             r["feature"],
             r["samples"],
             r.get("js"),
             r.get("psi"),
             r.get("wasserstein"),
-            r.get("linf"),
             r.get("value"),
-            "-" if r.get("drifted") is None else ("DRIFT" if r["drifted"] else "ok"),
+            _verdict(r),
         )
-        for r in sorted(rows, key=lambda r: (r["scope"], r["device"], r["kind"], r["feature"]))
+        for r in ordered
     ]
-    return render(
+    table = render(
         (
             "scope",
             "device",
             "model",
+            "against",
             "kind",
             "feature",
             "n",
             "JS",
             "PSI",
             "W1/std",
-            "L-inf",
             "value",
             "verdict",
         ),
         body,
     )
+    why = [
+        f"  {r['device'] or r['scope']} {r['feature']} "
+        f"[{REFERENCE_NAMES.get(r.get('reference', 'training'), '-')}]: {_verdict(r)}: "
+        f"{r['reason']}"
+        for r in ordered
+        if r.get("reason")
+    ]
+    return table + ("\n\nwhy:\n" + "\n".join(why) if why else "")
+
+
+def drift_report(data: dict[str, Any]) -> str:
+    """``edgeops drift report``: the verdicts, the baselines' blind spots, the references."""
+    out = drift_table(data["drift"])
+    blind = data.get("blind_spots") or {}
+    if blind:
+        out += "\n\nblind spots (drift that the bins cannot show; the moments still can):"
+        for model, found in blind.items():
+            for feature, reason in found.items():
+                out += f"\n  {model} {feature}: {reason}"
+    refs = data.get("references") or []
+    if refs:
+        out += "\n\nper-device references (first healthy windows on a version):\n"
+        out += render(
+            ("fleet", "device", "model", "state", "rows"),
+            [
+                (x["fleet"], x["device"], f"{x['model_name']} {x['model_version']}",
+                 x["state"], x["rows"])
+                for x in refs
+            ],
+        )  # fmt: skip
+    return out
 
 
 def device_report(data: dict[str, Any]) -> str:

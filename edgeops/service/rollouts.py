@@ -494,18 +494,19 @@ class Rollouts:
         old_rows: list[Any] = []
         for d in committed:
             q = sa.select(w.payload).where(w.fleet == dep["fleet"], w.device == d["device"])
+            # the service's clock (when windows arrived), not the devices'
             new_rows += conn.execute(
                 q.where(
                     w.model_version == dep["model_version"],
-                    w.window_start >= (d["decided"] or 0.0) - 1.0,
+                    w.received >= (d["decided"] or 0.0),
                 )
             ).all()
             if d["from_version"] is not None and d["sent"] is not None:
                 old_rows += conn.execute(
                     q.where(
                         w.model_version == d["from_version"],
-                        w.window_end <= d["sent"],
-                        w.window_end >= d["sent"] - 600.0,
+                        w.received <= d["sent"],
+                        w.received >= d["sent"] - 600.0,
                     )
                 ).all()
         new = _serving([r[0] for r in new_rows])
@@ -623,7 +624,7 @@ def _targets(
 
 def _serving(payloads: Sequence[bytes]) -> ro.Serving:
     """Merge telemetry windows into one model's serving record."""
-    tele = [wire.decode(p, wire.Telemetry) for p in payloads]
+    tele = [t for t in (db.decode_stored(p) for p in payloads) if t is not None]
     lat = [t.latency for t in tele if t.latency.count]
     p95 = merge_wire(lat).quantile(0.95) if lat else None
     return ro.Serving(

@@ -6,9 +6,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from edgeops import topics
+from edgeops.broker import BrokerSettings
 from edgeops.errors import UsageError
 from edgeops.simulate.spec import DriftSpec
 
@@ -20,7 +20,12 @@ class FleetConfig:
     devices: int
     bundle: Path
     """The bundle every device starts with (installed into each device's own store)."""
-    broker: str = "mqtt://localhost:1883"
+    broker: BrokerSettings | str = "mqtt://localhost:1883"
+    """The broker's URL, or its settings (TLS, CA); each device uses its own account."""
+    device_credentials: Path | None = None
+    """Each device's broker identity: ``DIR/ID.crt`` and ``DIR/ID.key`` (a client certificate
+    whose common name is the device id), else its password in ``DIR/passwords`` (lines
+    ``ID:PASSWORD``); the user name is the device id. None: no account (an open broker)."""
     fleet: str = "sim"
     data: Path | None = None
     """CSV or NPZ rows to replay; default: the bundled sample dataset the bundle came from."""
@@ -69,6 +74,11 @@ class FleetConfig:
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.broker_address()
+        if self.device_credentials is not None:
+            if not self.device_credentials.is_dir():
+                raise UsageError(f"--device-credentials {self.device_credentials}: not a directory")
+            for device in self.device_ids():
+                self.device_account(device)
         for spec in self.drift:
             try:
                 spec.device_indices(self.devices)
@@ -76,16 +86,50 @@ class FleetConfig:
                 raise UsageError(f"--drift {spec}: {e}") from None
         return self
 
+    @property
+    def mqtt(self) -> BrokerSettings:
+        b = self.broker
+        return b if isinstance(b, BrokerSettings) else BrokerSettings(b)
+
     def broker_address(self) -> tuple[str, int]:
-        """Host and port of ``broker`` (``mqtt://HOST:PORT``, or ``HOST:PORT``)."""
-        u = urlsplit(self.broker if "://" in self.broker else f"mqtt://{self.broker}")
+        """Host and port of the broker."""
+        return self.mqtt.address
+
+    def device_account(
+        self, device: str
+    ) -> tuple[str | None, str | None, Path | None, Path | None]:
+        """A device's user name, password, certificate and key (see ``device_credentials``)."""
+        d = self.device_credentials
+        if d is None:
+            return None, None, None, None
+        cert, key = d / f"{device}.crt", d / f"{device}.key"
+        if cert.is_file() and key.is_file():
+            return None, None, cert, key
+        passwords = self._passwords()
+        if device not in passwords:
+            raise UsageError(
+                f"--device-credentials {d}: no {device}.crt and .key, and no password for "
+                f"{device} in {d / 'passwords'}"
+            )
+        return device, passwords[device], None, None
+
+    def _passwords(self) -> dict[str, str]:
+        assert self.device_credentials is not None
+        path = self.device_credentials / "passwords"
         try:
-            port = u.port or 1883
-        except ValueError:
-            port = 0
-        if u.scheme not in ("mqtt", "tcp") or u.path not in ("", "/") or not u.hostname or not port:
-            raise UsageError(f"--broker {self.broker}: use mqtt://HOST:PORT")
-        return u.hostname, port
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise UsageError(f"{path}: {e.strerror or e}") from None
+        out = {}
+        for line in lines:
+            if line.strip():
+                user, sep, password = line.partition(":")
+                if not sep:
+                    raise UsageError(f"{path}: expected ID:PASSWORD lines")
+                out[user.strip()] = password.rstrip("\n")
+        return out
 
     def device_ids(self) -> list[str]:
         width = max(3, len(str(self.devices - 1)))

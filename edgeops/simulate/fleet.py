@@ -250,13 +250,21 @@ class Fleet:
             ModelConfig,
             MqttConfig,
             TelemetryConfig,
+            TlsConfig,
         )
 
         cfg = self.config
         host, port = cfg.broker_address()
+        broker = cfg.mqtt
         agents = []
         for device_id in cfg.device_ids():
             home = work / "devices" / device_id
+            username, password, cert, key = cfg.device_account(device_id)
+            tls = (
+                TlsConfig(ca=broker.ca, cert=cert, key=key, insecure=broker.insecure)
+                if broker.tls
+                else None
+            )
             agents.append(
                 Agent(
                     AgentConfig(
@@ -268,7 +276,14 @@ class Fleet:
                             allow_unsigned=cfg.allow_unsigned,
                         ),
                         telemetry=TelemetryConfig(window_seconds=cfg.window_seconds),
-                        mqtt=MqttConfig(host=host, port=port, outbox=home / "outbox.db"),
+                        mqtt=MqttConfig(
+                            host=host,
+                            port=port,
+                            username=username,
+                            password=password,
+                            tls=tls,
+                            outbox=home / "outbox.db",
+                        ),
                         http=HttpConfig(enabled=False),
                     ),
                     http=False,
@@ -416,6 +431,15 @@ class Fleet:
     def online(self) -> int:
         """Devices whose MQTT link is connected now."""
         return sum(1 for d in self._devices if d.agent.link is not None and d.agent.link.connected)
+
+    @property
+    def connect_problem(self) -> str | None:
+        """Why a device's last connection attempt failed (the first found), or None."""
+        for d in self._devices:
+            link = d.agent.link
+            if link is not None and link.problem is not None:
+                return link.problem
+        return None
 
     def stats(self) -> list[DeviceStats]:
         out = []

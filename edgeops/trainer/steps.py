@@ -20,6 +20,7 @@ Files each step writes (under ``RUNDIR/<step>/``):
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,8 @@ from edgeops.schema import validate as validate_table
 from edgeops.table import Table, read_npz, read_table
 from edgeops.trainer.models import TransformStats, build_model
 from edgeops.trainer.pipeline import StepContext
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -160,7 +163,10 @@ def profile(ctx: StepContext) -> Mapping[str, Any]:
             inputs.append(prof.profile_tensor(f.name, col.astype(np.float64), bins))
     p = prof.Profile(tuple(inputs), (), bins)
     _write_json(ctx.out / "inputs.json", p.to_dict())
-    return {"features": len(inputs), "rows": len(train)}
+    blind = p.blind_spots()
+    for name, reason in blind.items():
+        log.warning("profile: drift of %s cannot show in its bins (%s)", name, reason)
+    return {"features": len(inputs), "rows": len(train), "blind_spots": blind}
 
 
 # --- transform --------------------------------------------------------------------------------
