@@ -254,14 +254,15 @@ def test_the_agent_socket_is_0660_and_replaces_a_stale_one(
 # --- the service --------------------------------------------------------------------------------
 
 
-def test_the_service_refuses_an_oversized_bundle_without_buffering_it(
-    broker: Mosquitto, tmp_path: Path
-) -> None:
+def test_the_service_refuses_an_oversized_bundle_without_buffering_it(tmp_path: Path) -> None:
     port = free_port()
+    # A broker of its own: a stopped service's persistent session stays in its shared
+    # subscription group on the broker, and would take its share of a later service's messages.
+    broker = Mosquitto(directory=tmp_path / "broker")  # started below
     args = ["serve", "--broker", f"mqtt://127.0.0.1:{broker.port}"]
     args += ["--db", f"sqlite:///{tmp_path / 'service.db'}", "--http-port", str(port)]
     ready = lambda: _answers(port, "/v1/stats")  # noqa: E731
-    with _process(args, tmp_path / "service.log", ready) as pid:
+    with broker, _process(args, tmp_path / "service.log", ready) as pid:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("POST", "/v1/models", body=b"not a bundle")
         garbage = conn.getresponse()
