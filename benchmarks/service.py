@@ -133,10 +133,11 @@ from device_agent.config import (
     TelemetryConfig,
 )
 from edgeops import topics, wire
+from edgeops.broker import BrokerSettings
 from edgeops.service import Service, ServiceConfig, db
 from edgeops.service.config import DEFAULT_THRESHOLDS
 from edgeops.tables import fmt, render
-from edgeops.testing import Mosquitto, Postgres
+from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -164,14 +165,18 @@ class Phase:
     """fleet (against the bare subscriber), backlog, or live."""
     database: str
     processes: int
+    tls: bool = False
+    """Every consumer and the publisher over TLS with a password (mosquitto with a throwaway
+    CA), instead of plain MQTT."""
 
     @property
     def slug(self) -> str:
-        return f"{self.kind}_{self.database}_{self.processes}"
+        return f"{self.kind}_{self.database}_{self.processes}" + ("_tls" if self.tls else "")
 
 
 FLEET_PHASES = (
     Phase("sqlite", "fleet", "sqlite", 1),
+    Phase("sqlite tls", "fleet", "sqlite", 1, tls=True),
     Phase("sqlite x2", "fleet", "sqlite", 2),
     Phase("postgresql", "fleet", "postgresql", 1),
     Phase("postgresql x2", "fleet", "postgresql", 2),
@@ -419,10 +424,26 @@ def make_stream(bases: Sequence[wire.Telemetry], devices: int, rounds: int, tag:
 # --- child processes ----------------------------------------------------------------------------
 
 
-def persistent_connect(c: mqtt.Client, port: int) -> None:
+def broker_settings(spec: dict[str, Any]) -> BrokerSettings:
+    """The phase's broker: plain, or TLS with a CA and a password (``spec["tls"]``)."""
+    tls = spec.get("tls")
+    if not tls:
+        return BrokerSettings(f"mqtt://127.0.0.1:{spec['port']}")
+    return BrokerSettings(
+        f"mqtts://127.0.0.1:{spec['port']}",
+        username=tls["username"],
+        password=tls["password"],
+        ca=Path(tls["ca"]),
+    )
+
+
+def persistent_connect(c: mqtt.Client, spec: dict[str, Any]) -> None:
+    settings = broker_settings(spec)
+    settings.configure(c)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
-    c.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+    host, port = settings.address
+    c.connect(host, port, keepalive=30, clean_start=False, properties=props)
 
 
 def reply(**values: Any) -> None:
@@ -464,7 +485,7 @@ def child_bare(spec: dict[str, Any]) -> None:
     subscribed = threading.Event()
     c = client(lambda cl, *_: cl.subscribe(spec["filter"], qos=1))
     c.on_subscribe = lambda *_: subscribed.set()
-    persistent_connect(c, spec["port"])
+    persistent_connect(c, spec)
     c.loop_start()
     if not subscribed.wait(10):
         raise SystemExit("the bare subscriber got no SUBACK")
@@ -484,7 +505,7 @@ def child_bare(spec: dict[str, Any]) -> None:
     c = client(lambda *_: None)  # the session keeps the subscription
     c.on_message = on_message
     cpu = time.process_time()
-    persistent_connect(c, spec["port"])
+    persistent_connect(c, spec)
     c.loop_start()
     done.wait(spec["timeout"])
     cpu = time.process_time() - cpu
@@ -497,7 +518,7 @@ def child_service(spec: dict[str, Any]) -> None:
     """Prime the service's persistent session; on ``go`` run a Service on it until ``stop``,
     timing every batch the intake processes; then run until its evaluations are done."""
     cfg = ServiceConfig(
-        broker=f"mqtt://127.0.0.1:{spec['port']}",
+        broker=broker_settings(spec),
         db=spec["db"],
         group=spec["group"],
         bundles=(Path(spec["bundle"]),),
@@ -714,14 +735,15 @@ def pg_database(pg: Postgres, name: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def publish(port: int, stream: Stream, rate: float | None = None) -> float:
+def publish(broker: BrokerSettings, stream: Stream, rate: float | None = None) -> float:
     """Publish the stream at QoS 1 (paced at ``rate`` messages/s if given); messages per second
     until the last PUBACK."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv5)
     connected = threading.Event()
     c.on_connect = lambda *_: connected.set()
     c.max_inflight_messages_set(1000)
-    c.connect("127.0.0.1", port)
+    broker.configure(c)
+    c.connect(*broker.address)
     c.loop_start()
     if not connected.wait(10):
         raise RuntimeError("the publisher could not connect")
@@ -770,8 +792,15 @@ def run_phase(
         url = pg_database(pg, f"bench_{phase.slug}")
     engine = db.connect(url)  # creates the tables once, before the services start
     n = len(stream)
-    with Mosquitto() as broker, contextlib.ExitStack() as stack:
-        common = {"port": broker.port, "timeout": max(60.0, n / 100)}
+    tls: dict[str, str] | None = None
+    if phase.tls:
+        pki = make_test_pki(work / "pki")
+        tls = {"username": "bench", "password": uuid.uuid4().hex, "ca": str(pki.ca)}
+        broker_cm = Mosquitto(tls=pki, passwords={tls["username"]: tls["password"]})
+    else:
+        broker_cm = Mosquitto()
+    with broker_cm as broker, contextlib.ExitStack() as stack:
+        common = {"port": broker.port, "timeout": max(60.0, n / 100), "tls": tls}
         bare = (
             stack.enter_context(
                 Child(
@@ -816,10 +845,10 @@ def run_phase(
             for c in services:
                 c.expect("started", 120)
             say(f"{phase.name}: publishing {n} windows at {s.live_rate:g}/s to a running service")
-            publish_rate = publish(broker.port, stream, rate=s.live_rate)
+            publish_rate = publish(broker_settings(common), stream, rate=s.live_rate)
         else:
             say(f"{phase.name}: publishing {n} windows")
-            publish_rate = publish(broker.port, stream)
+            publish_rate = publish(broker_settings(common), stream)
             if bare is not None:
                 say(f"{phase.name}: the bare subscriber drains")
                 bare.send("go")
@@ -1288,7 +1317,7 @@ def delay_rows(runs: Sequence[StreamRun]) -> list[DelayRow]:
 def goals(phases: Sequence[PhaseResult]) -> list[Goal]:
     found = []
     for r in phases:
-        if r.kind == "fleet" and r.processes == 1 and r.ratio is not None:
+        if r.kind == "fleet" and r.processes == 1 and r.ratio is not None and "tls" not in r.phase:
             found.append(
                 Goal(
                     f"{r.phase}: windows stored/s >= {RATIO_GOAL} x bare subscriber "
@@ -1384,8 +1413,24 @@ def throughput_table(rows: Sequence[PhaseResult]) -> str:
 
 def scaling_lines(rows: Sequence[PhaseResult]) -> str:
     lines = []
+    plain = [r for r in rows if r.phase == "sqlite"]
+    tls = [r for r in rows if r.phase == "sqlite tls"]
+    if plain and tls:
+        lines.append(
+            f"TLS, sqlite: the service stores {tls[0].stored_per_s:,.0f}/s over TLS with a "
+            f"password, {tls[0].stored_per_s / plain[0].stored_per_s:.2f} x plain MQTT "
+            f"({plain[0].stored_per_s:,.0f}/s); the bare subscriber "
+            f"{(tls[0].bare_per_s or 0) / (plain[0].bare_per_s or 1):.2f} x"
+        )
     for database in ("sqlite", "postgresql"):
-        one = [r for r in rows if r.kind == "fleet" and r.database == database and r.processes == 1]
+        one = [
+            r
+            for r in rows
+            if r.kind == "fleet"
+            and r.database == database
+            and r.processes == 1
+            and r.phase != "sqlite tls"
+        ]
         two = [r for r in rows if r.kind == "fleet" and r.database == database and r.processes == 2]
         if one and two:
             lines.append(
