@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import numpy.typing as npt
 
 from device_agent.config import AgentConfig
+from device_agent.guard import CommandGuard
 from device_agent.link import MqttLink
 from device_agent.outbox import Outbox
 from device_agent.serving import ServedModel
@@ -42,12 +44,6 @@ from edgeops.window import WindowAccumulator, WindowStats
 log = logging.getLogger(__name__)
 
 _FEEDBACK_MEMORY = 10_000
-
-SET_CONFIG_LIMITS: dict[str, tuple[float, float]] = {
-    "window_seconds": (1.0, 3600.0),
-    "sample_rate": (0.0, 1.0),
-}
-"""What a ``set-config`` command may set, and the range each value must lie in (inclusive)."""
 
 
 class _Refused(InputDataError):
@@ -124,6 +120,7 @@ class Agent:
         self.link: MqttLink | None = None
         self.http: Any = None
         self.updater: Updater | None = None
+        self.guard: CommandGuard | None = None
         self.on_window: Callable[[wire.Telemetry], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -167,6 +164,13 @@ class Agent:
             max_messages=cfg.mqtt.outbox_max_messages,
             max_bytes=cfg.mqtt.outbox_max_bytes,
         )
+        self.guard = CommandGuard(
+            cfg.commands,
+            fleet=cfg.device.fleet,
+            device=cfg.device.id,
+            state_dir=cfg.model.store,
+            bundle_keys=keys,
+        )
         self._reducer = ThreadPoolExecutor(1, thread_name_prefix="telemetry-reduce")
         self.updater = Updater(self.store, cfg.update, self, threads=cfg.model.threads)
         self.updater.recover()  # the model loaded below is a committed one
@@ -198,7 +202,7 @@ class Agent:
             self.link.start()
         self._spawn(self._window_loop, "telemetry-window")
         self._spawn(self._command_loop, "commands")
-        self.event("started", data={"agent_version": __version__})
+        self.event("started", data={"agent_version": __version__, "commands": self.guard.mode})
         return self
 
     def stop(self) -> None:
@@ -353,6 +357,13 @@ class Agent:
         if self._model is None:
             raise ModelError("no model is loaded")
         return self._model.info()
+
+    def local_api(self) -> tuple[str, int] | None:
+        """The local HTTP API's host and port, when it listens on TCP."""
+        if self.http is None or self.config.http.unix_socket is not None:
+            return None
+        address = urllib.parse.urlsplit(self.http.address)
+        return self.config.http.host, int(address.port or self.config.http.port)
 
     def switch_to(self, model: ServedModel | None) -> wire.LatencyHistogram | None:
         """Serve ``model`` from now on and tell the fleet (the updater's switch and rollback).
@@ -515,19 +526,45 @@ class Agent:
             self.handle_command(payload)
 
     def handle_command(self, payload: bytes) -> None:
-        """Carry out one command; anything wrong with it becomes an error event."""
+        """Carry out one command; anything wrong with it becomes an error event.
+
+        In order: the payload must be a valid command (:mod:`edgeops.wire`); the guard must
+        admit it (signature, fleet and device, deadline, counter: ``command-rejected`` with the
+        reason otherwise); then its kind is carried out and answered with ``KIND-done`` or
+        ``KIND-failed`` (an update with its ``update-<state>`` events)."""
         try:
             cmd = wire.decode(payload, expected=wire.Command)
         except wire.WireError as e:
             self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
             return
-        assert isinstance(cmd, wire.Command)
-        if cmd.kind == "update":  # the updater publishes its own update-<state> events
+        assert self.guard is not None
+        try:
+            refused = self.guard.admit(cmd)
+        except OSError as e:  # the counter could not be recorded: not acted on
+            log.error("command %s: recording its counter failed: %s", cmd.id, e)
+            self.event(
+                "command-rejected",
+                level="error",
+                message=f"{cmd.kind}: the command's counter could not be recorded ({e.strerror})",
+                command_id=cmd.id,
+                data={"reason": "not recorded", "kind": cmd.kind},
+            )
+            return
+        if refused is not None:
+            self.event(
+                "command-rejected",
+                level="error",
+                message=f"{cmd.kind} refused: {refused.message}",
+                command_id=cmd.id,
+                data={"reason": refused.reason, "kind": cmd.kind},
+            )
+            return
+        if isinstance(cmd.args, wire.UpdateArgs):  # the updater publishes update-<state> events
             assert self.updater is not None
             self.updater.run(cmd)
             return
         try:
-            result = self._run_command(cmd)
+            result = self._run_command(cmd.args)
         except EdgeOpsError as e:
             data = e.data if isinstance(e, _Refused) else None
             self.event(
@@ -540,69 +577,57 @@ class Agent:
             return
         self.event(f"{cmd.kind}-done", command_id=cmd.id, data=result)
 
-    def _run_command(self, cmd: wire.Command) -> dict[str, Any]:
-        if cmd.kind == "ping":
+    def _run_command(self, args: wire.CommandArgs) -> dict[str, Any]:
+        if isinstance(args, wire.PingArgs):
             return {"pong": time.time(), "boot": self.boot}
-        if cmd.kind == "set-config":
-            return self._set_config(cmd.args)
-        if cmd.kind == "rollback":
-            assert self.store is not None
-            if self.updater is not None and self.updater.busy:
-                raise ModelError("an update is in progress; it rolls back itself if it fails")
-            only_from = cmd.args.get("from_sha256")
-            current = self.store.current()
-            if only_from is not None and (current is None or current.model_sha256 != only_from):
-                # Conditional (a rollout's): the model to undo is not current; nothing to do.
-                return {
-                    "changed": False,
-                    "model": None if current is None else current.name,
-                    "version": None if current is None else current.version,
-                }
-            entry = self.store.rollback()
-            self._swap_model(ServedModel(entry, threads=self.config.model.threads))
-            if self.link is not None:
-                self.link.publish_status(wire.encode(self._status(online=True)))
-            return {"changed": True, "model": entry.name, "version": entry.version}
-        raise ModelError(f"command '{cmd.kind}' is not supported by this agent yet")
+        if isinstance(args, wire.SetConfigArgs):
+            return self._set_config(args)
+        if isinstance(args, wire.RollbackArgs):
+            return self._rollback(args)
+        raise ModelError(f"command '{args}' is not supported by this agent")
 
-    def _set_config(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Apply a ``set-config`` command: every value is checked (:data:`SET_CONFIG_LIMITS`)
-        before any is applied. A new window length applies to the window open now."""
-        allowed = ", ".join(SET_CONFIG_LIMITS)
-        if not args:
-            raise _Refused(f"set-config takes {allowed}; got none", reason="nothing to set")
-        values = {}
-        for k, v in args.items():
-            if k not in SET_CONFIG_LIMITS:
-                raise _Refused(
-                    f"set-config: unknown setting {_short(k)}; it takes {allowed}",
-                    reason="unknown setting",
-                    setting=k[:64],
-                )
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise _Refused(
-                    f"set-config: {k} must be a number, got {_short(v)}",
-                    reason="not a number",
-                    setting=k,
-                )
-            lo, hi = SET_CONFIG_LIMITS[k]
-            if not lo <= v <= hi:  # NaN included
-                raise _Refused(
-                    f"set-config: {k} must be between {lo:g} and {hi:g}, got {_short(v)}",
-                    reason="out of range",
-                    setting=k,
-                )
-            values[k] = float(v)
+    def _rollback(self, args: wire.RollbackArgs) -> dict[str, Any]:
+        """Serve the previous model again, when it is the version the command names."""
+        assert self.store is not None
+        if self.updater is not None and self.updater.busy:
+            raise ModelError("an update is in progress; it rolls back itself if it fails")
+        current = self.store.current()
+        if args.from_sha256 is not None and (
+            current is None or current.model_sha256 != args.from_sha256
+        ):
+            # Conditional (a rollout's): the model to undo is not current; nothing to do.
+            return {
+                "changed": False,
+                "model": None if current is None else current.name,
+                "version": None if current is None else current.version,
+            }
+        previous = self.store.previous()
+        if previous is None:
+            raise _Refused("no previous model to roll back to", reason="no previous model")
+        if previous.version != args.version:
+            raise _Refused(
+                f"the previous model is {previous.name} {previous.version}, not {args.version}",
+                reason="not the previous version",
+                previous=previous.version,
+            )
+        entry = self.store.rollback()
+        self._swap_model(ServedModel(entry, threads=self.config.model.threads))
+        if self.link is not None:
+            self.link.publish_status(wire.encode(self._status(online=True)))
+        return {"changed": True, "model": entry.name, "version": entry.version}
+
+    def _set_config(self, args: wire.SetConfigArgs) -> dict[str, Any]:
+        """Apply a ``set-config`` command (its values are bounded by its type). A new window
+        length applies to the window open now."""
+        values = {
+            k: v
+            for k, v in (("window_seconds", args.window_seconds), ("sample_rate", args.sample_rate))
+            if v is not None
+        }
         telemetry = replace(self.config.telemetry, **values)
         self.config = replace(self.config, telemetry=telemetry).checked()
         self._retime.set()
-        return {k: getattr(telemetry, k) for k in SET_CONFIG_LIMITS}
-
-
-def _short(value: object, most: int = 40) -> str:
-    """``repr(value)`` cut to ``most`` characters, for an error message."""
-    text = repr(value)
-    return text if len(text) <= most else text[: most - 3] + "..."
+        return {"window_seconds": telemetry.window_seconds, "sample_rate": telemetry.sample_rate}
 
 
 def _process_stats() -> wire.ProcessStats:

@@ -26,12 +26,22 @@
     [http]
     port = 8470                     # on 127.0.0.1; or unix_socket = "/run/edgeops/agent.sock"
 
+    [commands]
+    trusted_keys = ["/etc/edgeops/command-keys"] # the service's command keys (.pub or dirs)
+    allow_unsigned = false                       # development only: unsigned commands accepted
+    max_clock_skew = 300.0          # seconds a command's issued time may be ahead of this clock
+
     [update]
+    service_url = "https://fleet.example:8480"   # the service as this device reaches it
+    allowed_hosts = []              # HOST, HOST:PORT or HOST:*; default: service_url's
+    allowed_models = []             # model names an update may bring besides the current one's
     max_bytes = 524288000           # refuse bundles larger than this (500 MiB)
     timeout = 30.0                  # seconds per network operation of a download
     download_seconds = 600.0        # seconds a whole download may take, retries included
-    health_predictions = 100        # the health window, when the command gives neither
+    health_predictions = 100        # health floors: a command may tighten them, never loosen
     health_seconds = 60.0
+    max_error_rate = 0.05
+    # max_p95_ms = 20.0, max_latency_ratio = 1.5: no floor unless set
 
 An environment variable such as ``EDGEOPS_AGENT_MQTT_HOST=broker.local`` overrides a key; values
 are parsed as TOML values where they parse (numbers, booleans, arrays) and as strings otherwise.
@@ -39,9 +49,11 @@ are parsed as TOML values where they parse (numbers, booleans, arrays) and as st
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -118,9 +130,34 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
-class UpdateConfig:
-    """Over-the-air updates (:mod:`device_agent.updater`)."""
+class CommandsConfig:
+    """Which commands the agent acts on (:mod:`edgeops.commands`, :mod:`device_agent.guard`)."""
 
+    trusted_keys: tuple[Path, ...] = ()
+    """The service's command public keys (``.pub`` files or directories of them). Several may
+    be trusted at once: a new key is added before the old one is retired. Not the bundle keys."""
+    allow_unsigned: bool = False
+    """Development mode: act on unsigned commands too (signed ones are still checked). Logged
+    loudly at start and reported in the ``started`` event."""
+    max_clock_skew: float = 300.0
+    """Seconds a command's issued time may be ahead of this device's clock."""
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Over-the-air updates (:mod:`device_agent.updater`) and the device's update policy
+    (:mod:`device_agent.policy`): what a command may and may not ask of this device."""
+
+    service_url: str | None = None
+    """The service's public URL as this device reaches it: by default bundles are downloaded
+    only from its host and port."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Hosts bundles may be downloaded from (``HOST`` on the scheme's default port,
+    ``HOST:PORT``, ``HOST:*``); replaces the default of ``service_url``'s host and port. The
+    agent's own local API is refused whatever this says."""
+    allowed_models: tuple[str, ...] = ()
+    """Model names an update may bring besides the current model's (with no model installed:
+    these only, or any when empty)."""
     max_bytes: int = 500 * 2**20
     """The largest bundle a download may bring."""
     timeout: float = 30.0
@@ -132,11 +169,17 @@ class UpdateConfig:
     """Download attempts; each one resumes (HTTP Range) where the previous stopped, after a
     pause of 1, 2, 4, 8 … seconds (at most 8)."""
     health_predictions: int = 100
-    """Predictions in the health window when the update command gives neither a count nor a
-    time."""
+    """The health window waits for at least this many predictions by the new model (unless
+    its length in seconds ends it first); a command may ask for more."""
     health_seconds: float = 60.0
-    """The health window's length when the command gives neither; also its cap when the command
-    gives only a prediction count."""
+    """The health window's length in seconds, at least; a command may ask for more."""
+    max_error_rate: float | None = 0.05
+    """The highest inference error rate in the health window; a command may ask for less."""
+    max_p95_ms: float | None = None
+    """The highest p95 latency (ms) in the health window; None: none unless a command asks."""
+    max_latency_ratio: float | None = None
+    """The highest p95 of the new model over the previous model's; None: none unless a
+    command asks."""
     bench_runs: int = 30
     """Single-sample runs of the old and the new model on the bundle's samples, for the latency
     comparison when traffic is too thin."""
@@ -155,6 +198,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -185,6 +229,27 @@ class AgentConfig:
             raise UsageError(
                 "config: update.timeout, download_seconds and health_seconds must be positive"
             )
+        if u.max_error_rate is not None and not 0 <= u.max_error_rate <= 1:
+            raise UsageError("config: update.max_error_rate must be between 0 and 1")
+        for name in ("max_p95_ms", "max_latency_ratio"):
+            v = getattr(u, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise UsageError(f"config: update.{name} must be a positive number")
+        if u.service_url is not None:
+            url = urllib.parse.urlsplit(u.service_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise UsageError(
+                    f"config: update.service_url {u.service_url!r} must be an http(s) URL"
+                )
+        from device_agent.policy import parse_host
+
+        for entry in u.allowed_hosts:
+            try:
+                parse_host(entry)
+            except ValueError as e:
+                raise UsageError(f"config: update.allowed_hosts: {e}") from None
+        if not self.commands.max_clock_skew > 0:
+            raise UsageError("config: commands.max_clock_skew must be positive")
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError("config: log.level must be debug, info, warning or error")
         return self
@@ -196,6 +261,7 @@ _SECTIONS: dict[str, type] = {
     "telemetry": TelemetryConfig,
     "mqtt": MqttConfig,
     "http": HttpConfig,
+    "commands": CommandsConfig,
     "update": UpdateConfig,
     "log": LogConfig,
 }
@@ -213,6 +279,11 @@ def _coerce(section: str, name: str, value: Any, kind: Any, base: Path | None) -
         return tuple(_path(v, base) for v in items)
     if "Path" in text:
         return None if value in (None, "") else _path(value, base)
+    if "tuple" in text:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in items):
+            raise UsageError(f"config: {where} must be a list of strings")
+        return tuple(items)
     if "Mapping" in text:
         if not isinstance(value, Mapping):
             raise UsageError(f"config: {where} must be a table")

@@ -9,8 +9,11 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from edgeops.errors import first_line
 
@@ -33,6 +36,7 @@ def download(
     attempts: int,
     seconds: float | None = None,
     stop: threading.Event | None = None,
+    check: Callable[[str], None] | None = None,
 ) -> None:
     """Fetch ``url`` into ``dest``, continuing what ``dest`` already holds (HTTP Range).
 
@@ -41,7 +45,10 @@ def download(
     is checked between reads, so a server that trickles bytes is given up on within one
     ``timeout`` of it. Raises :class:`DownloadFailed` when the server sends more than ``size`` or
     ``max_bytes``, refuses, every attempt ends early, the time is up, or ``stop`` is set.
+    A redirect is followed only where ``check`` (given the new URL) raises nothing; it raises
+    :class:`DownloadFailed` to refuse one.
     """
+    opener = urllib.request.build_opener(_Redirects(check))
     limit = min(size, max_bytes)
     ends = None if seconds is None else time.monotonic() + seconds
 
@@ -75,7 +82,7 @@ def download(
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
-            with urllib.request.urlopen(  # the scheme is checked: http or https
+            with opener.open(  # the scheme is checked: http or https
                 urllib.request.Request(url, headers=headers), timeout=op_timeout
             ) as resp:
                 if have and resp.status != 206:  # the server ignored the range: start again
@@ -101,6 +108,26 @@ def download(
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             last = first_line(e)
     raise DownloadFailed(f"download failed after {attempts} attempt(s): {last}")
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL that ``check`` lets through."""
+
+    def __init__(self, check: Callable[[str], None] | None) -> None:
+        self._check = check
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if self._check is not None:
+            self._check(urllib.parse.urljoin(req.full_url, newurl))
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _too_large(got: int, size: int, max_bytes: int) -> str:

@@ -41,17 +41,16 @@ import logging
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from device_agent import policy
 from device_agent.config import UpdateConfig
 from device_agent.download import DownloadFailed, download, sha256_file
+from device_agent.policy import HealthGate, PolicyRefusal
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore, _write_atomic
 from edgeops import wire
@@ -95,6 +94,10 @@ class UpdateHost(Protocol):
         """Serve ``model`` from now on; the latency of the window that served the old one."""
         ...
 
+    def local_api(self) -> tuple[str, int] | None:
+        """The host and port of the agent's own local API (downloads from it are refused)."""
+        ...
+
 
 class _Failed(Exception):
     """An update step failed; the message is the reason reported. Never leaves this module."""
@@ -104,76 +107,18 @@ class _Failed(Exception):
 
 
 @dataclass(frozen=True)
-class HealthGate:
-    """The health window of one update and what the new model must meet in it."""
-
-    predictions: int | None = None
-    """End the window after this many predictions by the new model."""
-    seconds: float | None = None
-    """End the window after this many seconds (the first of the two ends it)."""
-    max_error_rate: float | None = 0.05
-    max_p95_ms: float | None = None
-    max_latency_ratio: float | None = 1.5
-    """The new model's p95 over the previous model's."""
-
-    @classmethod
-    def from_args(cls, raw: Any, config: UpdateConfig) -> HealthGate:
-        raw = {} if raw is None else raw
-        if not isinstance(raw, dict):
-            raise _Failed("health must be an object")
-        unknown = sorted(set(raw) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise _Failed(f"unknown health setting(s): {', '.join(unknown)}")
-        values = {f: raw.get(f, getattr(cls, f)) for f in cls.__dataclass_fields__}
-        for k, v in values.items():
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
-                raise _Failed(f"health.{k} must be a non-negative number or null, got {v!r}")
-        predictions, seconds = values["predictions"], values["seconds"]
-        if predictions is None and seconds is None:
-            predictions, seconds = config.health_predictions, config.health_seconds
-        return cls(
-            predictions=None if predictions is None else int(predictions),
-            seconds=config.health_seconds if seconds is None else float(seconds),
-            max_error_rate=values["max_error_rate"],
-            max_p95_ms=values["max_p95_ms"],
-            max_latency_ratio=values["max_latency_ratio"],
-        )
-
-
-@dataclass(frozen=True)
 class UpdateRequest:
+    """An update command's arguments, admitted by the device's policy."""
+
     url: str
     sha256: str
     size: int
-    version: str | None
+    name: str
+    version: str
     health: HealthGate
-    deadline: float | None = None
-    """Unix time after which the command is refused as stale (a rollout gave up on it)."""
-
-    @classmethod
-    def from_args(cls, args: dict[str, Any], config: UpdateConfig) -> UpdateRequest:
-        url, sha, size, version = (args.get(k) for k in ("url", "sha256", "size", "version"))
-        deadline = args.get("deadline")
-        if deadline is not None and (
-            isinstance(deadline, bool) or not isinstance(deadline, int | float)
-        ):
-            raise _Failed(f"deadline must be a unix time, got {deadline!r}")
-        if deadline is not None and time.time() > deadline:
-            raise _Failed(
-                f"the command expired {time.time() - deadline:.0f} s ago (deadline passed)"
-            )
-        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise _Failed(f"url must be an http or https URL, got {url!r}")
-        if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
-            raise _Failed("sha256 must be 64 lowercase hex digits")
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise _Failed(f"size must be a positive byte count, got {size!r}")
-        if size > config.max_bytes:
-            raise _Failed(f"the bundle ({size} bytes) is larger than the limit {config.max_bytes}")
-        if version is not None and not isinstance(version, str):
-            raise _Failed(f"version must be a string, got {version!r}")
-        health = HealthGate.from_args(args.get("health"), config)
-        return cls(url, sha, size, version, health, None if deadline is None else float(deadline))
+    """The command's gate, tightened to the device's floors."""
+    clamped: tuple[str, ...]
+    """The command's health settings that were looser than the device's floors."""
 
 
 # --- pure parts: the health verdict -----------------------------------------------------------
@@ -327,6 +272,8 @@ class Updater:
         self._running: str | None = None  # the id of the command being carried out
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._allowed = policy.allowed_hosts(config)
+        self._own_names: set[str] | None = None  # this machine's names, found at first use
 
     @property
     def busy(self) -> bool:
@@ -439,15 +386,14 @@ class Updater:
         """Download, verify, stage and switch; what the health window needs, or None when the
         update failed (and was reported) before the switch."""
         try:
-            req = UpdateRequest.from_args(cmd.args, self.config)
-        except _Failed as e:
+            req = self._request(cmd)
+        except (_Failed, PolicyRefusal) as e:
             self._release()
+            data: dict[str, Any] = {"at": "request"}
+            if isinstance(e, PolicyRefusal):
+                data["reason"] = e.reason
             self.host.event(
-                "update-failed",
-                level="error",
-                message=str(e),
-                command_id=cmd.id,
-                data={"at": "request"},
+                "update-failed", level="error", message=str(e), command_id=cmd.id, data=data
             )
             return None
         self.downloads.mkdir(parents=True, exist_ok=True)
@@ -458,6 +404,7 @@ class Updater:
             "url": req.url,
             "sha256": req.sha256,
             "size": req.size,
+            "name": req.name,
             "version": req.version,
             "health": asdict(req.health),
             "download": f"{DOWNLOADS}/{req.sha256}.part",
@@ -470,7 +417,11 @@ class Updater:
         new: ServedModel | None = None
         try:
             path = self.store.root / rec["download"]
-            self._enter(rec, "downloading", {"url": req.url, "size": req.size})
+            self._enter(
+                rec,
+                "downloading",
+                {"url": req.url, "size": req.size, "clamped": list(req.clamped)},
+            )
             download(
                 req.url,
                 path,
@@ -480,6 +431,7 @@ class Updater:
                 attempts=self.config.attempts,
                 seconds=self.config.download_seconds,
                 stop=self._stop,
+                check=self._check_redirect,
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
             manifest = self._verify(path, req)
@@ -523,6 +475,49 @@ class Updater:
         self._enter(rec, "health", asdict(req.health))
         return _Switched(rec, req.health, watch, old_traffic, new_bench, old_bench)
 
+    def _request(self, cmd: wire.Command) -> UpdateRequest:
+        """The command's arguments, checked against the device's policy
+        (:mod:`device_agent.policy`): :class:`PolicyRefusal` or :class:`_Failed` when refused."""
+        args = cmd.args
+        if not isinstance(args, wire.UpdateArgs):
+            raise _Failed(f"not an update command: {cmd.kind}")
+        if args.size > self.config.max_bytes:
+            raise _Failed(
+                f"the bundle ({args.size} bytes) is larger than the limit {self.config.max_bytes}"
+            )
+        current = self.store.current()
+        policy.check_model(
+            None if current is None else current.name, args.name, self.config.allowed_models
+        )
+        policy.check_forward(None if current is None else current.version, args.version)
+        policy.check_url(args.url, self._allowed, self._own())
+        gate, clamped = policy.health_gate(args.health, self.config)
+        if clamped:
+            log.warning(
+                "update %s: health settings looser than this device's floors clamped: %s",
+                cmd.id,
+                ", ".join(clamped),
+            )
+        return UpdateRequest(
+            args.url, args.sha256, args.size, args.name, args.version, gate, tuple(clamped)
+        )
+
+    def _own(self) -> tuple[set[str], int] | None:
+        """This machine's names and the local API's port, when it listens on TCP."""
+        api = self.host.local_api()
+        if api is None:
+            return None
+        if self._own_names is None:
+            self._own_names = policy.own_addresses(api[0])
+        return self._own_names, api[1]
+
+    def _check_redirect(self, url: str) -> None:
+        """A redirect must lead to an allowed host too."""
+        try:
+            policy.check_url(url, self._allowed, self._own())
+        except PolicyRefusal as e:
+            raise DownloadFailed(f"redirected: {e}") from None
+
     def _verify(self, path: Path, req: UpdateRequest) -> dict[str, Any]:
         got = path.stat().st_size
         if got != req.size:
@@ -532,8 +527,16 @@ class Updater:
         with Bundle.open(path) as b:
             b.verify(self.store.keys, allow_unsigned=self.store.allow_unsigned)
             manifest = b.manifest
-        if req.version is not None and manifest["version"] != req.version:
-            raise _Failed(f"the bundle is version {manifest['version']}, not {req.version}")
+        if (manifest["name"], manifest["version"]) != (req.name, req.version):
+            raise _Failed(
+                f"the bundle is {manifest['name']} {manifest['version']}, "
+                f"not {req.name} {req.version}"
+            )
+        current = self.store.current()
+        try:  # again, on the signed manifest: the current model may have changed meanwhile
+            policy.check_forward(None if current is None else current.version, req.version)
+        except PolicyRefusal as e:
+            raise _Failed(str(e)) from None
         fmt = str((manifest.get("min_runtime") or {}).get("format") or "")
         fmt = fmt or str(manifest.get("model", {}).get("format", ""))
         if runtime_available(fmt) is None:
@@ -575,7 +578,7 @@ class Updater:
     def _health(self, s: _Switched) -> None:
         rec, gate, watch = s.rec, s.gate, s.watch
         try:
-            deadline = time.monotonic() + (gate.seconds or self.config.health_seconds)
+            deadline = time.monotonic() + gate.seconds
             while not watch.done.is_set() and time.monotonic() < deadline:
                 if self._stop.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
                     log.info("agent stopping during the health window; rolled back at restart")

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from edgeops import wire
 from edgeops.errors import UsageError
 
 OnTimeout = Literal["fail", "skip"]
@@ -105,6 +106,20 @@ class RolloutPolicy:
             v = getattr(self, name)
             if v is not None and not (v >= 0 and math.isfinite(v)):
                 raise UsageError(f"--{name.replace('_', '-')} must be a non-negative number")
+        if self.max_error_rate is not None and self.max_error_rate > 1:
+            raise UsageError("--max-error-rate must be at most 100 %")
+        if self.max_latency_regression is not None and self.max_latency_regression > 1000:
+            raise UsageError("--max-latency-regression must be at most 1000 (100000 %)")
+        n = self.health_predictions
+        if n is not None and not 1 <= n <= wire.MAX_HEALTH_PREDICTIONS:
+            raise UsageError(
+                f"--health-predictions must be between 1 and {wire.MAX_HEALTH_PREDICTIONS}"
+            )
+        t = self.health_seconds
+        if t is not None and not 0 < t <= wire.MAX_HEALTH_SECONDS:
+            raise UsageError(
+                f"--health-seconds must be more than 0 and at most {wire.MAX_HEALTH_SECONDS:g}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stages": list(self.stages)}
@@ -123,19 +138,16 @@ class RolloutPolicy:
         except TypeError as e:
             raise UsageError(f"rollout policy: {e}") from None
 
-    def health(self) -> dict[str, Any]:
-        """The ``health`` argument of the devices' update command."""
+    def health(self) -> wire.HealthArgs:
+        """The ``health`` argument of the devices' update command (null: the device's own
+        setting; a device applies the stricter of this and its floors)."""
         regression = self.max_latency_regression
-        out: dict[str, Any] = {
-            "max_error_rate": self.max_error_rate,
-            # null: the deployment sets no latency gate, so the device applies none either
-            "max_latency_ratio": None if regression is None else 1.0 + regression,
-        }
-        if self.health_predictions is not None:
-            out["predictions"] = self.health_predictions
-        if self.health_seconds is not None:
-            out["seconds"] = self.health_seconds
-        return out
+        return wire.HealthArgs(
+            predictions=self.health_predictions,
+            seconds=self.health_seconds,
+            max_error_rate=self.max_error_rate,
+            max_latency_ratio=None if regression is None else 1.0 + regression,
+        )
 
 
 _STAGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|d)?\s*$")

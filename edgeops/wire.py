@@ -6,7 +6,15 @@ the schema version, the device id, the boot id (new on every start) and a sequen
 increases within a boot, so a consumer can drop QoS 1 duplicates by ``(device, boot, seq)``.
 
 Versioning: ``schema`` is ``"MAJOR.MINOR"``. A consumer accepts any minor version of its major
-(unknown fields are ignored) and refuses another major.
+(unknown fields are ignored) and refuses another major. Commands are the exception: they refuse
+unknown fields, because a device checks a command's signature over the fields it knows.
+
+1.1 changed commands (device messages are as in 1.0): typed arguments tagged by ``kind`` inside
+``args``, the fleet and device they are for, a required deadline, a per-device counter and an
+ed25519 signature. Devices and the service ship together: a 1.0 agent refuses a 1.1 command (it
+finds no ``kind`` at the top: "bad field") and a 1.1 agent refuses a 1.0 command (no fleet,
+device, counter or signature), each with a ``command-rejected`` event; neither acts on a command
+it cannot check. The service reads 1.0 devices' telemetry, status and events as before.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar, get_args, overload
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args, overload
 
 import msgspec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_MAJOR = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Larger payloads are refused by :func:`decode` (and never produced by :func:`encode`)."""
@@ -312,15 +320,130 @@ class Event(_DeviceMessage, frozen=True, kw_only=True, tag="event"):
 # --- service messages -------------------------------------------------------------------------
 
 CommandKind = Literal["update", "rollback", "set-config", "ping"]
+COMMAND_KINDS: tuple[CommandKind, ...] = get_args(CommandKind)
+MAX_COMMAND_SECONDS = 7 * 86400.0
+"""The longest a command may stay valid: its ``deadline`` is at most this after ``issued``."""
+MAX_HEALTH_SECONDS = 86400.0
+"""The longest health window a command may ask for."""
+MAX_HEALTH_PREDICTIONS = 10**9
+
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+"""64 lowercase hex digits."""
+Url = Annotated[str, msgspec.Meta(min_length=8, max_length=2048, pattern="^https?://")]
+"""An http or https URL (a bundle to download)."""
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Counter = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+KeyId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}$")]
+"""A key id: the first 16 hex digits of the sha256 of the raw public key
+(:func:`edgeops.signing.key_id_of`)."""
+Signature = Annotated[str, msgspec.Meta(min_length=86, max_length=88)]
+"""An ed25519 signature (64 bytes) in URL-safe base64, unpadded (86 characters) or padded."""
 
 
-class Command(_Message, frozen=True, kw_only=True, tag="command"):
-    """An instruction to one device."""
+class _Args(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
+):
+    """A command's typed arguments, tagged by the command's kind. Unknown fields are refused:
+    a device acts only on what it understands, and its signature check covers only that."""
+
+
+class HealthArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The health window an update asks for; null: the device's own setting. A device applies
+    the stricter of the command's value and its own floor (``[update]`` in its config)."""
+
+    predictions: Annotated[int, msgspec.Meta(ge=1, le=MAX_HEALTH_PREDICTIONS)] | None = None
+    """End the window after this many predictions by the new model."""
+    seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_HEALTH_SECONDS)] | None = None
+    """End the window after this many seconds (the first of the two ends it)."""
+    max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_p95_ms: Annotated[float, msgspec.Meta(gt=0, le=MAX_LATENCY_MS)] | None = None
+    max_latency_ratio: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None
+    """The new model's p95 over the previous model's."""
+
+
+class UpdateArgs(_Args, frozen=True, kw_only=True, tag="update"):
+    """Download, verify, stage and switch to a bundle, then watch its health."""
+
+    url: Url
+    sha256: Sha256
+    """Of the whole bundle file."""
+    size: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    """The bundle file's size in bytes."""
+    name: Name
+    """The model's name in the bundle's manifest."""
+    version: Version
+    """The bundle's version; the device refuses one at or below its current version."""
+    health: HealthArgs = msgspec.field(default_factory=HealthArgs)
+
+
+class RollbackArgs(_Args, frozen=True, kw_only=True, tag="rollback"):
+    """Serve the previous model again (it is kept on disk): an explicit rollback names the
+    version it goes back to."""
+
+    version: Version
+    """The version of the device's previous model; refused when the previous model is another."""
+    from_sha256: Sha256 | None = None
+    """Only when this model (its model file's sha256) is current; otherwise nothing changes
+    (a rollout's rollback of the devices it updated)."""
+
+
+class SetConfigArgs(_Args, frozen=True, kw_only=True, tag="set-config"):
+    """Change telemetry settings; at least one."""
+
+    window_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] | None = None
+    sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.window_seconds is None and self.sample_rate is None:
+            raise ValueError("set-config needs window_seconds or sample_rate")
+
+
+class PingArgs(_Args, frozen=True, kw_only=True, tag="ping"):
+    """Answer with a ``ping-done`` event."""
+
+
+CommandArgs = UpdateArgs | RollbackArgs | SetConfigArgs | PingArgs
+_KIND_OF: dict[type[_Args], CommandKind] = {
+    cls: cast(CommandKind, cls.__struct_config__.tag)
+    for cls in (UpdateArgs, RollbackArgs, SetConfigArgs, PingArgs)
+}
+
+
+class Command(_Message, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="command"):
+    """An instruction to one device, signed by the service's command key
+    (:mod:`edgeops.commands`).
+
+    The signature covers every field but itself (:func:`edgeops.commands.signed_bytes`): the
+    device and fleet it is for, its typed arguments, when it was issued, its deadline and a
+    counter that increases per device, so a device refuses a command meant for another, a
+    stale one and a replayed one. Unknown fields are refused rather than ignored: a signature
+    over fields a device does not know could not be checked.
+    """
 
     id: Id
-    kind: CommandKind
-    issued: float
-    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    fleet: DeviceId
+    device: DeviceId
+    issued: Time
+    deadline: Time
+    """Unix time after which the device refuses the command."""
+    counter: Counter
+    """Increases with every command to this device; a device refuses one not above the last
+    it accepted."""
+    args: CommandArgs
+    key: KeyId | None = None
+    """The id of the command key that signed it; None: unsigned."""
+    signature: Signature | None = None
+
+    def __post_init__(self) -> None:
+        if self.deadline <= self.issued:
+            raise ValueError("the deadline is not after the issued time")
+        if self.deadline - self.issued > MAX_COMMAND_SECONDS:
+            raise ValueError(f"a deadline more than {MAX_COMMAND_SECONDS:.0f} s after issued")
+
+    @property
+    def kind(self) -> CommandKind:
+        return _KIND_OF[type(self.args)]
 
 
 class ActiveAlert(msgspec.Struct, frozen=True, kw_only=True):

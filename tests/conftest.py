@@ -135,6 +135,14 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate_keypair(tmp_path_factory.mktemp("keys"), "fleet")
 
 
+@pytest.fixture(scope="session")
+def command_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The service's command key pair (private .key, public .pub): not a bundle key."""
+    from edgeops.signing import generate_keypair
+
+    return generate_keypair(tmp_path_factory.mktemp("command-keys"), "command")
+
+
 # --- fleet: a broker and bundles for agents -----------------------------------------------------
 
 

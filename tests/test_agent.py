@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -14,27 +15,29 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.agent import Agent
 from device_agent.client import AgentClient
 from device_agent.config import (
     AgentConfig,
+    CommandsConfig,
     DeviceConfig,
     HttpConfig,
     ModelConfig,
     MqttConfig,
     TelemetryConfig,
+    UpdateConfig,
     load_config,
 )
 from device_agent.serving import ServedModel
-from edgeops import errors, topics, wire
+from edgeops import errors, wire
 from edgeops.errors import EdgeOpsError
-from edgeops.testing import Collector, Mosquitto, window_order_problems
+from edgeops.signing import load_signing_key
+from edgeops.testing import Collector, Mosquitto, command, send_command, window_order_problems
 from edgeops.trainer import Run
 
 FLEET = "test"
@@ -55,13 +58,26 @@ def make_config(
     device: str | None = None,
     window: float = 0.5,
     http: bool = False,
+    commands: tuple[Path, Path] | None = None,
+    service_url: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> AgentConfig:
+    """A device of fleet FLEET; ``commands``: the command key pair it trusts; downloads from
+    ``service_url``'s host or ``allowed_hosts``; health floors of 5 predictions or 1 s, so that
+    tests' commands set the window."""
     return AgentConfig(
         device=DeviceConfig(id=device or f"dev-{uuid.uuid4().hex[:8]}", fleet=FLEET),
         model=ModelConfig(store=tmp / "store", bundle=bundle, trusted_keys=(keys[1],)),
         telemetry=TelemetryConfig(window_seconds=window),
         mqtt=MqttConfig(port=port, outbox=tmp / "outbox.db", keepalive=5),
         http=HttpConfig(enabled=http, port=0),
+        commands=CommandsConfig(trusted_keys=() if commands is None else (commands[1],)),
+        update=UpdateConfig(
+            service_url=service_url,
+            allowed_hosts=allowed_hosts,
+            health_predictions=5,
+            health_seconds=1.0,
+        ),
     )
 
 
@@ -184,55 +200,64 @@ def test_restart_with_a_full_outbox_drains(
 
 
 def _send(port: int, device: str, cmd: wire.Command | bytes) -> None:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    payload = cmd if isinstance(cmd, bytes) else wire.encode(cmd)
-    c.publish(topics.cmd(FLEET, device), payload, qos=1).wait_for_publish(5)
-    c.disconnect()
-    c.loop_stop()
+    send_command(port, cmd, fleet=FLEET, device=device)
 
 
-def _cmd(kind: str, **args: object) -> wire.Command:
-    return wire.Command(id=uuid.uuid4().hex[:8], kind=kind, issued=time.time(), args=args)  # type: ignore[arg-type]
+class Signer:
+    """Makes commands to one device as the service does: signed by the command key."""
+
+    def __init__(self, keys: tuple[Path, Path], device: str) -> None:
+        self.key = load_signing_key(keys[0])
+        self.device = device
+
+    def __call__(self, args: wire.CommandArgs, **kw: Any) -> wire.Command:
+        return command(self.device, args, fleet=FLEET, key=self.key, **kw)
 
 
 def test_commands(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=30)
+    cfg = make_config(
+        tmp_path, broker.port, digits_bundles[0], signing_keys, window=30, commands=command_keys
+    )
     dev = cfg.device.id
+    cmd = Signer(command_keys, dev)
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
 
-        def reply(kind: str, cmd: wire.Command | bytes) -> wire.Event:
+        def reply(kind: str, sent: wire.Command | bytes) -> wire.Event:
             before = len(seen.events_of(kind))
-            _send(broker.port, dev, cmd)
+            _send(broker.port, dev, sent)
             assert seen.wait_for(lambda c: len(c.events_of(kind)) > before, 10), kind
             return seen.events_of(kind)[-1]
 
-        ping = _cmd("ping")
+        assert seen.wait_for(lambda c: bool(c.events_of("started")), 10)
+        assert seen.events_of("started")[-1].data["commands"] == "signed by one of 1 trusted key(s)"
+        ping = cmd(wire.PingArgs())
         assert reply("ping-done", ping).command_id == ping.id
-        done = reply("set-config-done", _cmd("set-config", window_seconds=5, sample_rate=0.5))
+        done = reply("set-config-done", cmd(wire.SetConfigArgs(window_seconds=5, sample_rate=0.5)))
         assert done.data == {"window_seconds": 5.0, "sample_rate": 0.5}
         assert agent.config.telemetry.window_seconds == 5.0
-        failed = reply("set-config-failed", _cmd("set-config", window_seconds="soon"))
-        assert "must be a number" in failed.message
-        assert failed.data == {"reason": "not a number", "setting": "window_seconds"}
-        # Well-formed but hostile values: each refused with its reason, nothing applied.
-        for args, reason in [
-            ({"window_seconds": 0.001}, "out of range"),  # a telemetry flood
-            ({"window_seconds": 1e12}, "out of range"),  # telemetry silenced
-            ({"sample_rate": 0.2, "window_seconds": -5}, "out of range"),
-            ({"sample_rate": 1.5}, "out of range"),
-            ({"sample_rate": 2**63}, "out of range"),
-            ({"window_seconds": True}, "not a number"),
-            ({"outbox_max_bytes": 1}, "unknown setting"),
-            ({}, "nothing to set"),
+        # Well-formed but hostile values are refused where the command is read, each with the
+        # field that is wrong, and nothing is applied.
+        good = json.loads(wire.encode(cmd(wire.SetConfigArgs(sample_rate=0.2))))
+        for args, where in [
+            ({"window_seconds": 0.001}, "window_seconds"),  # a telemetry flood
+            ({"window_seconds": 1e12}, "window_seconds"),  # telemetry silenced
+            ({"sample_rate": 0.2, "window_seconds": -5}, "window_seconds"),
+            ({"sample_rate": 1.5}, "sample_rate"),
+            ({"window_seconds": "soon"}, "window_seconds"),
+            ({"outbox_max_bytes": 1}, "unknown field"),
+            ({}, "needs window_seconds or sample_rate"),
         ]:
-            refused = reply("set-config-failed", _cmd("set-config", **args))
-            assert refused.data["reason"] == reason, (args, refused.message)
-            assert len(refused.message) < 200
+            bad = json.dumps({**good, "args": {"kind": "set-config", **args}}).encode()
+            refused = reply("command-rejected", bad)
+            assert refused.data["reason"] == "bad field", (args, refused.message)
+            assert where in refused.message and len(refused.message) < 300
         assert (agent.config.telemetry.window_seconds, agent.config.telemetry.sample_rate) == (
             5.0,
             0.5,
@@ -240,15 +265,21 @@ def test_commands(
         assert reply("command-rejected", b"{not json").data["reason"] == "not json"
         future = b'{"type":"command","schema":"9.0","id":"x","kind":"ping","issued":0}'
         assert reply("command-rejected", future).data["reason"] == "unknown major version"
-        assert "no previous model" in reply("rollback-failed", _cmd("rollback")).message
+        nothing = reply("rollback-failed", cmd(wire.RollbackArgs(version="0.9.0")))
+        assert "no previous model" in nothing.message
         # Install and switch to 1.1.0, then roll back to 1.0.0 by command.
         assert agent.store is not None
         newer = agent.store.install(digits_bundles[1])
         agent.store.activate(newer.id)
         # A conditional rollback (a rollout's) of a model that is not current changes nothing.
-        skip = reply("rollback-done", _cmd("rollback", from_sha256="0" * 64))
+        skip = reply("rollback-done", cmd(wire.RollbackArgs(version="1.0.0", from_sha256="0" * 64)))
         assert skip.data == {"changed": False, "model": "digits", "version": "1.1.0"}
-        done = reply("rollback-done", _cmd("rollback", from_sha256=newer.model_sha256))
+        # A rollback names the version it goes back to: another is refused.
+        wrong = reply("rollback-failed", cmd(wire.RollbackArgs(version="0.9.0")))
+        assert wrong.data == {"reason": "not the previous version", "previous": "1.0.0"}
+        assert agent.store.current().version == "1.1.0"  # type: ignore[union-attr]
+        back = wire.RollbackArgs(version="1.0.0", from_sha256=newer.model_sha256)
+        done = reply("rollback-done", cmd(back))
         assert done.data == {"changed": True, "model": "digits", "version": "1.0.0"}
         assert agent.model is not None and agent.model.ref.version == "1.0.0"
         assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"

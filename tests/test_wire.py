@@ -87,7 +87,22 @@ def messages() -> list[wire.Message]:
             data={"p95_ms": 9.5, "steps": ["verify", "stage"], "nested": {"ok": True, "n": None}},
         ),
         wire.Command(
-            id="c-9", kind="update", issued=1_700_000_001.0, args={"bundle": "digits-3", "n": 2}
+            id="c-9",
+            fleet="lab",
+            device="pi-01",
+            issued=1_700_000_001.0,
+            deadline=1_700_000_061.5,
+            counter=1_700_000_001_000_000,
+            args=wire.UpdateArgs(
+                url="https://fleet.example:8480/v1/bundles/" + "ab" * 32,
+                sha256="ab" * 32,
+                size=123_456,
+                name="digits",
+                version="1.1.0",
+                health=wire.HealthArgs(predictions=20, max_error_rate=0.05),
+            ),
+            key="0123456789abcdef",
+            signature="A" * 86,
         ),
     ]
 
@@ -137,8 +152,21 @@ def test_newer_minor_with_unknown_fields_decodes() -> None:
 
 
 def test_missing_optional_fields_take_defaults() -> None:
-    payload = b'{"type":"command","schema":"1.2","id":"c1","kind":"ping","issued":1.0}'
-    assert wire.decode(payload) == wire.Command(schema="1.2", id="c1", kind="ping", issued=1.0)
+    payload = (
+        b'{"type":"command","schema":"1.2","id":"c1","fleet":"f","device":"d","issued":1.0,'
+        b'"deadline":2,"counter":1,"args":{"kind":"ping"}}'
+    )
+    assert wire.decode(payload) == wire.Command(
+        schema="1.2",
+        id="c1",
+        fleet="f",
+        device="d",
+        issued=1.0,
+        deadline=2.0,
+        counter=1,
+        args=wire.PingArgs(),
+    )
+    assert wire.decode(payload, wire.Command).kind == "ping"
 
 
 def test_other_major_is_refused() -> None:

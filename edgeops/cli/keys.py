@@ -1,4 +1,4 @@
-"""``edgeops keys``: make the ed25519 key pairs that sign and verify bundles."""
+"""``edgeops keys``: make the ed25519 key pairs that sign bundles and commands."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from edgeops.tables import render_pairs
 
 @click.group()
 def keys() -> None:
-    """Make ed25519 key pairs for signing bundles."""
+    """Make ed25519 key pairs: one to sign bundles (release), one to sign commands (service).
+
+    Keep them apart: devices trust bundle keys in [model] trusted_keys and the service's command
+    key in [commands] trusted_keys, and refuse a key trusted for both."""
 
 
 @keys.command()
@@ -31,7 +34,10 @@ def keys() -> None:
 )
 @click.option("--force", is_flag=True, help="Replace existing key files of the same name.")
 def generate(out: Path, name: str, force: bool) -> None:
-    """Write a new key pair. Keep NAME.key secret; give NAME.pub to devices and verifiers."""
+    """Write a new key pair. Keep NAME.key secret; give NAME.pub to devices and verifiers.
+
+    A command key: `edgeops keys generate --name command`, then `edgeops serve --command-key
+    command.key` and `[commands] trusted_keys = ["command.pub"]` on devices."""
     key_path, pub_path = generate_keypair(out, name, overwrite=force)
     key_id = load_verify_key(pub_path).key_id
     click.echo(

@@ -60,6 +60,15 @@ from edgeops.service.report import (
     help="Trusted public key(s) for registered bundles.",
 )
 @click.option("--allow-unsigned", is_flag=True, default=None, help="Accept unsigned bundles.")
+@click.option(
+    "--command-key",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="EDGEOPS_COMMAND_KEY",
+    help="Private key that signs commands to devices (edgeops keys generate --name command; "
+    "devices trust its .pub). Without it commands go out unsigned and devices refuse them. "
+    "Env: EDGEOPS_COMMAND_KEY.",
+)
 def serve(
     config_path: Path | None,
     db: str | None,
@@ -70,6 +79,7 @@ def serve(
     bundles: tuple[Path, ...],
     pubkeys: tuple[Path, ...],
     allow_unsigned: bool | None,
+    command_key: Path | None,
     **broker: Any,
 ) -> None:
     """Watch the fleet: store telemetry, detect drift, raise and clear alerts."""
@@ -88,6 +98,7 @@ def serve(
         bundles=bundles,
         trusted_keys=pubkeys,
         allow_unsigned=allow_unsigned,
+        command_key=command_key,
     )
     if cfg.client_id is None:  # stable across restarts: the broker's queued messages resume
         import socket

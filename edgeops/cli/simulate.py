@@ -74,6 +74,24 @@ from edgeops.optional import require
     help="Public key (.pub, or a directory of them) the devices trust (repeatable).",
 )
 @click.option("--allow-unsigned", is_flag=True, help="Devices accept unsigned bundles.")
+@click.option(
+    "--command-key",
+    "command_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="The service's command public key (.pub, or a directory of them) the devices trust "
+    "(repeatable; without one every command is refused).",
+)
+@click.option(
+    "--allow-unsigned-commands",
+    is_flag=True,
+    help="Devices in development mode: they act on unsigned commands too.",
+)
+@click.option(
+    "--service-url",
+    default=None,
+    help="The service's public URL: devices download bundles only from its host and port.",
+)
 @click.option("--labels", default=None, metavar="K=V,...", help="Labels of every device.")
 @click.option(
     "--workdir",
@@ -99,6 +117,9 @@ def simulate(
     window_seconds: float,
     trusted_keys: tuple[Path, ...],
     allow_unsigned: bool,
+    command_keys: tuple[Path, ...],
+    allow_unsigned_commands: bool,
+    service_url: str | None,
     labels: str | None,
     workdir: Path | None,
     seed: int,
@@ -135,6 +156,9 @@ def simulate(
         drift=tuple(parse_drift(d) for d in drifts),
         trusted_keys=trusted_keys,
         allow_unsigned=allow_unsigned,
+        command_keys=command_keys,
+        allow_unsigned_commands=allow_unsigned_commands,
+        service_url=service_url,
         labels=parse_labels(labels),
         workdir=workdir,
         seed=seed,

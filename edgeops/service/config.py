@@ -5,6 +5,7 @@
     broker = "mqtts://broker.example:8883"
     db = "sqlite:///edgeops.db"          # or postgresql://user:pass@host/db
     group = "edgeops-service"            # processes in one group split the fleet's load
+    command_key = "/etc/edgeops/command.key"   # signs commands; devices trust command.pub
 
     [mqtt]                               # the service's broker account (edgeops.broker)
     username = "edgeops-service"
@@ -208,6 +209,10 @@ class ServiceConfig:
     """Bundles to register at start (their baselines are what drift is measured against)."""
     trusted_keys: tuple[Path, ...] = ()
     allow_unsigned: bool = False
+    command_key: Path | None = None
+    """The private key that signs commands to devices (``edgeops keys generate --name
+    command``; not a bundle key). None: commands go out unsigned, and devices refuse them
+    unless they are in development mode."""
     default: ModelPolicy = field(default_factory=ModelPolicy)
     models: Mapping[str, ModelPolicy] = field(default_factory=dict)
     intake: IntakeLimits = field(default_factory=IntakeLimits)
@@ -318,6 +323,7 @@ def load_service_config(
         "models",
         "bundles",
         "trusted_keys",
+        "command_key",
         "rollout",
         "intake",
         "retention",
@@ -351,6 +357,8 @@ def load_service_config(
         cfg = replace(cfg, bundles=tuple(Path(p) for p in data.pop("bundles")))
     if "trusted_keys" in data:
         cfg = replace(cfg, trusted_keys=tuple(Path(p) for p in data.pop("trusted_keys")))
+    if "command_key" in data:
+        cfg = replace(cfg, command_key=Path(data.pop("command_key")))
     if data:
         raise UsageError(f"config: unknown key(s): {', '.join(sorted(data))}")
     cfg = replace(cfg, default=default, models=models)

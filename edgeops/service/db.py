@@ -258,6 +258,15 @@ deployment_devices = sa.Table(
     sa.Column("health", sa.JSON),
 )
 
+command_counters = sa.Table(
+    "command_counters",
+    md,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("counter", sa.BigInteger, nullable=False),  # the last one given to a command
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
 
 def connect(url: str) -> Engine:
     """An engine for ``sqlite:///path`` (WAL, busy timeout) or ``postgresql://…`` (psycopg 3);
@@ -863,6 +872,33 @@ class Store:
             tele = decode_stored(payload, wid)
             if tele is not None:
                 out.append(StoredWindow(wid, fleet, device, tele, received))
+        return out
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def next_counters(
+        self, devices: Sequence[tuple[str, str]], now: float | None = None
+    ) -> list[int]:
+        """A new counter for a command to each ``(fleet, device)``, in one transaction.
+
+        Each is above every counter the device was given before (one atomic upsert per device,
+        so processes sharing a PostgreSQL database never hand out the same one) and at least the
+        time in microseconds: counters keep increasing across a database that was lost or
+        replaced, as long as the clock does not go back."""
+        now = time.time() if now is None else now
+        floor = int(now * 1_000_000)
+        c = command_counters.c
+        out = []
+        with self.engine.begin() as conn:
+            for fleet, device in devices:
+                stmt = self._insert(command_counters).values(
+                    fleet=fleet, device=device, counter=floor, updated=now
+                )
+                bumped = sa.case((c.counter + 1 > floor, c.counter + 1), else_=floor)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["fleet", "device"], set_={"counter": bumped, "updated": now}
+                ).returning(c.counter)
+                out.append(int(conn.execute(stmt).scalar_one()))
         return out
 
     # --- models -------------------------------------------------------------------------------

@@ -14,9 +14,13 @@ Only one service process steps a deployment at a time: each step first takes the
 lease (``lease_owner``, ``lease_until``) with one conditional ``UPDATE``. A restarted or second
 process takes over when the lease runs out; deployments resume where their rows say they are.
 
-Update commands carry a ``deadline`` (half the policy's timeout after the first send): a device
-that comes back online later refuses the stale command instead of updating after its deployment
-gave up on it.
+Commands carry a ``deadline`` (updates: half the policy's timeout after the first send;
+rollbacks: the whole timeout): a device that comes back online later refuses the stale command
+instead of updating after its deployment gave up on it. They leave as drafts
+(:class:`~edgeops.service.commands.CommandDraft`); the sender numbers and signs them
+(:mod:`edgeops.service.commands`), each publication with a new counter, so a command published
+again is not refused as a replay. A rollback names the version the device ran before the
+deployment: devices go back in version only on such an explicit, signed rollback.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from edgeops.errors import UsageError
 from edgeops.latency import merge_wire
 from edgeops.service import db
 from edgeops.service.bundles import find_bundle
+from edgeops.service.commands import Addressed, CommandDraft
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,8 @@ _SET_DEVICE = (
     .values({k: sa.bindparam(k) for k in (*_DEVICE_FIELDS, "updated")})
 )
 
-SendCommand = Callable[[str, str, wire.Command], None]
-"""``send(fleet, device, command)`` publishes a command to a device."""
+SendCommands = Callable[[Sequence[Addressed]], object]
+"""``send(batch)`` numbers, signs and publishes commands to devices."""
 
 
 class RolloutError(UsageError):
@@ -65,7 +70,7 @@ class Rollouts:
         self,
         store: db.Store,
         *,
-        send: SendCommand,
+        send: SendCommands,
         bundle_url: Callable[[str], str],
         owner: str,
         lease: float = 5.0,
@@ -307,7 +312,7 @@ class Rollouts:
 
     def _step(self, dep_id: str) -> None:
         now = time.time()
-        outbox: list[tuple[str, str, wire.Command]] = []
+        outbox: list[Addressed] = []
         with self.store.begin() as conn:  # a short transaction of its own
             if not self._take_lease(conn, dep_id, now):
                 return
@@ -337,8 +342,8 @@ class Rollouts:
                         for d in changed.values()
                     ],
                 )
-        for fleet, device, cmd in outbox:  # after the commit: the rows say they were sent
-            self.send(fleet, device, cmd)
+        if outbox:  # after the commit: the rows say they were sent
+            self.send(outbox)
 
     def _read_events(
         self,
@@ -402,7 +407,7 @@ class Rollouts:
         devs: dict[str, dict[str, Any]],
         changed: dict[str, dict[str, Any]],
         policy: ro.RolloutPolicy,
-        outbox: list[tuple[str, str, wire.Command]],
+        outbox: list[Addressed],
         now: float,
     ) -> None:
         t = ro.tally([d["state"] for d in devs.values()], policy)
@@ -438,7 +443,9 @@ class Rollouts:
             else:
                 continue
             changed[d["device"]] = d
-            outbox.append((dep["fleet"], d["device"], self._update_command(dep, d, policy)))
+            outbox.append(
+                Addressed(dep["fleet"], d["device"], self._update_command(dep, d, policy))
+            )
         if dep.pop("_dirty", False):
             self._set(conn, dep, now)
 
@@ -449,13 +456,17 @@ class Rollouts:
         devs: dict[str, dict[str, Any]],
         changed: dict[str, dict[str, Any]],
         policy: ro.RolloutPolicy,
-        outbox: list[tuple[str, str, wire.Command]],
+        outbox: list[Addressed],
         now: float,
     ) -> None:
         """Roll back every device that committed; finish once none is left to wait for."""
         for d in devs.values():
             if d["state"] == ro.PENDING:
                 d["state"] = ro.SKIPPED
+            elif d["state"] == ro.COMMITTED and d["from_version"] is None:
+                d.update(
+                    state=ro.REVERT_FAILED, reason="it ran no model before; nothing to go back to"
+                )
             elif d["state"] == ro.COMMITTED:
                 d.update(state=ro.REVERTING, sent=now, last_sent=now)
             elif d["state"] == ro.REVERTING and now - d["last_sent"] >= policy.resend:
@@ -464,7 +475,9 @@ class Rollouts:
                 continue
             changed[d["device"]] = d
             if d["state"] == ro.REVERTING:
-                outbox.append((dep["fleet"], d["device"], self._rollback_command(dep, d)))
+                outbox.append(
+                    Addressed(dep["fleet"], d["device"], self._rollback_command(dep, d, policy))
+                )
         waiting = (ro.SENT, *ro.IN_PROGRESS, ro.COMMITTED, ro.REVERTING)
         if not any(d["state"] in waiting for d in devs.values()):
             reverted = sum(d["state"] == ro.REVERTED for d in devs.values())
@@ -546,27 +559,31 @@ class Rollouts:
 
     def _update_command(
         self, dep: dict[str, Any], d: dict[str, Any], policy: ro.RolloutPolicy
-    ) -> wire.Command:
-        return wire.Command(
+    ) -> CommandDraft:
+        return CommandDraft(
             id=_command_id(dep["id"], d["device"], "u"),
-            kind="update",
+            args=wire.UpdateArgs(
+                url=self.bundle_url(dep["bundle_sha256"]),
+                sha256=dep["bundle_sha256"],
+                size=dep["target"]["size"],
+                name=dep["model_name"],
+                version=dep["model_version"],
+                health=policy.health(),
+            ),
             issued=d["sent"],
-            args={
-                "url": self.bundle_url(dep["bundle_sha256"]),
-                "sha256": dep["bundle_sha256"],
-                "size": dep["target"]["size"],
-                "version": dep["model_version"],
-                "health": policy.health(),
-                "deadline": d["sent"] + policy.timeout / 2,
-            },
+            deadline=d["sent"] + policy.timeout / 2,
         )
 
-    def _rollback_command(self, dep: dict[str, Any], d: dict[str, Any]) -> wire.Command:
-        return wire.Command(
+    def _rollback_command(
+        self, dep: dict[str, Any], d: dict[str, Any], policy: ro.RolloutPolicy
+    ) -> CommandDraft:
+        return CommandDraft(
             id=_command_id(dep["id"], d["device"], "r"),
-            kind="rollback",
+            args=wire.RollbackArgs(
+                version=d["from_version"], from_sha256=dep["target"]["model_sha256"]
+            ),
             issued=d["sent"],
-            args={"from_sha256": dep["target"]["model_sha256"]},
+            deadline=d["sent"] + policy.timeout,
         )
 
 

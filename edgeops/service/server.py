@@ -42,6 +42,7 @@ from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
 from edgeops.service.bundles import BundleStore
+from edgeops.service.commands import Addressed, CommandSigner
 from edgeops.service.config import ServiceConfig
 from edgeops.service.engine import Engine
 from edgeops.service.evaluation import EvaluationQueue, Evaluator
@@ -126,8 +127,12 @@ class Service:
         self.connect_failures = 0
         self._refused = threading.Event()
         self.bundles = BundleStore(self.store)
+        bundle_keys = load_verify_keys(config.trusted_keys) if config.trusted_keys else []
+        self.commands = CommandSigner.from_file(
+            self.store, config.command_key, bundle_key_ids=[k.key_id for k in bundle_keys]
+        )
         self.rollouts = Rollouts(
-            self.store, send=self._send_command, bundle_url=self.bundle_url, owner=self.client_id
+            self.store, send=self.send_commands, bundle_url=self.bundle_url, owner=self.client_id
         )
         self._beats: dict[str, float] = {}
         self._purged: dict[str, int] = {}
@@ -434,8 +439,13 @@ class Service:
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1, retain=True)
 
-    def _send_command(self, fleet: str, device: str, cmd: wire.Command) -> None:
-        self.client.publish(topics.cmd(fleet, device), wire.encode(cmd), qos=1)
+    def send_commands(self, batch: Sequence[Addressed]) -> list[wire.Command]:
+        """Number, sign and publish commands (QoS 1); the commands as sent."""
+        sent = []
+        for topic, cmd in self.commands.issue(batch):
+            self.client.publish(topic, wire.encode(cmd), qos=1)
+            sent.append(cmd)
+        return sent
 
     # --- in-process intake (tests, benchmarks) ------------------------------------------------
 

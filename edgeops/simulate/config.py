@@ -40,6 +40,18 @@ class FleetConfig:
     """Drift switched on at start, or ``after`` seconds later."""
     trusted_keys: tuple[Path, ...] = ()
     allow_unsigned: bool = False
+    command_keys: tuple[Path, ...] = ()
+    """The service's command public keys the devices trust (``[commands] trusted_keys``);
+    none: every command is refused, unless ``allow_unsigned_commands``."""
+    allow_unsigned_commands: bool = False
+    """Devices in development mode: they act on unsigned commands too."""
+    service_url: str | None = None
+    """The service's public URL: devices download bundles only from its host and port."""
+    health_predictions: int = 100
+    """The devices' health floors (``[update]``): an update's health window waits for at
+    least this many predictions..."""
+    health_seconds: float = 60.0
+    """...and lasts at least this many seconds when traffic is thin; a command may ask more."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Device labels every simulated device reports in its status."""
     workdir: Path | None = None
@@ -64,6 +76,8 @@ class FleetConfig:
             raise UsageError("--window-seconds must be between 0.05 and 86400")
         if not self.trusted_keys and not self.allow_unsigned:
             raise UsageError("give --trusted-key PUB (repeatable), or --allow-unsigned")
+        if self.health_predictions < 1 or not self.health_seconds > 0:
+            raise UsageError("health_predictions and health_seconds must be positive")
         if self.feeders is not None and self.feeders < 1:
             raise UsageError("feeders must be at least 1")
         if self.start_workers < 1:

@@ -245,12 +245,14 @@ class Fleet:
         from device_agent.agent import Agent
         from device_agent.config import (
             AgentConfig,
+            CommandsConfig,
             DeviceConfig,
             HttpConfig,
             ModelConfig,
             MqttConfig,
             TelemetryConfig,
             TlsConfig,
+            UpdateConfig,
         )
 
         cfg = self.config
@@ -285,6 +287,15 @@ class Fleet:
                             outbox=home / "outbox.db",
                         ),
                         http=HttpConfig(enabled=False),
+                        commands=CommandsConfig(
+                            trusted_keys=cfg.command_keys,
+                            allow_unsigned=cfg.allow_unsigned_commands,
+                        ),
+                        update=UpdateConfig(
+                            service_url=cfg.service_url,
+                            health_predictions=cfg.health_predictions,
+                            health_seconds=cfg.health_seconds,
+                        ),
                     ),
                     http=False,
                 )
