@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -27,8 +28,9 @@ from device_agent.agent import Agent
 from device_agent.client import AgentClient
 from device_agent.updater import HealthGate, HealthReport, judge
 from edgeops import wire
+from edgeops.bundle import Bundle
 from edgeops.testing import Collector, Mosquitto, write_bad_bundles
-from tests.test_agent import FLEET, _cmd, _send, make_config
+from tests.test_agent import FLEET, Signer, _send, make_config
 
 UPDATE_STATES = ["downloading", "verifying", "staged", "switching", "health"]
 
@@ -37,14 +39,26 @@ UPDATE_STATES = ["downloading", "verifying", "staged", "switching", "health"]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """``/NAME`` serves a file; ``/flaky/NAME`` sends half of it and hangs up unless asked for a
-    range; ``/slow/NAME`` trickles it out at about 20 KB/s; ``/trickle/NAME`` sends 64 bytes a
-    tenth of a second until the server stops (or the client goes), never all of it."""
+    """``/NAME`` serves a file; ``/hop/NAME`` redirects to ``/NAME`` on the same host,
+    ``/away/NAME`` to ``/NAME`` on ``localhost`` (another host name); ``/flaky/NAME`` sends half
+    of it and hangs up unless asked for a range; ``/slow/NAME`` trickles it out at about
+    20 KB/s; ``/trickle/NAME`` sends 64 bytes a tenth of a second until the server stops (or the
+    client goes), never all of it."""
 
     server: _FileServer
 
     def do_GET(self) -> None:
         mode, _, name = self.path.lstrip("/").rpartition("/")
+        if mode in ("hop", "away"):
+            self.server.requests.append((self.path, None))
+            host = (
+                self.server.host if mode == "hop" else f"localhost:{self.server.server_address[1]}"
+            )
+            self.send_response(302)
+            self.send_header("Location", f"http://{host}/{name}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         try:
             data = (self.server.root / name).read_bytes()
         except OSError:
@@ -99,8 +113,13 @@ class _FileServer(http.server.ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []
         self.stopping = threading.Event()
 
-    def url(self, name: str, mode: str = "") -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{mode + '/' if mode else ''}{name}"
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``: what a device must allow to download from this server."""
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def url(self, name: str, mode: str = "", *, host: str | None = None) -> str:
+        return f"http://{host or self.host}/{mode + '/' if mode else ''}{name}"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +129,7 @@ def files(
     """The file server, holding the 1.1.0 bundle and two bad variants of it."""
     root = tmp_path_factory.mktemp("www")
     shutil.copy(digits_bundles[1], root / "good.bundle")
+    shutil.copy(digits_bundles[0], root / "old.bundle")
     write_bad_bundles(root, digits_bundles[1], signing_keys, tmp_path_factory.mktemp("rogue"))
     server = _FileServer(root)
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -120,16 +140,27 @@ def files(
     server.server_close()
 
 
-def _update(server: _FileServer, name: str, mode: str = "", **health: Any) -> wire.Command:
-    data = (server.root / name).read_bytes()
-    return _cmd(
-        "update",
+def _args(server: _FileServer, name: str, mode: str = "", **health: Any) -> wire.UpdateArgs:
+    """The arguments of an update to the bundle ``name`` on ``server``, as a rollout sends
+    them (its model's name and version)."""
+    path = server.root / name
+    data = path.read_bytes()
+    with Bundle.open(path) as b:
+        manifest = b.manifest
+    return wire.UpdateArgs(
         url=server.url(name, mode),
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
-        version=None,
-        health=health,
+        name=manifest["name"],
+        version=manifest["version"],
+        health=wire.HealthArgs(**health),
     )
+
+
+def _update(
+    sign: Signer, server: _FileServer, name: str, mode: str = "", **health: Any
+) -> wire.Command:
+    return sign(_args(server, name, mode, **health))
 
 
 def _updates(seen: Collector, cmd_id: str) -> list[wire.Event]:
@@ -182,20 +213,34 @@ def test_health_verdict() -> None:
 
 
 def test_good_update_goes_through_every_state(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
     dev = cfg.device.id
+    sign = Signer(command_keys, dev)
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
         # "flaky" hangs up half way: the download resumes with a Range request.
         # The latency ratio is loose here: this test is about the states, and the two formats'
         # latencies on a loaded 2-core host vary; the gate itself is tested below.
-        cmd = _update(files, "good.bundle", "flaky", predictions=20, max_latency_ratio=20.0)
+        cmd = _update(sign, files, "good.bundle", "flaky", predictions=20, max_latency_ratio=20.0)
         _send(broker.port, dev, cmd)
         _wait(seen, cmd.id, "update-health")
         assert agent.model is not None and agent.model.ref.version == "1.1.0"
-        other = _update(files, "good.bundle")
+        other = _update(sign, files, "good.bundle")
         _send(broker.port, dev, other)
         refused = _final(seen, other.id)
         assert refused.kind == "update-failed" and "another update" in refused.message
@@ -227,45 +272,76 @@ def test_good_update_goes_through_every_state(
 
 
 def test_bad_updates_fail_and_leave_the_model_alone(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
     dev = cfg.device.id
-    good = _update(files, "good.bundle")
-    wrong_sha = _cmd("update", **{**good.args, "sha256": "0" * 64})
-    too_big = _cmd("update", **{**good.args, "size": 10**12})
-    wrong_size = _cmd("update", **{**good.args, "size": good.args["size"] - 1})
-    missing = _cmd("update", **{**good.args, "url": files.url("nothing.bundle")})
+    sign = Signer(command_keys, dev)
+    good = _args(files, "good.bundle")
     cases = [
-        (_update(files, "rogue.bundle"), "verifying", "not a trusted key"),
-        (wrong_sha, "verifying", "sha256"),
-        (_update(files, "corrupt.bundle"), "staged", "sample outputs differ"),
-        (too_big, "request", "larger than the limit"),
-        (wrong_size, "downloading", "larger than the expected"),
-        (missing, "downloading", "HTTP 404"),
+        (_args(files, "rogue.bundle"), "verifying", "not a trusted key"),
+        (msgspec.structs.replace(good, sha256="0" * 64), "verifying", "sha256"),
+        (_args(files, "corrupt.bundle"), "staged", "sample outputs differ"),
+        (msgspec.structs.replace(good, size=10**12), "request", "larger than the limit"),
+        (
+            msgspec.structs.replace(good, size=good.size - 1),
+            "downloading",
+            "larger than the expected",
+        ),
+        (msgspec.structs.replace(good, url=files.url("nothing.bundle")), "downloading", "HTTP 404"),
     ]
+    ids = []
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
-        for cmd, at, why in cases:
+        for args, at, why in cases:
+            cmd = sign(args)  # numbered when sent, as the service does
+            ids.append(cmd.id)
             _send(broker.port, dev, cmd)
             ev = _final(seen, cmd.id)
             assert ev.kind == "update-failed" and why in ev.message, (at, ev.message)
             assert ev.data.get("at", "request") == at, ev.data
             assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
             assert _models(agent) == ["1.0.0"]
-    kinds = [e.kind for e in _updates(seen, cases[2][0].id)]
+    kinds = [e.kind for e in _updates(seen, ids[2])]
     assert kinds == [f"update-{s}" for s in ("downloading", "verifying", "staged", "failed")]
     assert not any((tmp_path / "store" / "downloads").iterdir())
 
 
 def test_health_gate_failure_rolls_back(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
     dev = cfg.device.id
+    sign = Signer(command_keys, dev)
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
-        cmd = _update(files, "good.bundle", predictions=15, seconds=20, max_p95_ms=1e-6)
+        cmd = _update(sign, files, "good.bundle", predictions=15, seconds=20, max_p95_ms=1e-6)
         _send(broker.port, dev, cmd)
         _wait(seen, cmd.id, "update-health")
         x = np.zeros((8, 8), np.float32)
@@ -287,28 +363,126 @@ def test_health_gate_failure_rolls_back(
         )
 
 
+# --- the device's update policy ---------------------------------------------------------------
+
+
+def test_the_device_policy_refuses_downgrades_other_models_and_hosts_and_clamps_the_gate(
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    """Updates go forward in version, to this device's model, from allowed hosts only, under a
+    health gate no looser than the device's; going back takes a signed rollback naming the
+    version."""
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        http=True,  # its own local API: downloads from it are refused
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
+    dev = cfg.device.id
+    sign = Signer(command_keys, dev)
+    with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
+        assert agent.link is not None and agent.link.wait_connected(10)
+        good = _args(files, "good.bundle")
+        own_api = f"{agent.http.address}/v1/model"
+        refused = [
+            (msgspec.structs.replace(good, name="wine"), "model", "allowed_models"),
+            (msgspec.structs.replace(good, url=own_api), "local api", "own local API"),
+            (
+                msgspec.structs.replace(good, url=files.url("good.bundle", host="localhost:9")),
+                "host",
+                "not allowed",
+            ),
+            (msgspec.structs.replace(good, version="1.0.0"), "downgrade", "not above"),
+            (msgspec.structs.replace(good, version="2024-05-01"), "version", "PEP 440"),
+        ]
+        for args, reason, why in refused:
+            ev = _answer(seen, broker.port, dev, sign(args))
+            assert ev.kind == "update-failed" and why in ev.message, (reason, ev.message)
+            assert ev.data == {"at": "request", "reason": reason}
+        # A redirect to another host is refused where it happens; one on the same host is not.
+        before = len(files.requests)
+        away = _answer(seen, broker.port, dev, sign(_args(files, "good.bundle", "away")))
+        away = _final(seen, away.command_id or "")
+        assert away.data["at"] == "downloading" and "redirected" in away.message, away.message
+        assert [path for path, _ in files.requests[before:]] == ["/away/good.bundle"]
+        # Loose health settings are clamped to the device's floors (error rate 5 %), and said so.
+        loose = _args(
+            files, "good.bundle", "hop", predictions=10, max_error_rate=0.9, max_latency_ratio=20.0
+        )
+        up = sign(loose)
+        _send(broker.port, dev, up)
+        downloading = _wait(seen, up.id, "update-downloading")
+        assert downloading.data["clamped"] == ["max_error_rate"]
+        health = _wait(seen, up.id, "update-health")
+        assert health.data["max_error_rate"] == 0.05 and health.data["max_latency_ratio"] == 20.0
+        x = np.zeros((8, 8), np.float32)
+        while agent.updater is not None and agent.updater.busy:
+            agent.predict(x)
+            time.sleep(0.005)
+        assert _final(seen, up.id).kind == "update-committed"
+        # Now on 1.1.0: an update back to 1.0.0 is a downgrade, refused before any download...
+        old = _args(files, "old.bundle")
+        down = _answer(seen, broker.port, dev, sign(old))
+        assert down.kind == "update-failed" and down.data["reason"] == "downgrade", down
+        # ...and a command that names a newer version for the old bundle fails on the bundle's
+        # signed manifest.
+        lie = sign(msgspec.structs.replace(old, version="1.2.0"))
+        _send(broker.port, dev, lie)
+        ev = _final(seen, lie.id)
+        assert ev.data["at"] == "verifying" and "not digits 1.2.0" in ev.message, ev.message
+        assert agent.predict(x).model.version == "1.1.0"
+        # A signed rollback naming the previous version goes back.
+        back = _answer(seen, broker.port, dev, sign(wire.RollbackArgs(version="1.0.0")))
+        assert back.kind == "rollback-done" and back.data["version"] == "1.0.0", back
+        assert agent.predict(x).model.version == "1.0.0"
+
+
 # --- slow downloads ----------------------------------------------------------------------------
 
 
 def test_ping_and_rollback_are_answered_during_a_slow_download(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
     """A server that trickles a bundle out does not wedge the device: the download runs off
     the command thread, so other commands are answered meanwhile; stopping the agent ends it."""
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
     dev = cfg.device.id
+    sign = Signer(command_keys, dev)
     with Collector(broker.port, client_id=f"c-{dev}") as seen:
         with Agent(cfg) as agent:
             assert agent.link is not None and agent.link.wait_connected(10)
-            slow = _update(files, "good.bundle", "trickle")
+            slow = _update(sign, files, "good.bundle", "trickle")
             _send(broker.port, dev, slow)
             _wait(seen, slow.id, "update-downloading")
-            pong = _answer(seen, broker.port, dev, _cmd("ping"))
+            pong = _answer(seen, broker.port, dev, sign(wire.PingArgs()))
             assert pong.kind == "ping-done", pong
-            refused = _answer(seen, broker.port, dev, _cmd("rollback"))
+            refused = _answer(seen, broker.port, dev, sign(wire.RollbackArgs(version="1.0.0")))
             assert refused.kind == "rollback-failed", refused
             assert "an update is in progress" in refused.message
-            _send(broker.port, dev, slow)  # a rollout's repeat of the command under way
+            again = sign(slow.args, id=slow.id)  # a rollout's repeat: a new counter
+            _send(broker.port, dev, again)
             assert [e.kind for e in _updates(seen, slow.id)] == ["update-downloading"]
             assert agent.updater is not None and agent.updater.busy  # still downloading
             assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
@@ -318,14 +492,28 @@ def test_ping_and_rollback_are_answered_during_a_slow_download(
 
 
 def test_a_download_past_its_deadline_fails_and_leaves_the_model_alone(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = make_config(
+        tmp_path,
+        broker.port,
+        digits_bundles[0],
+        signing_keys,
+        window=60,
+        commands=command_keys,
+        allowed_hosts=(files.host,),
+    )
     cfg = replace(cfg, update=replace(cfg.update, download_seconds=2.0))
     dev = cfg.device.id
+    sign = Signer(command_keys, dev)
     with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
         assert agent.link is not None and agent.link.wait_connected(10)
-        slow = _update(files, "good.bundle", "trickle")
+        slow = _update(sign, files, "good.bundle", "trickle")
         _send(broker.port, dev, slow)
         ev = _final(seen, slow.id)
         assert ev.kind == "update-failed" and ev.data["at"] == "downloading", ev
@@ -337,14 +525,19 @@ def test_a_download_past_its_deadline_fails_and_leaves_the_model_alone(
         while agent.updater is not None and agent.updater.busy and time.monotonic() < deadline:
             time.sleep(0.01)  # the update thread ends just after its last event
         assert agent.updater is not None and not agent.updater.busy
-        assert _answer(seen, broker.port, dev, _cmd("ping")).kind == "ping-done"
+        assert _answer(seen, broker.port, dev, sign(wire.PingArgs())).kind == "ping-done"
 
 
 # --- kill -9 ---------------------------------------------------------------------------------
 
 
 def test_kill_during_health_and_download_restarts_into_the_committed_model(
-    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+    broker: Mosquitto,
+    digits_bundles: tuple[Path, Path],
+    signing_keys,
+    command_keys,
+    files,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
     dev = f"kill-{uuid.uuid4().hex[:6]}"
     sock = tmp_path / "a.sock"
@@ -355,9 +548,13 @@ def test_kill_during_health_and_download_restarts_into_the_committed_model(
         f'trusted_keys = ["{signing_keys[1]}"]\n'
         '[telemetry]\nwindow_seconds = 60\n[mqtt]\noutbox = "outbox.db"\n'
         f'[http]\nunix_socket = "{sock}"\n'
+        f'[commands]\ntrusted_keys = ["{command_keys[1]}"]\n'
+        f'[update]\nallowed_hosts = ["{files.host}"]\nhealth_predictions = 5\n'
+        "health_seconds = 1.0\n"
     )
     env = {**os.environ, "EDGEOPS_AGENT_MQTT_PORT": str(broker.port)}
     procs: list[subprocess.Popen[bytes]] = []
+    sign = Signer(command_keys, dev)
 
     def start(seen: Collector) -> subprocess.Popen[bytes]:
         before = len([s for s in seen.status if s.device == dev and s.online])
@@ -384,7 +581,7 @@ def test_kill_during_health_and_download_restarts_into_the_committed_model(
     try:
         with Collector(broker.port, client_id=f"c-{dev}") as seen:
             p = start(seen)
-            cmd = _update(files, "good.bundle", seconds=120)
+            cmd = _update(sign, files, "good.bundle", seconds=120)
             _send(broker.port, dev, cmd)
             _wait(seen, cmd.id, "update-health")
             assert serving() == "1.1.0"
@@ -395,7 +592,7 @@ def test_kill_during_health_and_download_restarts_into_the_committed_model(
             assert ev.message == "interrupted during health window"
             assert serving() == "1.0.0"
 
-            slow = _update(files, "good.bundle", "slow", seconds=120)
+            slow = _update(sign, files, "good.bundle", "slow", seconds=120)
             _send(broker.port, dev, slow)
             _wait(seen, slow.id, "update-downloading")
             time.sleep(0.5)
