@@ -368,8 +368,8 @@ def command(
 def send_command(
     broker: Any, cmd: wire.Command | bytes, *, fleet: str = "", device: str = ""
 ) -> None:
-    """Publish ``cmd`` (QoS 1) to its device's command topic (for raw bytes: to ``fleet`` and
-    ``device``'s) and wait for the broker's acknowledgement. ``broker``: a port on 127.0.0.1,
+    """Publish ``cmd`` (QoS 1) to the command topic of ``fleet`` and ``device`` (by default the
+    ones ``cmd`` names) and wait for the broker's acknowledgement. ``broker``: a port on 127.0.0.1,
     or :class:`~edgeops.broker.BrokerSettings` (an account allowed to publish commands)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -387,7 +387,8 @@ def send_command(
     c.loop_start()
     try:
         if isinstance(cmd, wire.Command):
-            topic, payload = topics.cmd(cmd.fleet, cmd.device), wire.encode(cmd)
+            topic = topics.cmd(fleet or cmd.fleet, device or cmd.device)
+            payload = wire.encode(cmd)
         else:
             topic, payload = topics.cmd(fleet, device), cmd
         c.publish(topic, payload, qos=1).wait_for_publish(5)
