@@ -75,8 +75,8 @@ def test_verdicts() -> None:
     assert "error rate" in (ro.regression_verdict(ro.Serving(90, 10, 2.0), before, q) or "")
     assert ro.regression_verdict(ro.Serving(0, 0, None), before, q) is None  # nothing served
     # Health settings passed to the devices.
-    assert q.health()["max_latency_ratio"] == pytest.approx(1.2)
-    assert ro.RolloutPolicy().health()["max_latency_ratio"] is None
+    assert q.health().max_latency_ratio == pytest.approx(1.2)
+    assert ro.RolloutPolicy().health().max_latency_ratio is None
     # Online devices go first, in a stable order per deployment.
     order = ro.device_order([("a", False), ("b", True), ("c", True)], "d1")
     assert order[2] == "a" and order == ro.device_order(
@@ -142,10 +142,33 @@ def bundles(  # type: ignore[no-untyped-def]
 class Fleet:
     """Real agents on 1.0.0, each served a few predictions a second by one feeder thread."""
 
-    def __init__(self, tmp: Path, port: int, bundle: Path, keys: Any, n: int) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        port: int,
+        bundle: Path,
+        keys: Any,
+        n: int,
+        *,
+        commands: tuple[Path, Path],
+        service_url: str | None = None,
+        allowed_hosts: tuple[str, ...] = (),
+    ) -> None:
+        """``commands``: the service's command key pair (devices trust its public half);
+        devices download from ``service_url``'s host and port (or ``allowed_hosts``)."""
         tag = uuid.uuid4().hex[:4]
         self.configs = [
-            make_config(tmp / f"a{i}", port, bundle, keys, device=f"r{tag}-{i}", window=0.5)
+            make_config(
+                tmp / f"a{i}",
+                port,
+                bundle,
+                keys,
+                device=f"r{tag}-{i}",
+                window=0.5,
+                commands=commands,
+                service_url=service_url,
+                allowed_hosts=allowed_hosts,
+            )
             for i in range(n)
         ]
         self.agents: dict[str, Agent] = {}
@@ -203,8 +226,11 @@ class Fleet:
             return {d: (a.model.ref.version if a.model else None) for d, a in self.agents.items()}
 
 
-def _config(tmp: Path, port: int, keys: Any, extra_keys: tuple[Path, ...] = ()) -> ServiceConfig:
+def _config(
+    tmp: Path, port: int, keys: Any, commands: Any, extra_keys: tuple[Path, ...] = ()
+) -> ServiceConfig:
     return ServiceConfig(
+        command_key=commands[0],
         broker=f"mqtt://127.0.0.1:{port}",
         db=f"sqlite:///{tmp / 'service.db'}",
         group=f"g{uuid.uuid4().hex[:6]}",
@@ -265,12 +291,20 @@ def _consistent_on_old(service: Service, fleet: Fleet, status: dict[str, Any]) -
 
 
 def test_a_good_bundle_rolls_out_stage_by_stage(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path, cli
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
-    with Service(_config(tmp_path, broker.port, signing_keys)) as service:
+    with Service(_config(tmp_path, broker.port, signing_keys, command_keys)) as service:
         assert service.connected.wait(10)
         url = service.http.address
-        with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 4) as fleet:
+        with Fleet(
+            tmp_path,
+            broker.port,
+            bundles["old"],
+            signing_keys,
+            4,
+            commands=command_keys,
+            service_url=service.public_url(),
+        ) as fleet:
             assert _until(lambda: _known(service, fleet))
             r = cli(
                 "deploy",
@@ -328,19 +362,34 @@ def test_a_good_bundle_rolls_out_stage_by_stage(
 
 @pytest.mark.parametrize("case", ["rogue", "hash", "corrupt", "slow"])
 def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
-    case: str, broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+    case: str,
+    broker: Mosquitto,
+    bundles: dict[str, Path],
+    signing_keys,
+    command_keys,
+    tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
     """An unknown signing key, a hash mismatch, a failed sample check, a model at least three
     times slower than the one it replaces: each stops the deployment at its first device, and
     every device ends on 1.0.0 with its state reported."""
-    cfg = _config(tmp_path, broker.port, signing_keys, extra_keys=(bundles["rogue_pub"],))
+    cfg = _config(
+        tmp_path, broker.port, signing_keys, command_keys, extra_keys=(bundles["rogue_pub"],)
+    )
     bundle = bundles["good" if case == "hash" else case]
     policy = ro.RolloutPolicy.from_dict(
         {**FAST.to_dict(), "max_latency_regression": 0.5 if case == "slow" else None}
     )
     with (
         Service(cfg) as service,
-        Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 3) as fleet,
+        Fleet(
+            tmp_path,
+            broker.port,
+            bundles["old"],
+            signing_keys,
+            3,
+            commands=command_keys,
+            service_url=service.public_url(),
+        ) as fleet,
     ):
         assert service.connected.wait(10)
         manifest = service.register_bundle(bundle)
@@ -373,12 +422,20 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
 
 
 def test_an_offline_device_times_out_as_the_policy_says_and_refuses_the_stale_command_later(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    with Service(_config(tmp_path, broker.port, signing_keys)) as service:
+    with Service(_config(tmp_path, broker.port, signing_keys, command_keys)) as service:
         assert service.connected.wait(10)
         service.register_bundle(bundles["good"])
-        with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 3) as fleet:
+        with Fleet(
+            tmp_path,
+            broker.port,
+            bundles["old"],
+            signing_keys,
+            3,
+            commands=command_keys,
+            service_url=service.public_url(),
+        ) as fleet:
             assert _until(lambda: _known(service, fleet))
             offline = fleet.ids[2]
             fleet.stop(offline)
@@ -399,7 +456,7 @@ def test_an_offline_device_times_out_as_the_policy_says_and_refuses_the_stale_co
             agent = fleet.start(2)
             assert _until(
                 lambda: any(
-                    e["kind"] == "update-failed" and "expired" in e["message"]
+                    e["kind"] == "command-rejected" and e["data"]["reason"] == "expired"
                     for e in service.store.events_of(FLEET, offline)
                 ),
                 20,
@@ -416,12 +473,20 @@ def test_an_offline_device_times_out_as_the_policy_says_and_refuses_the_stale_co
 
 
 def test_abort_rolls_back_the_updated_devices(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path, cli
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
-    with Service(_config(tmp_path, broker.port, signing_keys)) as service:
+    with Service(_config(tmp_path, broker.port, signing_keys, command_keys)) as service:
         assert service.connected.wait(10)
         service.register_bundle(bundles["good"])
-        with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 3) as fleet:
+        with Fleet(
+            tmp_path,
+            broker.port,
+            bundles["old"],
+            signing_keys,
+            3,
+            commands=command_keys,
+            service_url=service.public_url(),
+        ) as fleet:
             assert _until(lambda: _known(service, fleet))
             long_bake = ro.RolloutPolicy.from_dict({**FAST.to_dict(), "bake": 600.0})
             dep = service.deploy("digits-1.1.0", FLEET, devices=fleet.ids, policy=long_bake)
@@ -443,7 +508,7 @@ def test_abort_rolls_back_the_updated_devices(
 
 
 def test_a_killed_service_resumes_its_deployment(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path, cli
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
     db_url = f"sqlite:///{tmp_path / 'service.db'}"
     log = tmp_path / "service.log"
@@ -470,6 +535,8 @@ def test_a_killed_service_resumes_its_deployment(
                 str(port),
                 "--pubkey",
                 str(signing_keys[1]),
+                "--command-key",
+                str(command_keys[0]),
                 "--bundle",
                 str(bundles["good"]),
             ],
@@ -479,7 +546,15 @@ def test_a_killed_service_resumes_its_deployment(
     from edgeops.testing import free_port
 
     port = free_port()
-    with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 4) as fleet:
+    with Fleet(
+        tmp_path,
+        broker.port,
+        bundles["old"],
+        signing_keys,
+        4,
+        commands=command_keys,
+        service_url=f"http://127.0.0.1:{port}",
+    ) as fleet:
         p = serve(port)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -524,7 +599,7 @@ def test_a_killed_service_resumes_its_deployment(
 
 
 def test_a_drift_alert_deploys_the_bundle_its_policy_names(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """``on_alert = { deploy = "digits-1.1.0" }``: the alert starts one staged deployment to
     the fleet, through the same path as ``edgeops deploy``."""
@@ -536,7 +611,7 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
     policy = ModelPolicy(on_alert=AlertAction(deploy="digits-1.1.0"))
     rollout = ro.RolloutPolicy.from_dict({**FAST.to_dict(), "health_seconds": 1.0})
     cfg = replace(
-        _config(tmp_path, broker.port, signing_keys),
+        _config(tmp_path, broker.port, signing_keys, command_keys),
         bundles=(bundles["old"], bundles["good"]),
         models={"digits": policy},
         rollout=rollout,
@@ -555,6 +630,8 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
                     signing_keys,
                     device=f"alert{tag}-{i}",
                     window=3600,
+                    commands=command_keys,
+                    service_url=service.public_url(),
                 ),
                 http=False,
             ).start()
@@ -596,7 +673,7 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
 
 
 def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Two service processes share one database: one holds the deployment's lease and steps
     it; when it crashes (stops without releasing the lease), the other takes over once the
@@ -605,13 +682,23 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
     from edgeops.testing import Postgres
 
     with Postgres() as pg:
-        base = replace(_config(tmp_path, broker.port, signing_keys), db=pg.url, group="shared")
+        base = replace(
+            _config(tmp_path, broker.port, signing_keys, command_keys), db=pg.url, group="shared"
+        )
         a = Service(base, client_id=f"svc-a-{uuid.uuid4().hex[:4]}").start()
         b = Service(base, client_id=f"svc-b-{uuid.uuid4().hex[:4]}").start()
         try:
             assert a.connected.wait(10) and b.connected.wait(10)
             a.register_bundle(bundles["good"])
-            with Fleet(tmp_path, broker.port, bundles["old"], signing_keys, 3) as fleet:
+            with Fleet(
+                tmp_path,
+                broker.port,
+                bundles["old"],
+                signing_keys,
+                3,
+                commands=command_keys,
+                allowed_hosts=("127.0.0.1:*",),  # the two services' APIs listen on two ports
+            ) as fleet:
                 assert _until(lambda: _known(a, fleet))
                 slow = ro.RolloutPolicy.from_dict({**FAST.to_dict(), "bake": 4.0})
                 dep = a.deploy("digits-1.1.0", FLEET, devices=fleet.ids, policy=slow)
@@ -655,13 +742,13 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
 
 
 def test_a_service_without_its_rest_api_refuses_to_deploy(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, tmp_path: Path
+    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Devices download bundles from the REST API (or ``public_url``): without either, a
     deployment is refused at once rather than stalling."""
     from edgeops.errors import EdgeOpsError
 
-    with Service(_config(tmp_path, broker.port, signing_keys), http=False) as service:
+    with Service(_config(tmp_path, broker.port, signing_keys, command_keys), http=False) as service:
         service.register_bundle(bundles["good"])
         with pytest.raises(EdgeOpsError, match="REST API"):
             service.deploy("digits-1.1.0", FLEET, devices=["x"])
