@@ -16,7 +16,8 @@ sample outputs, signed by the same key: it downloads and verifies, then fails th
 sample check before the switch.
 
 One process holds everything but the broker: one ``edgeops.testing.Mosquitto``, one
-``Service`` (SQLite, ``http_port=0``, ``rollout_interval`` at its default) and two
+``Service`` (SQLite, ``http_port=0``, ``rollout_interval`` at its default, its commands signed
+by a command key the devices trust; devices download only from the service) and two
 ``edgeops.simulate.Fleet`` of real agents, each device with its own store, outbox and MQTT link:
 ``bench`` with 200 devices (``--quick``: 40) and ``solo`` with 3 (``--quick``: 2), all
 predicting 0.5 digits per second (a low rate), telemetry windows of 10 s (the agent's default).
@@ -199,6 +200,9 @@ class Prepared:
     corrupt: Path
     data: Path
     public_key: Path
+    command_key: Path
+    """The service's command key (private); devices trust ``command_public``."""
+    command_public: Path
 
 
 # --- bundles ------------------------------------------------------------------------------------
@@ -239,7 +243,8 @@ def prepare(work: Path, epochs: int) -> Prepared:
         )
     (work / "bad").mkdir()
     _, corrupt = write_bad_bundles(work / "bad", made[1], (private, public), work / "rogue-key")
-    return Prepared(made[0], made[1], corrupt, data, public)
+    command_key, command_public = generate_keypair(work / "keys", "command")
+    return Prepared(made[0], made[1], corrupt, data, public, command_key, command_public)
 
 
 # --- the process --------------------------------------------------------------------------------
@@ -988,7 +993,9 @@ def versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def fleets(s: Settings, p: Prepared, broker: str) -> Iterator[tuple[Fleet, Fleet]]:
+def fleets(
+    s: Settings, p: Prepared, broker: str, service_url: str
+) -> Iterator[tuple[Fleet, Fleet]]:
     def config(fleet: str, devices: int) -> FleetConfig:
         return FleetConfig(
             devices=devices,
@@ -999,6 +1006,10 @@ def fleets(s: Settings, p: Prepared, broker: str) -> Iterator[tuple[Fleet, Fleet
             rate=s.rate,
             window_seconds=s.window_seconds,
             trusted_keys=(p.public_key,),
+            command_keys=(p.command_public,),
+            service_url=service_url,
+            health_predictions=s.health_predictions,
+            health_seconds=s.health_seconds,
             prefix=fleet,
         )
 
@@ -1026,13 +1037,15 @@ def run(s: Settings) -> None:
             group=f"bench-{uuid.uuid4().hex[:6]}",
             http_port=0,
             trusted_keys=(p.public_key,),
+            command_key=p.command_key,
         )
         with Service(cfg) as service:
             if not service.connected.wait(15):
                 raise RuntimeError("the service did not connect to the broker")
             for bundle in (p.old, p.good, p.corrupt):
                 service.register_bundle(bundle)
-            with Watch(service) as watch, fleets(s, p, cfg.broker) as (big, solo_fleet):
+            fleet_ctx = fleets(s, p, cfg.broker, service.public_url())
+            with Watch(service) as watch, fleet_ctx as (big, solo_fleet):
                 t0 = time.monotonic()
                 known = wait_known(service, watch, FLEET, s.devices, 120.0)
                 wait_known(service, watch, SOLO_FLEET, s.solo_devices, 60.0)

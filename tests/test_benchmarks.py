@@ -17,6 +17,10 @@ BEHAVIOUR_GOALS = {
     "conversion": (),
     "agent": ("telemetry counted every agent call", "agent processes do not import tensorflow"),
     "rollout": ("good rollout completes", "after the abort: only canaries touched"),
+    "commands": (
+        "every ping answered, none refused",
+        "a signed command changed after signing is refused",
+    ),
 }
 """Per benchmark, the goals (by the start or the end of their names) that must pass."""
 

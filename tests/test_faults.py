@@ -73,7 +73,12 @@ def until(cond: Callable[[], bool], timeout: float, what: Callable[[], object]) 
         time.sleep(0.2)
 
 
-def fleet_config(broker_port: int, bundle: Path, pub: Path, fleet: str) -> FleetConfig:
+def fleet_config(
+    broker_port: int, bundle: Path, pub: Path, fleet: str, *, command_pub: Path, service_url: str
+) -> FleetConfig:
+    """The demo's fleet: devices trusting the bundle key ``pub`` and the service's command key
+    ``command_pub``, downloading from ``service_url``, with the policy's health window as their
+    floors."""
     return FleetConfig(
         devices=DEVICES,
         bundle=bundle,
@@ -82,6 +87,10 @@ def fleet_config(broker_port: int, bundle: Path, pub: Path, fleet: str) -> Fleet
         rate=RATE,
         window_seconds=WINDOW,
         trusted_keys=(pub,),
+        command_keys=(command_pub,),
+        service_url=service_url,
+        health_predictions=POLICY.health_predictions or 1,
+        health_seconds=POLICY.health_seconds or 1.0,
         prefix="dev",
     )
 
@@ -280,7 +289,10 @@ def check_windows(
 
 
 def test_a_broker_down_for_20_s_mid_rollout_loses_no_window_and_the_rollout_completes(
-    digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path], tmp_path: Path
+    digits_bundles: tuple[Path, Path],
+    signing_keys: tuple[Path, Path],
+    command_keys: tuple[Path, Path],
+    tmp_path: Path,
 ) -> None:
     old, new = digits_bundles
     name = "faults-broker"
@@ -292,13 +304,23 @@ def test_a_broker_down_for_20_s_mid_rollout_loses_no_window_and_the_rollout_comp
             http_port=0,
             bundles=(old, new),
             trusted_keys=(signing_keys[1],),
+            command_key=command_keys[0],
             fleet_interval=3600.0,
             rollout_interval=0.2,
         )
         with Service(cfg) as service:
             assert service.connected.wait(15), "the service cannot reach the broker"
             await_subscription(broker.port, lambda: service.counters.statuses)
-            fleet = Fleet(fleet_config(broker.port, old, signing_keys[1], name))
+            fleet = Fleet(
+                fleet_config(
+                    broker.port,
+                    old,
+                    signing_keys[1],
+                    name,
+                    command_pub=command_keys[1],
+                    service_url=service.public_url(),
+                )
+            )
 
             def known() -> bool:
                 return {d["device"] for d in service.store.devices(name)} >= set(fleet.device_ids)
@@ -366,7 +388,10 @@ def test_a_broker_down_for_20_s_mid_rollout_loses_no_window_and_the_rollout_comp
 
 
 def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
-    digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path], tmp_path: Path
+    digits_bundles: tuple[Path, Path],
+    signing_keys: tuple[Path, Path],
+    command_keys: tuple[Path, Path],
+    tmp_path: Path,
 ) -> None:
     old, new = digits_bundles
     name = "faults-kill"
@@ -398,6 +423,8 @@ def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
                     name,
                     "--pubkey",
                     str(signing_keys[1]),
+                    "--command-key",
+                    str(command_keys[0]),
                     "--bundle",
                     str(old),
                     "--bundle",
@@ -420,7 +447,16 @@ def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
     with Mosquitto(directory=tmp_path / "mosquitto") as broker:
         p = serve(broker.port)
         engine = db.connect(db_url)
-        fleet = Fleet(fleet_config(broker.port, old, signing_keys[1], name))
+        fleet = Fleet(
+            fleet_config(
+                broker.port,
+                old,
+                signing_keys[1],
+                name,
+                command_pub=command_keys[1],
+                service_url=url,
+            )
+        )
         try:
             await_subscription(broker.port, lambda: int(get(url, "/v1/stats")["statuses"]))
             fleet.start()

@@ -4,8 +4,9 @@
    fidelity gates (fp32 TFLite and int8 ONNX alongside, to compare), sign and verify bundle 1.0.0;
 2. start a broker (unless ``--broker`` is given: a mosquitto on a free port running the shipped
    fleet configuration, ``deploy/mosquitto.conf``: TLS with a throwaway CA, an account per device
-   and one for the service, the ACL), the central service and a simulated fleet of real agents
-   replaying the held-out digits;
+   and one for the service, the ACL), the central service (signing its commands with a
+   throwaway command key) and a simulated fleet of real agents replaying the held-out digits
+   (trusting that key, downloading only from the service);
 3. wait for each device's own reference (its first healthy windows on 1.0.0), brighten the
    images on part of the fleet (covariate drift) and show the alerts as they come;
 4. retrain on recent data (the originals plus their brightened copies) into bundle 1.1.0;
@@ -46,6 +47,7 @@ from edgeops.demo.models import (
     train_run,
 )
 from edgeops.errors import EdgeOpsError
+from edgeops.rollout import RolloutPolicy
 
 OUT = Path("demo-output")
 FLEET = "demo"
@@ -53,6 +55,15 @@ BRIGHTNESS = 1.0
 """Covariate drift: pixels brightened by this many standard deviations (saturating at 16)."""
 REFERENCE_ROWS = 320
 """A device's reference on a version: its first 320 healthy rows (four 2-second windows)."""
+ROLLOUT = RolloutPolicy(
+    stages=(10, 50, 100),
+    bake=3.0,
+    timeout=60.0,
+    min_devices=2,
+    health_predictions=20,
+    health_seconds=10.0,
+)
+"""The rollout of 1.1.0; its health window is also the devices' floor."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +152,6 @@ def _loop(
 ) -> str:
     from dataclasses import replace
 
-    from edgeops.rollout import RolloutPolicy
     from edgeops.service import Service
     from edgeops.service.config import (
         DEFAULT_THRESHOLDS,
@@ -160,6 +170,7 @@ def _loop(
         http_port=0,
         bundles=(v1,),
         trusted_keys=(keys.public,),
+        command_key=keys.command_private,
         fleet_interval=5.0,
         default=ModelPolicy(
             drift=replace(DEFAULT_THRESHOLDS, min_samples=300),
@@ -183,6 +194,10 @@ def _loop(
             feedback=0.2,
             window_seconds=2.0,
             trusted_keys=(keys.public,),
+            command_keys=(keys.command_public,),
+            service_url=service.public_url(),
+            health_predictions=ROLLOUT.health_predictions or 1,
+            health_seconds=ROLLOUT.health_seconds or 1.0,
             prefix="dev",
         )
         with Fleet(fleet_cfg) as fleet:
@@ -215,15 +230,7 @@ def _loop(
             service.register_bundle(v2)
 
             step("rollout: 1.1.0 in stages of 10 %, 50 %, 100 %, with health gates")
-            policy = RolloutPolicy(
-                stages=(10, 50, 100),
-                bake=3.0,
-                timeout=60.0,
-                min_devices=2,
-                health_predictions=20,
-                health_seconds=10.0,
-            )
-            dep = service.deploy("digits-1.1.0", FLEET, policy=policy, trigger="demo")
+            dep = service.deploy("digits-1.1.0", FLEET, policy=ROLLOUT, trigger="demo")
             status = watch.follow(dep["id"], 180.0)
             if status["state"] != "completed":
                 raise DemoFailed(f"the rollout was aborted: {status['reason']}")

@@ -27,13 +27,19 @@ def step(text: str) -> float:
 class Keys:
     private: Path
     public: Path
+    """The bundle signing key pair."""
+    command_private: Path
+    command_public: Path
+    """The service's command key pair: the service signs commands, devices trust its .pub."""
 
 
 def make_keys(out: Path) -> Keys:
+    """Throwaway keys, new each run: one pair signs the bundles, another the commands."""
     from edgeops.signing import generate_keypair
 
     private, public = generate_keypair(out / "keys", "demo", overwrite=True)
-    return Keys(private, public)
+    command_private, command_public = generate_keypair(out / "keys", "command", overwrite=True)
+    return Keys(private, public, command_private, command_public)
 
 
 def train_run(data: Path, out: Path, epochs: int = 30) -> Any:
