@@ -28,6 +28,7 @@ def test_the_demo_runs_the_whole_loop_and_says_what_it_did(tmp_path: Path) -> No
     ):
         assert step in text, step
     assert "ALERT" in text and "completed" in text and "demo OK" in text
+    assert "commands signed by key" in text and (out / "keys" / "command.pub").exists()
     summary = text[text.index("== summary") :]
     rows = [line for line in summary.splitlines() if line.startswith("dev-")]
     assert len(rows) == 6 and all("digits 1.1.0" in r for r in rows), rows

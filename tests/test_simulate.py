@@ -360,6 +360,7 @@ def test_cli_runs_a_small_fleet(
     broker: Mosquitto,
     digits_bundles: tuple[Path, Path],
     signing_keys: tuple[Path, Path],
+    command_keys: tuple[Path, Path],
 ) -> None:
     r = cli(
         "simulate",
@@ -371,6 +372,10 @@ def test_cli_runs_a_small_fleet(
         digits_bundles[0],
         "--trusted-key",
         signing_keys[1],
+        "--command-key",
+        command_keys[1],
+        "--service-url",
+        "http://127.0.0.1:8480",
         "--fleet",
         f"cli-{uuid.uuid4().hex[:8]}",
         "--duration",
@@ -400,6 +405,7 @@ def test_cli_runs_a_small_fleet(
         (["--devices", 2, "--drift", "kind=noise,devices=0-7"], "the fleet has 2 device(s)"),
         (["--devices", 2, "--rate", 0], "--rate must be"),
         (["--devices", 2, "--broker", "http://x"], "use mqtt://HOST:PORT"),
+        (["--devices", 2, "--service-url", "fleet.example"], "--service-url 'fleet.example'"),
     ],
 )
 def test_cli_bad_options_give_one_error_line(
@@ -416,6 +422,15 @@ def test_cli_missing_bundle_and_keys(cli, tmp_path: Path) -> None:  # type: igno
     assert r.err == f"error: {tmp_path / 'none.bundle'} is not a bundle: no such file\n"
     r = cli("simulate", "--devices", 2, "--bundle", tmp_path / "none.bundle")
     assert r.code == 2 and r.err.startswith("error: give --trusted-key") and r.err.count("\n") == 1
+
+
+def test_cli_a_missing_command_key_is_one_error(
+    cli, digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    args = ["--devices", 2, "--bundle", digits_bundles[0], "--trusted-key", signing_keys[1]]
+    r = cli("simulate", *args, "--command-key", tmp_path / "command.pub")
+    assert r.code == errors.KeyFileError.exit_code
+    assert r.err == f"error: {tmp_path / 'command.pub'}: no such key file\n"
 
 
 # --- boundaries -------------------------------------------------------------------------------

@@ -184,6 +184,10 @@ def _loop(
         if not service.connected.is_set():
             raise DemoFailed(service.broker_problem or f"the service cannot reach {broker.url}")
         print(f"   service: REST API on {service.http.address}, database {db_file}")
+        print(
+            f"   commands signed by key {service.commands.key_id}; devices trust it and "
+            f"download bundles only from {service.public_url()}"
+        )
         fleet_cfg = FleetConfig(
             devices=devices,
             bundle=v1,

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edgeops import topics
 from edgeops.broker import BrokerSettings
@@ -76,6 +77,13 @@ class FleetConfig:
             raise UsageError("--window-seconds must be between 0.05 and 86400")
         if not self.trusted_keys and not self.allow_unsigned:
             raise UsageError("give --trusted-key PUB (repeatable), or --allow-unsigned")
+        if self.service_url is not None:
+            url = urlsplit(self.service_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise UsageError(
+                    f"--service-url {self.service_url!r}: use http(s)://HOST[:PORT], the service "
+                    "as the devices reach it"
+                )
         if self.health_predictions < 1 or not self.health_seconds > 0:
             raise UsageError("health_predictions and health_seconds must be positive")
         if self.feeders is not None and self.feeders < 1:

@@ -237,6 +237,8 @@ class Fleet:
         """The bundle checked once here, so a bad one is one error rather than N."""
         cfg = self.config
         keys = load_verify_keys(cfg.trusted_keys)
+        if cfg.command_keys:  # a bad key file is one error here, not one per device
+            load_verify_keys(cfg.command_keys)
         with Bundle.open(cfg.bundle) as b:
             b.verify(keys, allow_unsigned=cfg.allow_unsigned)
             return b.manifest
