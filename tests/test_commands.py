@@ -326,3 +326,50 @@ def test_time_checks_use_the_devices_clock() -> None:
     assert refusal(cmd, now=NOW + 60) is None  # at the deadline: still valid
     assert refusal(cmd, now=NOW - 299) is None  # within the skew
     assert refusal(cmd, now=NOW + 60.001) == "expired"
+
+
+# --- the service's side -------------------------------------------------------------------------
+
+
+def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -> None:
+    from edgeops.errors import UsageError
+    from edgeops.service import db
+    from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
+
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    one, two = db.Store(db.connect(url)), db.Store(db.connect(url))  # two service processes
+    signer = CommandSigner(one, KEY)
+    other = CommandSigner(two, KEY)
+    draft = CommandDraft("c1", wire.PingArgs(), NOW, NOW + 60)
+    batch = [Addressed("lab", "pi-01", draft), Addressed("lab", "pi-02", draft)]
+    sent = [cmd for _, cmd in signer.issue(batch)]
+    sent += [cmd for _, cmd in other.issue(batch[:1])]
+    sent += [cmd for _, cmd in signer.issue(batch[:1])]
+    pi01 = [c.counter for c in sent if c.device == "pi-01"]
+    assert pi01 == sorted(set(pi01)) and len(pi01) == 3  # increasing, never repeated
+    for cmd in sent:  # each one verifies on its device, and is the device's own
+        back = wire.decode(wire.encode(cmd), wire.Command)
+        assert (
+            commands.check(
+                back,
+                keys=KEYS,
+                fleet="lab",
+                device=cmd.device,
+                now=NOW,
+                last_counter=0,
+                max_clock_skew=300.0,
+            )
+            is None
+        )
+    topics_ = [t for t, _ in signer.issue(batch)]
+    assert topics_ == ["edgeops/v1/lab/pi-01/cmd", "edgeops/v1/lab/pi-02/cmd"]
+    # Counters are at least the time in microseconds: a new database does not go back.
+    fresh = db.Store(db.connect(f"sqlite:///{tmp_path / 'new.db'}"))
+    (after,) = fresh.next_counters([("lab", "pi-01")])
+    assert after > max(pi01)
+    # Without a key the service sends unsigned commands (devices refuse them by default).
+    ((_, bare),) = CommandSigner(one, None).issue(batch[:1])
+    assert bare.signature is None and bare.key is None
+    # A bundle key is not a command key.
+    with pytest.raises(UsageError, match="also trusted for bundles"):
+        CommandSigner(one, KEY, bundle_key_ids=[KEY.key_id])
