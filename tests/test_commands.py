@@ -373,3 +373,19 @@ def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -
     # A bundle key is not a command key.
     with pytest.raises(UsageError, match="also trusted for bundles"):
         CommandSigner(one, KEY, bundle_key_ids=[KEY.key_id])
+
+
+def test_serve_says_in_one_line_what_is_wrong_with_its_command_key(
+    cli: Any, signing_keys: tuple[Any, Any], command_keys: tuple[Any, Any], tmp_path: Any
+) -> None:
+    from edgeops import errors
+
+    base = ["serve", "--db", f"sqlite:///{tmp_path / 's.db'}", "--http-port", 0]
+    for key, code, message in [
+        (tmp_path / "none.key", errors.KeyFileError.exit_code, "no such key file"),
+        (command_keys[1], errors.KeyFileError.exit_code, "is a public key"),
+    ]:
+        r = cli(*base, "--command-key", key)
+        assert r.code == code and message in r.err and r.err.count("\n") == 1, r.err
+    r = cli(*base, "--pubkey", signing_keys[1], "--command-key", signing_keys[0])
+    assert r.code == errors.UsageError.exit_code and "also trusted for bundles" in r.err, r.err
