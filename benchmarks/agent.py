@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/agent.py [--quick] [--profile] [--out benchmarks/results]
+    python benchmarks/agent.py [--quick | --smoke] [--profile] [--out benchmarks/results]
 
 What it measures
 ----------------
@@ -49,6 +49,10 @@ would be useless here, since Linux carries the forking parent's peak (this scrip
 TensorFlow loaded) across ``exec``. Whether ``tensorflow`` and a few other heavy modules were
 imported is recorded for every child.
 
+``--smoke`` (what ``make test`` runs, see ``bench_smoke.py``): the digits run trained for one
+epoch, a few-layer image model at 32x32 in place of MobileNetV2, 2 rounds of 50 and of 4 calls,
+and one process of each kind for the first variant of each model.
+
 How to read it
 --------------
 Milliseconds and microseconds are from one shared machine; the differences and ratios in the same
@@ -85,6 +89,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
+from bench_smoke import SMOKE_IMAGE_MODEL, RunMode, add_mode_options, mode_of, stand_in_image_model
 
 from converters import ConversionConfig, Format, Mode, convert
 from device_agent.agent import Agent
@@ -96,10 +101,10 @@ from device_agent.config import (
     TelemetryConfig,
 )
 from device_agent.runtimes import TFLITE_BACKENDS, TFLiteRuntime, tflite_interpreter_class
-from edgeops import modelinfo, samples
+from edgeops import samples
 from edgeops.bundle import Bundle, write_bundle
 from edgeops.optional import require
-from edgeops.packaging import PackageConfig, package
+from edgeops.packaging import PackageConfig, package, runtime_requirements
 from edgeops.preprocessing import Preprocessing
 from edgeops.profile import Profile, profile_class_outputs, profile_tensor
 from edgeops.tables import fmt, render
@@ -122,6 +127,7 @@ SPREAD_GROUPS = 5
 @dataclass(frozen=True)
 class Settings:
     quick: bool
+    smoke: bool
     out: Path
     profile: bool
     digits_rounds: int
@@ -139,12 +145,41 @@ class Settings:
     calibration_images: int = 32
     """Random images MobileNetV2's int8 conversion is calibrated on."""
     profile_calls: int = 20_000
+    digits_epochs: int = 5
+    image_model: str = "mobilenetv2"
+    """MobileNetV2, or the smoke runs' stand-in for it."""
+    image_size: int = 224
+    image_classes: int = 1000
+    startup_variants: int = 2
+    """Variants of each model whose start-up is measured (each model has two)."""
 
     @classmethod
-    def of(cls, quick: bool, out: Path, profile: bool) -> Settings:
+    def of(cls, mode: RunMode, out: Path, profile: bool) -> Settings:
+        quick, smoke = mode == "quick", mode == "smoke"
+        if smoke:
+            return cls(
+                quick,
+                smoke,
+                out,
+                profile,
+                digits_rounds=2,
+                digits_calls=50,
+                mobilenet_rounds=2,
+                mobilenet_calls=4,
+                startup_repeats=1,
+                baseline_images=16,
+                calibration_images=8,
+                profile_calls=200,
+                digits_epochs=1,
+                image_model=SMOKE_IMAGE_MODEL,
+                image_size=32,
+                image_classes=10,
+                startup_variants=1,
+            )
         if quick:
             return cls(
                 quick,
+                smoke,
                 out,
                 profile,
                 digits_rounds=6,
@@ -156,6 +191,7 @@ class Settings:
             )
         return cls(
             quick,
+            smoke,
             out,
             profile,
             digits_rounds=20,
@@ -236,12 +272,11 @@ class Startup:
 # --- models and bundles -------------------------------------------------------------------------
 
 
-def prepare_digits(work: Path) -> list[Served]:
+def prepare_digits(work: Path, s: Settings) -> list[Served]:
     """Train the digits run, convert it to TFLite int8 (float I/O) and fp32, package both."""
     say("digits: training the run")
-    run = train(
-        samples.digits_npz(work / "digits.npz"), work / "run", TrainConfig(target="label", epochs=5)
-    )
+    cfg = TrainConfig(target="label", epochs=s.digits_epochs)
+    run = train(samples.digits_npz(work / "digits.npz"), work / "run", cfg)
     with np.load(run.split("test")) as z:
         x = np.asarray(z["x"][:64], dtype=np.float32)
     served = []
@@ -259,45 +294,50 @@ def prepare_digits(work: Path) -> list[Served]:
 
 
 def prepare_mobilenet(work: Path, s: Settings) -> list[Served]:
-    """MobileNetV2 with random weights, converted to TFLite fp32 and int8, and bundled."""
+    """MobileNetV2 with random weights (in a smoke run, its stand-in), converted to TFLite fp32
+    and int8, and bundled."""
     keras = require("keras", "convert")
-    say("mobilenetv2: building (random weights)")
+    name, size = s.image_model, s.image_size
+    say(f"{name}: building (random weights)")
     work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
-    net = keras.applications.MobileNetV2(
-        weights=None,
-        input_tensor=keras.Input((224, 224, 3), name="image"),
-        classes=1000,
-    )
-    source = work / "mobilenetv2.keras"
+    if s.smoke:
+        net = stand_in_image_model(keras, size, s.image_classes)
+    else:
+        net = keras.applications.MobileNetV2(
+            weights=None,
+            input_tensor=keras.Input((size, size, 3), name="image"),
+            classes=s.image_classes,
+        )
+    source = work / f"{name}.keras"
     net.save(source)
     rng = np.random.default_rng(0)
     calibration = work / "calibration.npz"
-    np.savez(calibration, x=random_images(rng, s.calibration_images))
-    baseline_x = random_images(rng, s.baseline_images)
-    inputs = random_images(rng, 16)
+    np.savez(calibration, x=random_images(rng, s.calibration_images, size))
+    baseline_x = random_images(rng, s.baseline_images, size)
+    inputs = random_images(rng, 16, size)
     served = []
     for mode in (Mode.FP32, Mode.INT8):
-        say(f"mobilenetv2: converting to TFLite {mode}")
+        say(f"{name}: converting to TFLite {mode}")
         cfg = ConversionConfig(
             to=Format.TFLITE,
             mode=mode,
             calibration=calibration if mode is Mode.INT8 else None,
             calibration_samples=s.calibration_images,
             latency_runs=3,
-            name="mobilenetv2",
+            name=name,
         )
         report = convert(source, work / "models", cfg)
         model = work / "models" / report.artifact["file"]
         bundle = tensor_bundle(
-            model, work / "bundles", "mobilenetv2", f"1.0.0-{mode}", mode, baseline_x, inputs[:4]
+            model, work / "bundles", name, f"1.0.0-{mode}", mode, baseline_x, inputs[:4]
         )
-        served.append(Served("mobilenetv2", mode.value, model, bundle, inputs))
+        served.append(Served(name, mode.value, model, bundle, inputs))
     return served
 
 
-def random_images(rng: np.random.Generator, n: int) -> FloatArray:
-    return rng.uniform(0.0, 1.0, size=(n, 224, 224, 3)).astype(np.float32)
+def random_images(rng: np.random.Generator, n: int, size: int) -> FloatArray:
+    return rng.uniform(0.0, 1.0, size=(n, size, size, 3)).astype(np.float32)
 
 
 def tensor_bundle(
@@ -350,7 +390,7 @@ def tensor_bundle(
         "preprocessing": pre.to_dict(),
         "baseline": baseline.to_dict(),
         "samples": {"file": "samples.npz", "count": len(sample_x), "atol": 1e-4, "rtol": 1e-3},
-        "min_runtime": modelinfo.requirements(model),
+        "min_runtime": runtime_requirements(model),
         "training": None,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -833,12 +873,17 @@ class Results:
     profile: list[dict[str, Any]] = field(default_factory=list)
 
 
+def variants_of(served: Sequence[Served], model: str) -> list[str]:
+    """The variants of ``model`` among ``served``, in order."""
+    return [m.variant for m in served if m.model == model]
+
+
 def run(s: Settings) -> None:
     if sys.platform != "linux":
         raise SystemExit("this benchmark reads CLOCK_MONOTONIC across processes: Linux only")
     work = s.out / "agent"
     shutil.rmtree(work, ignore_errors=True)
-    served = prepare_digits(work / "digits") + prepare_mobilenet(work / "mobilenetv2", s)
+    served = prepare_digits(work / "digits", s) + prepare_mobilenet(work / s.image_model, s)
     found = Results()
     for m in served:
         rounds, calls = (
@@ -848,7 +893,7 @@ def run(s: Settings) -> None:
         )
         say(f"{m.label}: per-call overhead, {rounds} rounds of {calls} calls")
         found.overheads.append(measure_overhead(m, rounds, calls, s))
-    for m in served:
+    for m in [m for m in served if m.variant in variants_of(served, m.model)[: s.startup_variants]]:
         say(f"{m.label}: start-up, {s.startup_repeats} x 3 processes")
         found.startups += measure_startup(m, s)
     if s.profile:
@@ -880,11 +925,11 @@ def run(s: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer rounds, calls and processes")
+    add_mode_options(ap, "fewer rounds, calls and processes")
     ap.add_argument("--profile", action="store_true", help="also cProfile agent.predict on digits")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
-    run(Settings.of(args.quick, args.out, args.profile))
+    run(Settings.of(mode_of(args), args.out, args.profile))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/conversion.py [--quick] [--out benchmarks/results]
+    python benchmarks/conversion.py [--quick | --smoke] [--out benchmarks/results]
 
 What it measures
 ----------------
@@ -31,6 +31,10 @@ between their latencies shows the noise.
 percentage points, ``agree %`` the top-1 agreement with the Keras model. Every row is evaluated by
 the same code (``device_agent.runtimes.run_float``, ``device_agent.benchmark.benchmark``).
 
+``--smoke`` (what ``make test`` runs, see ``bench_smoke.py``): the digits CNN trained for one
+epoch, only the conversions the goals read (TFLite fp32, int8, int8 I/O; ONNX fp32, int8; the
+digits library defaults), and a few-layer image model at 32x32 in place of MobileNetV2.
+
 The goals printed last say PASS or FAIL with the measured figure. The script exits 0 when a goal
 fails (it reports) and non-zero only if something crashed. Rows, goals and notes go to
 ``<out>/conversion.json``; the converted models stay under ``<out>/<model>/`` (edgeops' with
@@ -58,6 +62,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime.quantization as ortq
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
+from bench_smoke import SMOKE_IMAGE_MODEL, RunMode, add_mode_options, mode_of, stand_in_image_model
 
 from converters import ConversionConfig, ConversionReport, Format, IOType, Mode, convert
 from device_agent.benchmark import BenchConfig, benchmark
@@ -82,6 +87,7 @@ INT8_IO = "int8 (int8 I/O)"
 @dataclass(frozen=True)
 class Settings:
     quick: bool
+    smoke: bool
     out: Path
     digits_runs: int
     mobilenet_runs: int
@@ -90,16 +96,55 @@ class Settings:
     """Latency measurements per model, in alternating order; the median p50 is reported."""
     convert_latency_runs: int = 5
     """convert() times each artifact too; this script re-times them interleaved: keep it short."""
+    digits_epochs: int = 12
+    image_model: str = "mobilenetv2"
+    """MobileNetV2, or the smoke runs' stand-in for it."""
+    image_size: int = 224
 
     @classmethod
-    def of(cls, quick: bool, out: Path) -> Settings:
+    def of(cls, mode: RunMode, out: Path) -> Settings:
+        quick, smoke = mode == "quick", mode == "smoke"
+        if smoke:
+            return cls(
+                quick,
+                smoke,
+                out,
+                digits_runs=20,
+                mobilenet_runs=5,
+                mobilenet_calibration=8,
+                repeats=1,
+                convert_latency_runs=2,
+                digits_epochs=1,
+                image_model=SMOKE_IMAGE_MODEL,
+                image_size=32,
+            )
         if quick:
             return cls(
-                quick, out, digits_runs=200, mobilenet_runs=15, mobilenet_calibration=32, repeats=3
+                quick,
+                smoke,
+                out,
+                digits_runs=200,
+                mobilenet_runs=15,
+                mobilenet_calibration=32,
+                repeats=3,
             )
         return cls(
-            quick, out, digits_runs=1000, mobilenet_runs=50, mobilenet_calibration=100, repeats=7
+            quick,
+            smoke,
+            out,
+            digits_runs=1000,
+            mobilenet_runs=50,
+            mobilenet_calibration=100,
+            repeats=7,
         )
+
+    @property
+    def digits_variants(self) -> tuple[Variant, ...]:
+        return SMOKE_DIGITS_VARIANTS if self.smoke else DIGITS_VARIANTS
+
+    @property
+    def image_variants(self) -> tuple[Variant, ...]:
+        return SMOKE_IMAGE_VARIANTS if self.smoke else MOBILENET_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -146,6 +191,20 @@ MOBILENET_VARIANTS = (
     Variant(Format.TFLITE, Mode.FP32),
     Variant(Format.TFLITE, Mode.FLOAT16),
     Variant(Format.TFLITE, Mode.DYNAMIC),
+    Variant(Format.TFLITE, Mode.INT8),
+    Variant(Format.ONNX, Mode.FP32),
+    Variant(Format.ONNX, Mode.INT8),
+)
+SMOKE_DIGITS_VARIANTS = (
+    Variant(Format.TFLITE, Mode.FP32),
+    Variant(Format.TFLITE, Mode.INT8),
+    Variant(Format.TFLITE, Mode.INT8, IOType.INT8),
+    Variant(Format.ONNX, Mode.FP32),
+    Variant(Format.ONNX, Mode.INT8),
+)
+"""The conversions the goals read."""
+SMOKE_IMAGE_VARIANTS = (
+    Variant(Format.TFLITE, Mode.FP32),
     Variant(Format.TFLITE, Mode.INT8),
     Variant(Format.ONNX, Mode.FP32),
     Variant(Format.ONNX, Mode.INT8),
@@ -199,9 +258,9 @@ class Row:
 # --- models and data ----------------------------------------------------------------------------
 
 
-def prepare_digits(work: Path) -> Prepared:
+def prepare_digits(work: Path, epochs: int) -> Prepared:
     split = samples.digits()
-    model = samples.train_digits_cnn(split, work / "digits.keras")
+    model = samples.train_digits_cnn(split, work / "digits.keras", epochs=epochs)
     calibration, validation = split.save(work, "digits")
     return Prepared(
         name="digits",
@@ -214,17 +273,22 @@ def prepare_digits(work: Path) -> Prepared:
     )
 
 
-def prepare_mobilenet(work: Path, n_calibration: int) -> Prepared:
+def prepare_mobilenet(work: Path, s: Settings) -> Prepared:
+    """MobileNetV2 (random weights), or in a smoke run its stand-in."""
     work.mkdir(parents=True, exist_ok=True)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
-    path = work / "mobilenetv2.keras"
+    size, n_calibration, name = s.image_size, s.mobilenet_calibration, s.image_model
+    if s.smoke:
+        model = stand_in_image_model(keras, size, 10)
+    else:
+        model = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3))
+    path = work / f"{name}.keras"
     model.save(path)
     rng = np.random.default_rng(0)
-    x = rng.uniform(0.0, 1.0, size=(n_calibration, 224, 224, 3)).astype(np.float32)
-    calibration = work / "mobilenetv2-calibration.npz"
+    x = rng.uniform(0.0, 1.0, size=(n_calibration, size, size, 3)).astype(np.float32)
+    calibration = work / f"{name}-calibration.npz"
     np.savez(calibration, x=x)
     return Prepared(
-        name="mobilenetv2",
+        name=name,
         keras_path=path,
         calibration=calibration,
         x_calibration=x,
@@ -440,11 +504,11 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}"
 
 
-def goals(rows: Sequence[Row]) -> list[Goal]:
+def goals(rows: Sequence[Row], image_model: str) -> list[Goal]:
     tfl, ort = Format.TFLITE.value, Format.ONNX.value
     int8 = Mode.INT8.value
     found = []
-    for model, mode in (("digits", int8), ("digits", INT8_IO), ("mobilenetv2", int8)):
+    for model, mode in (("digits", int8), ("digits", INT8_IO), (image_model, int8)):
         r = find_row(rows, model, tfl, mode)
         found.append(
             Goal(
@@ -464,7 +528,7 @@ def goals(rows: Sequence[Row]) -> list[Goal]:
                 drop <= 0.5 and agree >= 0.99,
             )
         )
-    for model in ("digits", "mobilenetv2"):
+    for model in ("digits", image_model):
         r = find_row(rows, model, ort, int8)
         found.append(
             Goal(
@@ -557,17 +621,17 @@ def write_json(
 
 def run(s: Settings) -> None:
     say("digits: training the CNN")
-    digits = prepare_digits(s.out / "digits" / "source")
+    digits = prepare_digits(s.out / "digits" / "source", s.digits_epochs)
     ref = keras_reference(digits)
-    digits_artifacts = convert_all(digits, DIGITS_VARIANTS, s)
+    digits_artifacts = convert_all(digits, s.digits_variants, s)
     assert digits.x_test is not None and digits.y_test is not None
     qualities = {
         a.path: quality(a.path, digits.x_test, digits.y_test, ref) for a in digits_artifacts
     }
 
-    say("mobilenetv2: building (random weights)")
-    mobilenet = prepare_mobilenet(s.out / "mobilenetv2" / "source", s.mobilenet_calibration)
-    mobilenet_artifacts = convert_all(mobilenet, MOBILENET_VARIANTS, s)
+    say(f"{s.image_model}: building (random weights)")
+    mobilenet = prepare_mobilenet(s.out / s.image_model / "source", s)
+    mobilenet_artifacts = convert_all(mobilenet, s.image_variants, s)
 
     digits_p50 = p50s([a.path for a in digits_artifacts], s.digits_runs, s.repeats)
     mobilenet_p50 = p50s([a.path for a in mobilenet_artifacts], s.mobilenet_runs, s.repeats)
@@ -576,7 +640,7 @@ def run(s: Settings) -> None:
     )
     artifacts = digits_artifacts + mobilenet_artifacts
     notes = cross_check(artifacts, rows, ref) + identical(artifacts)
-    found = goals(rows)
+    found = goals(rows, s.image_model)
 
     print(table(rows, ref, s.repeats))
     print()
@@ -590,10 +654,10 @@ def run(s: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer latency runs, less calibration")
+    add_mode_options(ap, "fewer latency runs, less calibration")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
-    run(Settings.of(args.quick, args.out))
+    run(Settings.of(mode_of(args), args.out))
     return 0
 
 

@@ -3,7 +3,7 @@ of a failing canary, each against the floor its settings impose.
 
 Run::
 
-    python benchmarks/rollout.py [--quick] [--out benchmarks/results]
+    python benchmarks/rollout.py [--quick | --smoke] [--out benchmarks/results]
 
 What it measures
 ----------------
@@ -66,6 +66,10 @@ that sleeps 5 ms at a time (how long a thread of this process waits to run again
 the broker's clients and the service share the GIL and 2 cores, which real devices do not); and
 the predictions the simulator's feeders skipped because the host fell behind.
 
+``--smoke`` (what ``make test`` runs, see ``bench_smoke.py``): the digits run trained for one
+epoch, 4 devices and 1 solo device predicting 2 times a second, 1-s telemetry windows, stages
+50 and 100 %, a 0.5-s bake and a 1-s health window.
+
 How to read it
 --------------
 Seconds are from one shared 2-core machine that also runs every agent; the ratios against the
@@ -101,6 +105,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
+from bench_smoke import RunMode, add_mode_options, mode_of
 
 from edgeops import rollout as ro
 from edgeops.rollout import RolloutPolicy
@@ -129,6 +134,7 @@ PHASES = ("deliver", "prepare", "switch", "health", "report")
 @dataclass(frozen=True)
 class Settings:
     quick: bool
+    smoke: bool
     out: Path
     devices: int
     solo_devices: int
@@ -144,12 +150,31 @@ class Settings:
     """The devices' telemetry windows (the agent's default)."""
     poll: float = 0.25
     """Seconds between status reads while waiting (measurements come from the history)."""
+    epochs: int = 5
+    """The digits run's training epochs."""
 
     @classmethod
-    def of(cls, quick: bool, out: Path) -> Settings:
+    def of(cls, mode: RunMode, out: Path) -> Settings:
+        quick, smoke = mode == "quick", mode == "smoke"
+        if smoke:
+            return cls(
+                quick,
+                smoke,
+                out,
+                devices=4,
+                solo_devices=1,
+                bake=0.5,
+                stages=(50.0, 100.0),
+                health_predictions=2,
+                health_seconds=1.0,
+                rate=2.0,
+                window_seconds=1.0,
+                poll=0.1,
+                epochs=1,
+            )
         if quick:
-            return cls(quick, out, devices=40, solo_devices=2, bake=2.0)
-        return cls(quick, out, devices=200, solo_devices=3, bake=5.0)
+            return cls(quick, smoke, out, devices=40, solo_devices=2, bake=2.0)
+        return cls(quick, smoke, out, devices=200, solo_devices=3, bake=5.0)
 
     def policy(self, **changes: Any) -> RolloutPolicy:
         base = RolloutPolicy(
@@ -179,7 +204,7 @@ class Prepared:
 # --- bundles ------------------------------------------------------------------------------------
 
 
-def prepare(work: Path) -> Prepared:
+def prepare(work: Path, epochs: int) -> Prepared:
     """Train the digits run; 1.0.0 (TFLite int8, float I/O) and 1.1.0 (TFLite fp32), signed;
     1.1.1, 1.1.0 with wrong sample outputs."""
     from converters import ConversionConfig, Format, Mode, convert
@@ -190,7 +215,7 @@ def prepare(work: Path) -> Prepared:
 
     say("digits: training the run")
     data = samples.digits_npz(work / "digits.npz")
-    run = train(data, work / "run", TrainConfig(target="label", epochs=5))
+    run = train(data, work / "run", TrainConfig(target="label", epochs=epochs))
     private, public = generate_keypair(work / "keys", "fleet")
     made = []
     for mode, version in ((Mode.INT8, "1.0.0"), (Mode.FP32, "1.1.0")):
@@ -992,7 +1017,7 @@ def run(s: Settings) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     limits = raise_descriptor_limit(s.devices + s.solo_devices)
-    p = prepare(work)
+    p = prepare(work, s.epochs)
     interval = ServiceConfig().rollout_interval
     with Mosquitto() as broker:
         cfg = ServiceConfig(
@@ -1072,10 +1097,10 @@ def run(s: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="40 devices, 2-s bakes")
+    add_mode_options(ap, "40 devices, 2-s bakes")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
-    run(Settings.of(args.quick, args.out.resolve()))
+    run(Settings.of(mode_of(args), args.out.resolve()))
     return 0
 
 

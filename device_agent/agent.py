@@ -43,6 +43,21 @@ log = logging.getLogger(__name__)
 
 _FEEDBACK_MEMORY = 10_000
 
+SET_CONFIG_LIMITS: dict[str, tuple[float, float]] = {
+    "window_seconds": (1.0, 3600.0),
+    "sample_rate": (0.0, 1.0),
+}
+"""What a ``set-config`` command may set, and the range each value must lie in (inclusive)."""
+
+
+class _Refused(InputDataError):
+    """A command's arguments are refused; ``data`` (the reason, the setting) goes in the
+    failure event."""
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.data = data
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
@@ -90,8 +105,9 @@ class Agent:
         self._prediction_ids = itertools.count(1)  # next() is atomic under the GIL
         self._use_mqtt = config.mqtt.enabled if mqtt is None else mqtt
         self._use_http = config.http.enabled if http is None else http
+        # Held by whoever closes a window (the timer's flush, a model switch) from the moment
+        # its end is fixed until its telemetry is in the outbox: window seqs follow window times.
         self._window_lock = threading.Lock()
-        self._window_start = time.time()
         # The model and window predictions use, with the threads predicting on them: a model
         # switch closes the old window only once those have counted themselves in it.
         self._serving = _Serving(None, None)
@@ -100,6 +116,7 @@ class Agent:
         self._recent: OrderedDict[str, Any] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._stop = threading.Event()
+        self._retime = threading.Event()  # the window timer: stopping, or the length changed
         self._commands: queue.Queue[bytes | None] = queue.Queue(maxsize=100)
         self._threads: list[threading.Thread] = []
         self.store: ModelStore | None = None
@@ -189,6 +206,7 @@ class Agent:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._retime.set()
         if self.http is not None:
             self.http.stop()
         self._commands.put(None)
@@ -346,28 +364,30 @@ class Agent:
 
     def _swap_model(self, model: ServedModel | None) -> wire.Telemetry | None:
         """Serve ``model`` from now on; the previous model's window is closed (and returned)
-        once every prediction that started on it has been counted in it."""
+        once every prediction that started on it has been counted in it.
+
+        The old window is sealed and the new one opens at that moment, under the window lock,
+        which is held until the old window's telemetry is in the outbox: the timer cannot close
+        the new window (and take a seq) before the old one is out."""
         profile = model.baseline if model is not None else Profile((), (), 10)
         task: Literal["classification", "regression"] = (
             "regression" if model is not None and model.task == "regression" else "classification"
         )
-        window = WindowAccumulator(profile, task, executor=self._reducer)
-        with self._window_lock:  # new predictions get the new pair from here on
+        with self._window_lock:
             before = self._serving
-            old, old_window = before.model, before.window
-            self._serving = _Serving(model, window)
-            start = self._window_start
-            self._window_start = end = time.time()
-        deadline = time.monotonic() + 30.0
-        while before.active and time.monotonic() < deadline:  # predictions already under way
-            time.sleep(0.0005)
-        if before.active:
-            log.error("predictions on the previous model did not finish; its window closed")
-        closed = None
-        if old_window is not None:
-            closed = self._emit(old_window.snapshot(reset=True), old, start, end)
-        if old is not None:
-            old.close()
+            opens = None if before.window is None else before.window.seal()
+            window = WindowAccumulator(profile, task, executor=self._reducer, opens=opens)
+            self._serving = _Serving(model, window)  # new predictions get the new pair
+            deadline = time.monotonic() + 30.0
+            while before.active and time.monotonic() < deadline:  # predictions under way
+                time.sleep(0.0005)
+            if before.active:
+                log.error("predictions on the previous model did not finish; its window closed")
+            closed = None
+            if before.window is not None:
+                closed = self._emit(before.window.snapshot(reset=False), before.model)
+        if before.model is not None:
+            before.model.close()
         return closed
 
     # --- telemetry ----------------------------------------------------------------------------
@@ -426,23 +446,19 @@ class Agent:
     def flush_window(self) -> wire.Telemetry | None:
         """Close the current window now and put its telemetry in the outbox."""
         with self._window_lock:
-            window, model = self._window, self._model
-            start, end = self._window_start, time.time()
-            self._window_start = end
-            if window is None:
+            serving = self._serving
+            if serving.window is None:
                 return None
-            stats = window.snapshot(reset=True)
-        return self._emit(stats, model, start, end)
+            return self._emit(serving.window.snapshot(reset=True), serving.model)
 
-    def _emit(
-        self, stats: WindowStats, model: ServedModel | None, start: float, end: float
-    ) -> wire.Telemetry:
-        """Put one closed window's telemetry in the outbox."""
+    def _emit(self, stats: WindowStats, model: ServedModel | None) -> wire.Telemetry:
+        """Put one closed window's telemetry in the outbox (under the window lock: its seq,
+        taken here, follows the seq of every window that closed before it)."""
         outbox = self.outbox.stats() if self.outbox is not None else None
         msg = wire.Telemetry(
             **self._header(),
-            window_start=start,
-            window_end=end,
+            window_start=stats.window_start,
+            window_end=stats.window_end,
             model=None if model is None else model.ref,
             count=stats.count,
             errors=stats.errors,
@@ -464,15 +480,23 @@ class Agent:
         return msg
 
     def _window_loop(self) -> None:
-        while not self._stop.wait(self._seconds_left()):
+        while not self._stop.is_set():
+            self._retime.wait(self._seconds_left())
+            self._retime.clear()
+            if self._stop.is_set():
+                return
+            if self._seconds_left() > 0:  # a switch opened a new window, or set-config
+                continue
             try:
                 self.flush_window()
             except Exception:
                 log.exception("telemetry window failed")
 
     def _seconds_left(self) -> float:
+        """Until the current window is due to close."""
         length = self.config.telemetry.window_seconds
-        return max(0.0, self._window_start + length - time.time())
+        window = self._window
+        return length if window is None else max(0.0, length - window.age())
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -505,7 +529,10 @@ class Agent:
         try:
             result = self._run_command(cmd)
         except EdgeOpsError as e:
-            self.event(f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id)
+            data = e.data if isinstance(e, _Refused) else None
+            self.event(
+                f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id, data=data
+            )
             return
         except Exception as e:
             log.exception("command %s failed", cmd.kind)
@@ -539,20 +566,43 @@ class Agent:
         raise ModelError(f"command '{cmd.kind}' is not supported by this agent yet")
 
     def _set_config(self, args: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"window_seconds", "sample_rate"}
-        unknown = sorted(set(args) - allowed)
-        if unknown or not args:
-            raise InputDataError(
-                f"set-config takes {', '.join(sorted(allowed))}; got {', '.join(unknown) or 'none'}"
-            )
+        """Apply a ``set-config`` command: every value is checked (:data:`SET_CONFIG_LIMITS`)
+        before any is applied. A new window length applies to the window open now."""
+        allowed = ", ".join(SET_CONFIG_LIMITS)
+        if not args:
+            raise _Refused(f"set-config takes {allowed}; got none", reason="nothing to set")
         values = {}
         for k, v in args.items():
+            if k not in SET_CONFIG_LIMITS:
+                raise _Refused(
+                    f"set-config: unknown setting {_short(k)}; it takes {allowed}",
+                    reason="unknown setting",
+                    setting=k[:64],
+                )
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise InputDataError(f"set-config: {k} must be a number, got {v!r}")
+                raise _Refused(
+                    f"set-config: {k} must be a number, got {_short(v)}",
+                    reason="not a number",
+                    setting=k,
+                )
+            lo, hi = SET_CONFIG_LIMITS[k]
+            if not lo <= v <= hi:  # NaN included
+                raise _Refused(
+                    f"set-config: {k} must be between {lo:g} and {hi:g}, got {_short(v)}",
+                    reason="out of range",
+                    setting=k,
+                )
             values[k] = float(v)
         telemetry = replace(self.config.telemetry, **values)
         self.config = replace(self.config, telemetry=telemetry).checked()
-        return {k: getattr(telemetry, k) for k in sorted(allowed)}
+        self._retime.set()
+        return {k: getattr(telemetry, k) for k in SET_CONFIG_LIMITS}
+
+
+def _short(value: object, most: int = 40) -> str:
+    """``repr(value)`` cut to ``most`` characters, for an error message."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _process_stats() -> wire.ProcessStats:

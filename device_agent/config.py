@@ -29,6 +29,7 @@
     [update]
     max_bytes = 524288000           # refuse bundles larger than this (500 MiB)
     timeout = 30.0                  # seconds per network operation of a download
+    download_seconds = 600.0        # seconds a whole download may take, retries included
     health_predictions = 100        # the health window, when the command gives neither
     health_seconds = 60.0
 
@@ -124,6 +125,9 @@ class UpdateConfig:
     """The largest bundle a download may bring."""
     timeout: float = 30.0
     """Seconds one network operation of a download may take (connect, or one read)."""
+    download_seconds: float = 600.0
+    """Seconds a whole download may take, every attempt and pause included (a server that
+    trickles bytes is given up on within ``timeout`` of it); then the update fails."""
     attempts: int = 5
     """Download attempts; each one resumes (HTTP Range) where the previous stopped, after a
     pause of 1, 2, 4, 8 … seconds (at most 8)."""
@@ -177,8 +181,10 @@ class AgentConfig:
                 "config: update.max_bytes, attempts, health_predictions and bench_runs "
                 "must be at least 1"
             )
-        if not u.timeout > 0 or not u.health_seconds > 0:
-            raise UsageError("config: update.timeout and health_seconds must be positive")
+        if not (u.timeout > 0 and u.health_seconds > 0 and u.download_seconds > 0):
+            raise UsageError(
+                "config: update.timeout, download_seconds and health_seconds must be positive"
+            )
         if self.log.level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError("config: log.level must be debug, info, warning or error")
         return self

@@ -1,5 +1,5 @@
 """Resumable bundle downloads for over-the-air updates: HTTP(S) with Range, a size limit, a
-timeout per network operation, and retries with back-off."""
+timeout per network operation, retries with back-off, and a deadline for the whole download."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,20 +31,42 @@ def download(
     max_bytes: int,
     timeout: float,
     attempts: int,
+    seconds: float | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Fetch ``url`` into ``dest``, continuing what ``dest`` already holds (HTTP Range).
 
-    Raises :class:`DownloadFailed` when the server sends more than ``size`` or ``max_bytes``,
-    refuses, or every attempt ends early.
+    ``timeout`` bounds each network operation (connect, or one read, which returns whatever
+    bytes have arrived); ``seconds`` bounds the whole download, attempts and pauses included. It
+    is checked between reads, so a server that trickles bytes is given up on within one
+    ``timeout`` of it. Raises :class:`DownloadFailed` when the server sends more than ``size`` or
+    ``max_bytes``, refuses, every attempt ends early, the time is up, or ``stop`` is set.
     """
     limit = min(size, max_bytes)
+    ends = None if seconds is None else time.monotonic() + seconds
+
+    def left() -> float:
+        """Seconds until the deadline; raises once it has passed (or ``stop`` is set)."""
+        if stop is not None and stop.is_set():
+            raise DownloadFailed("the agent is stopping")
+        if ends is None:
+            return timeout
+        remaining = ends - time.monotonic()
+        if remaining <= 0:
+            raise DownloadFailed(
+                f"the download did not finish within {seconds:g} s ({have} of {size} bytes)"
+            )
+        return remaining
+
     last = "no attempt made"
+    have = 0
     for attempt in range(attempts):
         if attempt:  # back off (1, 2, 4 … s): a service restarting comes back meanwhile
             log.info("download of %s interrupted (%s); resuming", url, last)
-            if stop is not None and stop.wait(min(2.0 ** (attempt - 1), 8.0)):
+            pause = min(2.0 ** (attempt - 1), 8.0, left())
+            if stop is not None and stop.wait(pause):
                 raise DownloadFailed("the agent is stopping")
+        op_timeout = min(timeout, left())
         have = dest.stat().st_size if dest.exists() else 0
         if have > limit:
             dest.unlink()
@@ -53,7 +76,7 @@ def download(
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with urllib.request.urlopen(  # the scheme is checked: http or https
-                urllib.request.Request(url, headers=headers), timeout=timeout
+                urllib.request.Request(url, headers=headers), timeout=op_timeout
             ) as resp:
                 if have and resp.status != 206:  # the server ignored the range: start again
                     have = 0
@@ -61,9 +84,8 @@ def download(
                 if length is not None and have + int(length) > limit:
                     raise DownloadFailed(_too_large(have + int(length), size, max_bytes))
                 with dest.open("ab" if have else "wb") as f:
-                    while chunk := resp.read(_CHUNK):
-                        if stop is not None and stop.is_set():
-                            raise DownloadFailed("the agent is stopping")
+                    while chunk := resp.read1(_CHUNK):  # what has arrived, up to _CHUNK
+                        left()
                         have += len(chunk)
                         if have > limit:
                             raise DownloadFailed(_too_large(have, size, max_bytes))

@@ -9,16 +9,23 @@
     GET  /v1/health    -> status, device, boot, uptime, MQTT connection, outbox
     GET  /v1/model     -> name, version, sha256, format, task, labels, signature, preprocessing
 
-Bad input answers 400 with ``{"error": "..."}``, no model 503, an inference failure 500; the
-agent keeps serving either way.
+Bad input answers 400 with ``{"error": "..."}``, a body over :data:`MAX_BODY_BYTES` 413 (read
+while it streams in: an oversized body is never buffered), no model 503, an inference failure
+500; the agent keeps serving either way. A Unix socket is created with mode 0660 (the agent's
+user and group may connect, no one else).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import stat
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -28,7 +35,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from device_agent.config import HttpConfig
-from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
+from edgeops.bodies import read_capped
+from edgeops.errors import (
+    BodyTooLarge,
+    EdgeOpsError,
+    InputDataError,
+    ModelError,
+    RuntimeBackendError,
+)
 
 if TYPE_CHECKING:
     from device_agent.agent import Agent
@@ -36,11 +50,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 2**20
+SOCKET_MODE = 0o660
 
 
 def _error(e: EdgeOpsError) -> JSONResponse:
     status = 400
-    if isinstance(e, ModelError):
+    if isinstance(e, BodyTooLarge):
+        status = 413
+    elif isinstance(e, ModelError):
         status = 503
     elif isinstance(e, RuntimeBackendError):
         status = 500
@@ -48,13 +65,15 @@ def _error(e: EdgeOpsError) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InputDataError(f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await read_capped(
+        request.stream(), MAX_BODY_BYTES, content_length=request.headers.get("content-length")
+    )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InputDataError(f"request body is not JSON ({e})") from None
+    except RecursionError:
+        raise InputDataError("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InputDataError("request body must be a JSON object")
     return body
@@ -127,10 +146,19 @@ class HttpServer:
             )
         )
         self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self._socket_inode: int | None = None  # of the file at unix_socket, while it is ours
         self.config = config
 
     def start(self, timeout: float = 10.0) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        sockets = None
+        if self.config.unix_socket is not None:
+            self._socket = _unix_socket(self.config.unix_socket)
+            self._socket_inode = os.stat(self.config.unix_socket).st_ino
+            sockets = [self._socket]
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": sockets}, name="http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -156,3 +184,30 @@ class HttpServer:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        path = self.config.unix_socket
+        try:  # unless another agent has taken the path since
+            if path is not None and os.stat(path).st_ino == self._socket_inode:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    """A Unix socket bound at ``path`` with mode 0660, not yet listening: nobody can connect
+    before its mode is set, since a socket accepts connections only once it listens. A stale
+    socket a killed agent left at ``path`` is replaced; any other file there is an error."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+    except OSError as e:
+        sock.close()
+        reason = e.strerror or str(e)
+        raise EdgeOpsError(f"cannot create the local API socket {path}: {reason}") from None
+    return sock

@@ -292,8 +292,24 @@ def bench(model: ServedModel, x: np.ndarray[Any, Any], runs: int) -> LogHistogra
 # --- the updater ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Switched:
+    """An update that switched models: what its health window judges on."""
+
+    rec: dict[str, Any]
+    """The state record."""
+    gate: HealthGate
+    watch: HealthWatch
+    old_traffic: LogHistogram | None
+    """The previous model's latency in the telemetry window before the switch."""
+    new_samples: LogHistogram
+    old_samples: LogHistogram | None
+    """Both models' latency on the bundle's sample inputs."""
+
+
 class Updater:
-    """Carries out update commands one at a time, and finishes interrupted ones at start."""
+    """Carries out update commands one at a time, each in a thread of its own (download,
+    verification, staging, switch and health window), and finishes interrupted ones at start."""
 
     def __init__(
         self, store: ModelStore, config: UpdateConfig, host: UpdateHost, *, threads: int = 1
@@ -308,6 +324,7 @@ class Updater:
         """The running health window, fed by the agent's predictions."""
         self._lock = threading.Lock()
         self._busy = False
+        self._running: str | None = None  # the id of the command being carried out
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -327,7 +344,8 @@ class Updater:
         return data if isinstance(data, dict) else None
 
     def stop(self) -> None:
-        """Stop a health window without a verdict: the next start rolls the update back."""
+        """Stop the update under way: a download or staging fails ("the agent is stopping"); a
+        health window stops without a verdict, and the next start rolls the update back."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -353,13 +371,15 @@ class Updater:
     # --- the command --------------------------------------------------------------------------
 
     def run(self, cmd: wire.Command) -> None:
-        """Carry out an update command (in the command thread); never raises. The health window
-        continues in a thread of its own. A command id already handled (the one in the state
-        file: a rollout publishes unanswered commands again) is ignored."""
+        """Start an update command and return at once, so the command thread stays free (ping
+        and rollback are answered during a slow download); never raises. The update runs in a
+        thread of its own. A command id already handled (the one in the state file) or under way
+        is ignored: a rollout publishes unanswered commands again. Another update while one runs
+        is refused."""
         with self._lock:
             last = self.state()
-            if last is not None and last.get("command_id") == cmd.id:
-                log.info("update %s: already handled (%s); repeat ignored", cmd.id, last["state"])
+            if cmd.id == self._running or (last is not None and last.get("command_id") == cmd.id):
+                log.info("update %s: already handled or under way; repeat ignored", cmd.id)
                 return
             if self._busy:
                 self.host.event(
@@ -370,18 +390,58 @@ class Updater:
                     data={"at": "request"},
                 )
                 return
-            self._busy = True
-        handed_off = False
-        try:
-            handed_off = self._run(cmd)
-        finally:
-            if not handed_off:
-                self._busy = False
+            previous = self._thread
+            if previous is not None:  # reported its end; writing its state file, if anything
+                previous.join(timeout=30)
+                if previous.is_alive():
+                    log.error("update thread still finishing; update %s refused", cmd.id)
+                    self.host.event(
+                        "update-failed",
+                        level="error",
+                        message="the previous update is still finishing",
+                        command_id=cmd.id,
+                        data={"at": "request"},
+                    )
+                    return
+            thread = threading.Thread(target=self._work, args=(cmd,), name="update", daemon=True)
+            self._busy, self._running, self._thread = True, cmd.id, thread
+            try:
+                thread.start()
+            except RuntimeError as e:  # the process can start no more threads
+                self._busy, self._running = False, None
+                self.host.event(
+                    "update-failed",
+                    level="error",
+                    message=f"cannot start the update: {e}",
+                    command_id=cmd.id,
+                    data={"at": "request"},
+                )
 
-    def _run(self, cmd: wire.Command) -> bool:
+    def _work(self, cmd: wire.Command) -> None:
+        try:
+            switched = self._run(cmd)
+            if switched is not None:
+                self._health(switched)
+        except Exception:  # reporting failed (the agent stopping): the next start finishes it
+            log.exception("update %s failed", cmd.id)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """The update is over: called before its last event is published, so that a command
+        sent in answer to that event finds the updater free (:meth:`run` waits for the thread
+        to write its state file before it starts another)."""
+        self.watch = None
+        self._running = None
+        self._busy = False
+
+    def _run(self, cmd: wire.Command) -> _Switched | None:
+        """Download, verify, stage and switch; what the health window needs, or None when the
+        update failed (and was reported) before the switch."""
         try:
             req = UpdateRequest.from_args(cmd.args, self.config)
         except _Failed as e:
+            self._release()
             self.host.event(
                 "update-failed",
                 level="error",
@@ -389,7 +449,7 @@ class Updater:
                 command_id=cmd.id,
                 data={"at": "request"},
             )
-            return False
+            return None
         self.downloads.mkdir(parents=True, exist_ok=True)
         rec: dict[str, Any] = {
             "command_id": cmd.id,
@@ -418,6 +478,7 @@ class Updater:
                 max_bytes=self.config.max_bytes,
                 timeout=self.config.timeout,
                 attempts=self.config.attempts,
+                seconds=self.config.download_seconds,
                 stop=self._stop,
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
@@ -429,6 +490,8 @@ class Updater:
             old = self.host.model
             old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
             new_bench = bench(new, samples, self.config.bench_runs)
+            if self._stop.is_set():
+                raise _Failed("the agent is stopping")
             self._enter(
                 rec,
                 "switching",
@@ -448,24 +511,17 @@ class Updater:
             old_window = self.host.switch_to(served)
         except (_Failed, DownloadFailed) as e:
             self._fail(rec, str(e), new)
-            return False
+            return None
         except EdgeOpsError as e:
             self._fail(rec, str(e), new)
-            return False
+            return None
         except Exception as e:  # a bug or an unforeseen failure: the current model stays
             log.exception("update failed")
             self._fail(rec, first_line(e), new)
-            return False
+            return None
         old_traffic = None if old_window is None else LogHistogram.from_wire(old_window)
         self._enter(rec, "health", asdict(req.health))
-        self._thread = threading.Thread(
-            target=self._health,
-            args=(rec, req.health, watch, old_traffic, new_bench, old_bench),
-            name="update-health",
-            daemon=True,
-        )
-        self._thread.start()
-        return True
+        return _Switched(rec, req.health, watch, old_traffic, new_bench, old_bench)
 
     def _verify(self, path: Path, req: UpdateRequest) -> dict[str, Any]:
         got = path.stat().st_size
@@ -516,15 +572,8 @@ class Updater:
             raise _Failed(f"the sample check failed: {first_line(e)}") from None
         return model, x
 
-    def _health(
-        self,
-        rec: dict[str, Any],
-        gate: HealthGate,
-        watch: HealthWatch,
-        old_traffic: LogHistogram | None,
-        new_samples: LogHistogram,
-        old_samples: LogHistogram | None,
-    ) -> None:
+    def _health(self, s: _Switched) -> None:
+        rec, gate, watch = s.rec, s.gate, s.watch
         try:
             deadline = time.monotonic() + (gate.seconds or self.config.health_seconds)
             while not watch.done.is_set() and time.monotonic() < deadline:
@@ -536,9 +585,9 @@ class Updater:
                 predictions=predictions,
                 errors=errors,
                 new_traffic=latency,
-                old_traffic=old_traffic,
-                new_samples=new_samples,
-                old_samples=old_samples,
+                old_traffic=s.old_traffic,
+                new_samples=s.new_samples,
+                old_samples=s.old_samples,
             )
             rec["health_report"] = report.to_dict()
             reason = judge(gate, report)
@@ -552,9 +601,6 @@ class Updater:
                 self._finish(rec, "rolled-back", f"health window failed: {first_line(e)}")
             except Exception:
                 log.exception("rollback failed; the next start finishes it")
-        finally:
-            self.watch = None
-            self._busy = False
 
     # --- state --------------------------------------------------------------------------------
 
@@ -578,6 +624,7 @@ class Updater:
             model.close()
         self.watch = None
         if rec["state"] is None:  # nothing persisted yet
+            self._release()
             self.host.event(
                 "update-failed", level="error", message=reason, command_id=rec["command_id"]
             )
@@ -611,6 +658,7 @@ class Updater:
             data["reason"] = reason
             current = self.store.current()
             data["serving"] = None if current is None else current.version
+        self._release()
         self.host.event(
             f"update-{state}",
             level="info" if state == "committed" else "error",

@@ -11,6 +11,7 @@ these.
     ├── UsageError (2)               bad option values or impossible combinations
     ├── MissingExtraError (3)        an optional dependency group is not installed
     ├── InputDataError (4)           a data file is missing, malformed, or has the wrong shape/dtype
+    │   └── BodyTooLarge (19)          a request body over its cap (HTTP 413)
     ├── ModelError (5)               a model file is missing, corrupt or of an unsupported kind
     ├── ConversionError (6)          the converter or quantizer failed
     ├── GateError (7)                the converted model fell short of a fidelity gate
@@ -66,6 +67,17 @@ class InputDataError(EdgeOpsError):
     """A data file (calibration, validation, benchmark input) cannot be used."""
 
     exit_code = 4
+
+
+class BodyTooLarge(InputDataError):
+    """A request body is larger than its cap (found while it streams in, or from its declared
+    length); APIs answer 413."""
+
+    exit_code = 18
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over the limit of {limit} bytes")
+        self.limit = limit
 
 
 class ModelError(EdgeOpsError):

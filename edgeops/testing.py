@@ -18,11 +18,15 @@ passwords and client certificates if wanted, and to the collector to connect to 
         broker.port, tls=pki, username="ops", password="pw2"
     ) as seen:
         ...  # agents use TlsConfig(ca=pki.ca) and username "agent"
+
+:func:`window_order_problems` checks that each device's windows, in seq order, follow one
+another in time without overlapping.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
@@ -30,10 +34,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeops import topics, wire
 
@@ -512,6 +516,48 @@ class Postgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WindowTimes(Protocol):
+    """A telemetry window as stored or received: :class:`edgeops.wire.Telemetry` is one."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def boot(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def window_start(self) -> float: ...
+    @property
+    def window_end(self) -> float: ...
+
+
+def window_order_problems(windows: Iterable[WindowTimes]) -> list[str]:
+    """What breaks the order of devices' windows, one line each (empty when nothing does).
+
+    Per device and boot, in seq order, every window must end no earlier than it starts and start
+    no earlier than the one before it ended: times never decrease and windows never overlap.
+    """
+    runs: dict[tuple[str, str], list[WindowTimes]] = {}
+    for w in windows:
+        runs.setdefault((w.device, w.boot), []).append(w)
+    problems = []
+    for (device, boot), ws in sorted(runs.items()):
+        ws.sort(key=lambda w: w.seq)
+        for w in ws:
+            if not w.window_end >= w.window_start:
+                problems.append(
+                    f"{device} boot {boot}: seq {w.seq} ends at {w.window_end:.6f}, "
+                    f"before it starts at {w.window_start:.6f}"
+                )
+        for a, b in itertools.pairwise(ws):
+            if not b.window_start >= a.window_end:
+                problems.append(
+                    f"{device} boot {boot}: seq {a.seq} spans [{a.window_start:.6f}, "
+                    f"{a.window_end:.6f}] and seq {b.seq} starts at {b.window_start:.6f}"
+                )
+    return problems
 
 
 def pwd_name() -> str:

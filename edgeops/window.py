@@ -28,7 +28,7 @@ import time
 from array import array
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -74,6 +74,7 @@ from edgeops.wire import (
 )
 
 __all__ = [
+    "Moment",
     "Task",
     "Window",
     "WindowAccumulator",
@@ -109,13 +110,24 @@ def input_baselines(profile: Profile) -> dict[str, NumericProfile | CategoricalP
     return out
 
 
+class Moment(NamedTuple):
+    """One instant on a window's two clocks: where one window ends and the next opens."""
+
+    wall: float
+    """Unix time: what the window's start and end say."""
+    mono: float
+    """The monotonic clock's reading: what the window's length is measured on."""
+
+
 class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
     """One closed window, in the wire's parts.
 
-    ``window_start`` is the Unix time at which the window opened (the accumulator's creation, or
-    the previous snapshot that reset it) and ``window_end`` is ``window_start`` plus the time
-    elapsed on the monotonic clock, so consecutive windows tile without gaps or overlaps even
-    when the wall clock is stepped. ``count`` is the predictions served (output rows).
+    ``window_start`` is the Unix time at which the window opened (the accumulator's creation, its
+    ``opens`` moment, or the previous snapshot that reset it) and ``window_end`` is
+    ``window_start`` plus the time elapsed on the monotonic clock until the window was closed
+    (the snapshot, or :meth:`WindowAccumulator.seal`), so consecutive windows tile without gaps or
+    overlaps even when the wall clock is stepped. ``count`` is the predictions served (output
+    rows).
     """
 
     window_start: float
@@ -149,6 +161,11 @@ class WindowAccumulator:
 
     ``observe_outputs`` counts the predictions served, so call it for every successful
     prediction; ``observe_inputs`` may see only a sample of them.
+
+    Times. A window opens at its creation, or at ``opens`` (the moment another window was sealed:
+    the two then tile exactly), and closes at its snapshot, or at the moment :meth:`seal` fixed:
+    a model switch seals the old model's window, opens the new one at that moment, and takes the
+    old one's snapshot once the predictions under way on it have counted themselves in it.
     """
 
     def __init__(
@@ -161,6 +178,7 @@ class WindowAccumulator:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
+        opens: Moment | None = None,
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -216,8 +234,10 @@ class WindowAccumulator:
         self._queued_inputs: list[Row] = []
         self._queued_outputs: list[tuple[int, bytes]] = []  # (row width, float64 row)
         self._clock = clock
-        self._start_mono = clock()
-        self._start_wall = wall_clock()
+        if opens is None:
+            opens = Moment(wall_clock(), clock())
+        self._start_wall, self._start_mono = opens
+        self._sealed: Moment | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -566,12 +586,30 @@ class WindowAccumulator:
 
     # --- closing ------------------------------------------------------------------------------
 
+    def age(self) -> float:
+        """Seconds since the current window opened, on the monotonic clock."""
+        with self._lock:
+            return self._clock() - self._start_mono
+
+    def seal(self) -> Moment:
+        """Fix the window's end at this moment and return it (where the next window opens).
+
+        Observations still count until the next snapshot, which ends at the sealed moment
+        (and, with ``reset``, opens the next window there). Sealing again moves nothing.
+        """
+        with self._lock:
+            if self._sealed is None:
+                now = self._clock()
+                self._sealed = Moment(self._start_wall + (now - self._start_mono), now)
+            return self._sealed
+
     def snapshot(self, reset: bool = True) -> WindowStats:
         """The window so far; with ``reset`` a new window starts where this one ends.
 
-        Waits for the queues other threads are reducing (no new ones are taken meanwhile), then
-        reduces what is still queued under the lock: about one queue of inputs and one of
-        outputs, a fraction of a millisecond.
+        The window ends now, or at the moment :meth:`seal` fixed. Waits for the queues other
+        threads are reducing (no new ones are taken meanwhile), then reduces what is still
+        queued under the lock: about one queue of inputs and one of outputs, a fraction of a
+        millisecond.
         """
         with self._settled:
             self._closing = True
@@ -585,11 +623,13 @@ class WindowAccumulator:
             self._queued_outputs.clear()
             for add, arg in steps:
                 add(arg)
-            now = self._clock()
-            start = self._start_wall
-            end = start + (now - self._start_mono)
+            if self._sealed is not None:
+                end, now = self._sealed
+            else:
+                now = self._clock()
+                end = self._start_wall + (now - self._start_mono)
             stats = WindowStats(
-                window_start=start,
+                window_start=self._start_wall,
                 window_end=end,
                 count=self._count,
                 errors=self._errors,
@@ -606,4 +646,5 @@ class WindowAccumulator:
             if reset:
                 self._clear()
                 self._start_wall, self._start_mono = end, now
+                self._sealed = None
         return stats

@@ -34,7 +34,7 @@ from device_agent.config import (
 from device_agent.serving import ServedModel
 from edgeops import errors, topics, wire
 from edgeops.errors import EdgeOpsError
-from edgeops.testing import Collector, Mosquitto
+from edgeops.testing import Collector, Mosquitto, window_order_problems
 from edgeops.trainer import Run
 
 FLEET = "test"
@@ -155,6 +155,7 @@ def test_broker_outage_loses_no_window(
         keys = [(t.boot, t.seq) for t in windows]
         assert len(keys) == len(set(keys))
         # The windows tile time: each starts where the previous ended.
+        assert window_order_problems(windows) == []
         ordered = sorted(windows, key=lambda t: t.seq)
         for a, b in itertools.pairwise(ordered):
             assert b.window_start == pytest.approx(a.window_end)
@@ -217,6 +218,25 @@ def test_commands(
         assert agent.config.telemetry.window_seconds == 5.0
         failed = reply("set-config-failed", _cmd("set-config", window_seconds="soon"))
         assert "must be a number" in failed.message
+        assert failed.data == {"reason": "not a number", "setting": "window_seconds"}
+        # Well-formed but hostile values: each refused with its reason, nothing applied.
+        for args, reason in [
+            ({"window_seconds": 0.001}, "out of range"),  # a telemetry flood
+            ({"window_seconds": 1e12}, "out of range"),  # telemetry silenced
+            ({"sample_rate": 0.2, "window_seconds": -5}, "out of range"),
+            ({"sample_rate": 1.5}, "out of range"),
+            ({"sample_rate": 2**63}, "out of range"),
+            ({"window_seconds": True}, "not a number"),
+            ({"outbox_max_bytes": 1}, "unknown setting"),
+            ({}, "nothing to set"),
+        ]:
+            refused = reply("set-config-failed", _cmd("set-config", **args))
+            assert refused.data["reason"] == reason, (args, refused.message)
+            assert len(refused.message) < 200
+        assert (agent.config.telemetry.window_seconds, agent.config.telemetry.sample_rate) == (
+            5.0,
+            0.5,
+        )
         assert reply("command-rejected", b"{not json").data["reason"] == "not json"
         future = b'{"type":"command","schema":"9.0","id":"x","kind":"ping","issued":0}'
         assert reply("command-rejected", future).data["reason"] == "unknown major version"
@@ -431,6 +451,61 @@ def test_a_model_switch_under_load_counts_every_prediction_once(
         stop.set()
         agent.stop()
     assert sum(w.count for w in closed) == sum(served) > 0
+    assert window_order_problems(closed) == []
+
+
+def test_a_switch_and_the_timer_close_windows_in_seq_order(
+    digits_bundles: tuple[Path, Path], signing_keys, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The race a model switch had with the window timer, driven in its bad order: the switch
+    swaps in the new model, then waits for a prediction still running on the old one; the timer
+    closes the new window meanwhile. The old window must still come out first, with the lower
+    seq, and the two must tile time."""
+    cfg = make_config(tmp_path, 1, digits_bundles[0], signing_keys, window=3600)
+    agent = Agent(cfg, mqtt=False, http=False).start()
+    closed: list[wire.Telemetry] = []
+    agent.on_window = closed.append
+    old = agent.model
+    assert old is not None and agent.store is not None
+    entered, release = threading.Event(), threading.Event()
+    run = old.run
+
+    def slow_run(x: np.ndarray, *, raw: bool = False) -> list[np.ndarray]:
+        entered.set()
+        release.wait(30)
+        return run(x, raw=raw)
+
+    old.run = slow_run  # type: ignore[method-assign]
+    newer = ServedModel(agent.store.install(digits_bundles[1]))
+    x = np.zeros((8, 8), dtype=np.float32)
+    threads = [
+        threading.Thread(target=agent.predict, args=(x,)),
+        threading.Thread(target=agent.switch_to, args=(newer,)),
+        threading.Thread(target=agent.flush_window),  # the timer's close
+    ]
+    try:
+        threads[0].start()
+        assert entered.wait(30), "the prediction did not start"
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while agent.model is old and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert agent.model is newer, "the switch did not happen"
+        agent.predict(x)  # on the new model, in the new window
+        threads[2].start()
+        threads[2].join(timeout=1.0)  # blocked behind the switch (or done, were it racing)
+        release.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        release.set()
+        agent.stop()
+    assert window_order_problems(closed) == []
+    first, second, *rest = sorted(closed, key=lambda w: w.seq)  # then the stop's, empty
+    versions = [w.model.version if w.model else None for w in (first, second, *rest)]
+    assert versions == ["1.0.0"] + ["1.1.0"] * (1 + len(rest))
+    assert (first.count, second.count, sum(w.count for w in rest)) == (1, 1, 0)
+    assert second.window_start == first.window_end  # they tile exactly
 
 
 def test_a_failed_start_releases_what_it_opened(

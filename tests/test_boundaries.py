@@ -32,7 +32,7 @@ def test_core_modules_stay_light() -> None:
     code = "import edgeops.bundle, edgeops.signing, edgeops.profile, edgeops.stats, edgeops.metrics"
     code += ", edgeops.preprocessing, edgeops.schema, edgeops.table, edgeops.modelinfo"
     code += ", edgeops.wire, edgeops.topics, edgeops.latency, edgeops.window, edgeops.drift"
-    code += ", edgeops.window_merge"
+    code += ", edgeops.window_merge, edgeops.bodies"
     assert _loaded_after(code) == []
 
 

@@ -35,7 +35,7 @@ from edgeops.service import Service, db
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import get, post
 from edgeops.simulate import Fleet, FleetConfig
-from edgeops.testing import Mosquitto, find_mosquitto, free_port
+from edgeops.testing import Mosquitto, find_mosquitto, free_port, window_order_problems
 
 DEVICES = 12
 """The demo's fleet (``python -m edgeops.demo --devices``)."""
@@ -126,8 +126,8 @@ class Window:
     device: str
     boot: str
     seq: int
-    start: float
-    end: float
+    window_start: float
+    window_end: float
     count: int
     errors: int
     version: str | None
@@ -165,7 +165,7 @@ def window_problems(
     """What is wrong with the stored windows of a fleet that served ``served`` predictions
     per device: windows lost or stored twice, then predictions missing from the windows of
     devices that switched models. Both empty when nothing is lost or counted twice."""
-    problems: list[str] = []
+    problems = window_order_problems(rows)  # in seq order, times never go back
     uncounted: list[str] = []
     by_device: dict[str, list[Window]] = {}
     for r in rows:
@@ -183,13 +183,13 @@ def window_problems(
         if len(boots) != 1:
             problems.append(f"{device}: windows of {len(boots)} boots (the agent never restarted)")
         for a, b in itertools.pairwise(ws):
-            # Consecutive windows tile the device's time: the next opens where the last closed
-            # (a model switch closes one and opens the next a few milliseconds apart). A gap
-            # of a window's length is a window lost; an overlap, one stored twice.
-            if a.boot == b.boot and not (-1e-3 <= b.start - a.end < WINDOW / 2):
+            # Consecutive windows tile the device's time: the next opens where the last closed.
+            # A gap of a window's length is a window lost (overlaps: window_order_problems).
+            gap = b.window_start - a.window_end
+            if a.boot == b.boot and not gap < WINDOW / 2:
                 problems.append(
-                    f"{device}: seq {a.seq} ends at {a.end:.3f}, seq {b.seq} starts at "
-                    f"{b.start:.3f} ({b.start - a.end:+.3f} s)"
+                    f"{device}: seq {a.seq} ends at {a.window_end:.3f}, seq {b.seq} starts at "
+                    f"{b.window_start:.3f} ({gap:+.3f} s)"
                 )
         total = sum(w.count for w in ws)
         switches = sum(a.version != b.version for a, b in itertools.pairwise(ws))
@@ -268,7 +268,7 @@ def check_windows(
     until(lambda: missing() == 0, 30, lambda: f"{missing()} windows closed but not stored")
     rows = stored_windows(engine, fleet)
     problems, uncounted, measured = window_problems(rows, served, closed)
-    measured["closed_during_the_fault"] = sum(fault[0] <= w.end <= fault[1] for w in rows)
+    measured["closed_during_the_fault"] = sum(fault[0] <= w.window_end <= fault[1] for w in rows)
     print(f"\n{fleet}: the simulator made {sum(served.values())} predictions; stored {measured}")
     assert not problems, "\n".join(problems[:40])
     assert measured["closed_during_the_fault"] >= DEVICES, measured  # the fault did matter

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ UPDATE_STATES = ["downloading", "verifying", "staged", "switching", "health"]
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """``/NAME`` serves a file; ``/flaky/NAME`` sends half of it and hangs up unless asked for a
-    range; ``/slow/NAME`` trickles it out at about 20 KB/s."""
+    range; ``/slow/NAME`` trickles it out at about 20 KB/s; ``/trickle/NAME`` sends 64 bytes a
+    tenth of a second until the server stops (or the client goes), never all of it."""
 
     server: _FileServer
 
@@ -72,6 +74,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         return
                     self.wfile.write(body[i : i + 1024])
                     time.sleep(0.05)
+            elif mode == "trickle":
+                for i in range(0, len(body) - 64, 64):
+                    if self.server.stopping.wait(0.1):
+                        return
+                    self.wfile.write(body[i : i + 64])
+                    self.wfile.flush()
+                self.server.stopping.wait()
             else:
                 self.wfile.write(body)
         except OSError:  # the agent went away (killed): fine
@@ -139,6 +148,14 @@ def _final(seen: Collector, cmd_id: str, timeout: float = 30) -> wire.Event:
     ok = seen.wait_for(lambda c: any(e.kind in final for e in _updates(c, cmd_id)), timeout)
     assert ok, [(e.kind, e.message) for e in _updates(seen, cmd_id)]
     return next(e for e in _updates(seen, cmd_id) if e.kind in final)
+
+
+def _answer(seen: Collector, port: int, device: str, cmd: wire.Command) -> wire.Event:
+    """Send ``cmd``; the event that answers it."""
+    _send(port, device, cmd)
+    answered = seen.wait_for(lambda c: any(e.command_id == cmd.id for e in c.events), 15)
+    assert answered, f"{cmd.kind} was not answered"
+    return next(e for e in seen.events if e.command_id == cmd.id)
 
 
 def _models(agent: Agent) -> list[str]:
@@ -268,6 +285,59 @@ def test_health_gate_failure_rolls_back(
             ),
             10,
         )
+
+
+# --- slow downloads ----------------------------------------------------------------------------
+
+
+def test_ping_and_rollback_are_answered_during_a_slow_download(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A server that trickles a bundle out does not wedge the device: the download runs off
+    the command thread, so other commands are answered meanwhile; stopping the agent ends it."""
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    dev = cfg.device.id
+    with Collector(broker.port, client_id=f"c-{dev}") as seen:
+        with Agent(cfg) as agent:
+            assert agent.link is not None and agent.link.wait_connected(10)
+            slow = _update(files, "good.bundle", "trickle")
+            _send(broker.port, dev, slow)
+            _wait(seen, slow.id, "update-downloading")
+            pong = _answer(seen, broker.port, dev, _cmd("ping"))
+            assert pong.kind == "ping-done", pong
+            refused = _answer(seen, broker.port, dev, _cmd("rollback"))
+            assert refused.kind == "rollback-failed", refused
+            assert "an update is in progress" in refused.message
+            _send(broker.port, dev, slow)  # a rollout's repeat of the command under way
+            assert [e.kind for e in _updates(seen, slow.id)] == ["update-downloading"]
+            assert agent.updater is not None and agent.updater.busy  # still downloading
+            assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
+        ev = _final(seen, slow.id)
+    assert ev.kind == "update-failed" and ev.message == "the agent is stopping", ev
+    assert ev.data["at"] == "downloading"
+
+
+def test_a_download_past_its_deadline_fails_and_leaves_the_model_alone(
+    broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys, files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(tmp_path, broker.port, digits_bundles[0], signing_keys, window=60)
+    cfg = replace(cfg, update=replace(cfg.update, download_seconds=2.0))
+    dev = cfg.device.id
+    with Collector(broker.port, client_id=f"c-{dev}") as seen, Agent(cfg) as agent:
+        assert agent.link is not None and agent.link.wait_connected(10)
+        slow = _update(files, "good.bundle", "trickle")
+        _send(broker.port, dev, slow)
+        ev = _final(seen, slow.id)
+        assert ev.kind == "update-failed" and ev.data["at"] == "downloading", ev
+        assert ev.message.startswith("the download did not finish within 2 s ("), ev.message
+        assert agent.predict(np.zeros((8, 8))).model.version == "1.0.0"
+        assert _models(agent) == ["1.0.0"]
+        assert not any((tmp_path / "store" / "downloads").iterdir())
+        deadline = time.monotonic() + 10
+        while agent.updater is not None and agent.updater.busy and time.monotonic() < deadline:
+            time.sleep(0.01)  # the update thread ends just after its last event
+        assert agent.updater is not None and not agent.updater.busy
+        assert _answer(seen, broker.port, dev, _cmd("ping")).kind == "ping-done"
 
 
 # --- kill -9 ---------------------------------------------------------------------------------

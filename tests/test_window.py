@@ -29,7 +29,7 @@ from edgeops.profile import (
     profile_tensor,
 )
 from edgeops.stats import reduce_tensor
-from edgeops.window import WindowAccumulator, WindowStats, input_baselines
+from edgeops.window import Moment, WindowAccumulator, WindowStats, input_baselines
 from edgeops.window_merge import (
     class_output_probs,
     merge_categorical,
@@ -518,6 +518,47 @@ def test_snapshot_reset_and_window_times() -> None:
     assert all(sum(w.counts) == 0 and w.missing == 0 for w in second.inputs)
     (out,) = second.outputs
     assert isinstance(out, ClassOutputWindow) and sum(out.class_counts) == 0
+
+
+def test_a_sealed_window_ends_where_the_next_opens() -> None:
+    """A model switch: the old window is sealed, the new one opens at that moment, and a
+    prediction that started on the old model still counts in the old window after that."""
+    mono, wall = [50.0], [1_700_000_000.0]
+
+    def window(opens: Moment | None = None) -> WindowAccumulator:
+        return WindowAccumulator(
+            WINE_PROFILE,
+            "classification",
+            clock=lambda: mono[0],
+            wall_clock=lambda: wall[0],
+            opens=opens,
+        )
+
+    old = window()
+    _, probs = live_wine()
+    old.observe_outputs(probs[:1])
+    mono[0] += 2.0
+    moment = old.seal()
+    assert moment == Moment(1_700_000_002.0, 52.0)
+    mono[0] += 1.0
+    assert old.seal() == moment  # sealing again moves nothing
+    new = window(opens=moment)
+    assert new.age() == 1.0
+    old.observe_outputs(probs[1:2])  # under way on the old model when it was sealed
+    new.observe_outputs(probs[2:5])
+    wall[0] += 100.0  # a wall-clock step changes neither window
+    mono[0] += 3.0
+    second = new.snapshot()  # the timer closes the new window first
+    first = old.snapshot(reset=False)
+    assert (first.window_start, first.window_end) == (1_700_000_000.0, 1_700_000_002.0)
+    assert (second.window_start, second.window_end) == (1_700_000_002.0, 1_700_000_006.0)
+    assert (first.count, second.count) == (2, 3)
+    # A sealed window that is reset opens the next one at the sealed moment.
+    again = window()
+    sealed = again.seal()
+    mono[0] += 5.0
+    assert again.snapshot().window_end == sealed.wall
+    assert again.snapshot().window_start == sealed.wall
 
 
 def test_concurrent_observers_lose_nothing() -> None:

@@ -12,7 +12,9 @@
                                           the per-device references
     GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
     GET  /v1/models                       registered bundles
-    POST /v1/models                       register a bundle (the body is the bundle file)
+    POST /v1/models                       register a bundle (the body is the bundle file, at
+                                          most MAX_BUNDLE_BYTES: 413 beyond, found while it
+                                          streams in, before it is buffered)
     GET  /v1/stats                        messages received, stored, duplicated, rejected by reason,
                                           evaluations (lag), queue depth, retention purges
     GET  /v1/dead-letters[?reason=R&limit=N]
@@ -40,13 +42,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgeops.errors import EdgeOpsError, UsageError
+from edgeops.bodies import spool_capped
+from edgeops.errors import BodyTooLarge, EdgeOpsError, UsageError
 from edgeops.latency import merge_wire
 from edgeops.rollout import RolloutPolicy
 from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
     from edgeops.service import Service
+
+MAX_BUNDLE_BYTES = 512 * 2**20
+"""The largest bundle ``POST /v1/models`` takes (devices download up to 500 MiB by default)."""
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
@@ -181,11 +187,23 @@ def make_app(service: Service) -> Starlette:
 
     async def models(request: Request) -> JSONResponse:
         if request.method == "POST":
-            body = await request.body()
-            try:
-                manifest = await run_in_threadpool(service.register_bundle, body)
-            except EdgeOpsError as e:
-                return _json({"error": str(e)}, 400)
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.NamedTemporaryFile(suffix=".bundle") as f:  # on disk, not in memory
+                try:
+                    await spool_capped(
+                        request.stream(),
+                        MAX_BUNDLE_BYTES,
+                        f,
+                        content_length=request.headers.get("content-length"),
+                    )
+                    f.flush()
+                    manifest = await run_in_threadpool(service.register_bundle, Path(f.name))
+                except BodyTooLarge as e:
+                    return _json({"error": str(e)}, 413)
+                except EdgeOpsError as e:
+                    return _json({"error": str(e)}, 400)
             return _json({"name": manifest["name"], "version": manifest["version"]}, 201)
         return _json({"models": await run_in_threadpool(store.models)})
 
