@@ -11,7 +11,7 @@ these.
     ├── UsageError (2)               bad option values or impossible combinations
     ├── MissingExtraError (3)        an optional dependency group is not installed
     ├── InputDataError (4)           a data file is missing, malformed, or has the wrong shape/dtype
-    │   └── BodyTooLarge (18)          a request body over its cap (HTTP 413)
+    │   └── BodyTooLarge (19)          a request body over its cap (HTTP 413)
     ├── ModelError (5)               a model file is missing, corrupt or of an unsupported kind
     ├── ConversionError (6)          the converter or quantizer failed
     ├── GateError (7)                the converted model fell short of a fidelity gate

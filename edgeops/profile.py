@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from edgeops.stats import (
     CONFIDENCE_EDGES,
+    TENSOR_SAMPLE,
     FloatArray,
     Moments,
     as_floats,
@@ -155,8 +156,12 @@ class TensorProfile:
     :class:`NumericProfile` per result of :func:`reduce_tensor`, in its order. The agent calls
     :meth:`reduce` on its inputs and bins each result in the matching feature's edges.
 
+    ``sample``: the elements per channel the reductions read (a fixed subset,
+    :func:`~edgeops.stats.sample_indices`), the same in the baseline and on the device; None
+    (older profiles) reads every element.
+
     ``to_dict()``: ``{"kind": "tensor", "name", "shape": [int], "reductions": [str],
-    "channels_last": bool, "features": [NumericProfile.to_dict()]}``.
+    "channels_last": bool, "features": [NumericProfile.to_dict()], "sample": int | absent}``.
     """
 
     KIND: ClassVar[str] = "tensor"
@@ -165,9 +170,12 @@ class TensorProfile:
     reductions: tuple[str, ...]
     channels_last: bool
     features: tuple[NumericProfile, ...]
+    sample: int | None = None
 
     def __post_init__(self) -> None:
         check_reductions(self.reductions)
+        if self.sample is not None and self.sample < 1:
+            raise ValueError("sample must be at least 1 element")
         n_channels = self.shape[-1] if self.channels_last and self.shape else 1
         expected = reduced_names(self.reductions, n_channels)
         if tuple(f.name for f in self.features) != expected:
@@ -178,13 +186,18 @@ class TensorProfile:
         a = np.asarray(x)
         if a.ndim != len(self.shape) + 1 or (self.channels_last and a.shape[-1] != self.shape[-1]):
             raise ValueError(f"{self.name!r}: expected samples like {self.shape}, got {a.shape}")
-        return reduce_tensor(a, self.reductions, channels_last=self.channels_last)
+        return reduce_tensor(
+            a, self.reductions, channels_last=self.channels_last, sample=self.sample
+        )
 
     def feature(self, name: str) -> NumericProfile:
         return _lookup(self.features, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        d = _to_dict(self)
+        if d["sample"] is None:  # read every element: as profiles before the key existed
+            del d["sample"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "profile") -> TensorProfile:
@@ -194,6 +207,7 @@ class TensorProfile:
             where,
             name=_str,
             shape=_ints,
+            optional={"sample": _int},
             reductions=_strs,
             channels_last=_bool,
             features=_numeric_profiles,
@@ -374,16 +388,23 @@ def profile_tensor(
     reductions: Sequence[str] = ("mean", "std"),
     *,
     channels_last: bool | None = None,
+    sample: int | None = TENSOR_SAMPLE,
 ) -> TensorProfile:
-    """Profiles of :func:`reduce_tensor`'s per-sample scalars of ``x``, one per name."""
+    """Profiles of :func:`reduce_tensor`'s per-sample scalars of ``x``, one per name (over a
+    fixed subset of ``sample`` elements per channel when a channel has more; None: all)."""
     a = np.asarray(x)
-    reduced = reduce_tensor(a, reductions, channels_last=channels_last)
+    last = resolve_channels_last(a.shape, channels_last)
+    channels = a.shape[-1] if last else 1
+    length = math.prod(a.shape[1:]) // max(channels, 1)
+    used = sample if sample is not None and length > sample else None
+    reduced = reduce_tensor(a, reductions, channels_last=channels_last, sample=used)
     return TensorProfile(
         name,
         tuple(int(s) for s in a.shape[1:]),
         tuple(reductions),
-        resolve_channels_last(a.shape, channels_last),
+        last,
         tuple(profile_numeric(k, v, n_bins) for k, v in reduced.items()),
+        used,
     )
 
 

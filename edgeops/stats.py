@@ -18,6 +18,7 @@ Missing values. Numeric: NaN (and None in object input). Categorical: None, ``""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -268,11 +269,34 @@ def resolve_channels_last(shape: tuple[int, ...], channels_last: bool | None) ->
     return channels_last
 
 
+TENSOR_SAMPLE = 4096
+"""Elements per channel that tensor reductions read (a fixed, seeded subset) when a sample has
+more: a 224x224 image's mean and std from 4,096 of its 50,176 pixels per channel, the same
+pixels in the baseline and on the device, at a twelfth of the cost."""
+
+
+def sample_indices(length: int, sample: int | None) -> npt.NDArray[np.intp] | None:
+    """The fixed subset of ``sample`` of ``length`` positions that :func:`reduce_tensor` reads
+    (sorted; the same for the same arguments everywhere), or None to read them all."""
+    if sample is None or length <= sample:
+        return None
+    return _sample_indices(length, sample)
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_indices(length: int, sample: int) -> npt.NDArray[np.intp]:
+    rng = np.random.default_rng([0x5EED, length, sample])  # the same on every machine
+    idx = np.sort(rng.choice(length, size=sample, replace=False)).astype(np.intp)
+    idx.setflags(write=False)
+    return idx
+
+
 def reduce_tensor(
     x: npt.ArrayLike,
     reductions: Sequence[str] = ("mean", "std"),
     *,
     channels_last: bool | None = None,
+    sample: int | None = None,
 ) -> dict[str, FloatArray]:
     """Per-sample scalars of a batch: each reduction over each channel, computed in float64.
 
@@ -286,6 +310,10 @@ def reduce_tensor(
     (read as ``[N, H, W]``): pass ``channels_last=True`` for a sequence ``[N, L, C]``. A NaN
     element makes its sample's results NaN, which :func:`bin_counts` counts as missing. Rank 1 and
     samples without elements raise ValueError.
+
+    With ``sample``, a channel of more elements than that is reduced over the fixed subset
+    :func:`sample_indices` picks (the same positions for every sample), read before anything
+    is widened: an estimate of the whole channel's reductions at a fraction of the cost.
     """
     check_reductions(reductions)
     a = np.asarray(x)
@@ -295,10 +323,16 @@ def reduce_tensor(
     if size == 0:
         raise ValueError(f"samples of shape {a.shape[1:]} have no elements to reduce")
     n = a.shape[0]
+    length = size // n_channels
+    rows = a.reshape(n, length, n_channels)
+    idx = sample_indices(length, sample)
+    if idx is not None:
+        rows = rows[:, idx, :]
+        length = len(idx)
     # One pass transposes to [N, C, L] and widens to float64, so that every reduction runs over
     # contiguous rows (numpy's pairwise sums, the same for a sample alone or in any batch).
-    t = np.empty((n, n_channels, size // n_channels), dtype=np.float64)
-    t[...] = a.reshape(n, size // n_channels, n_channels).transpose(0, 2, 1)
+    t = np.empty((n, n_channels, length), dtype=np.float64)
+    t[...] = rows.transpose(0, 2, 1)
     found: dict[str, FloatArray] = {}
     if "min" in reductions:
         found["min"] = t.min(axis=2)
