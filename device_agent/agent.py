@@ -2,9 +2,11 @@
 
 An :class:`Agent` owns its model store, the served model, the telemetry window, the outbox, the
 MQTT link, the local HTTP server and its threads; ``start()`` and ``stop()`` (or ``with``) bound
-their lives. The in-process API is :meth:`Agent.predict` and :meth:`Agent.feedback`. Update
-commands go to its :class:`~device_agent.updater.Updater`, which finishes an interrupted update
-before the model is loaded at start.
+their lives. The in-process API is :meth:`Agent.predict` and :meth:`Agent.feedback`. A command
+is carried out only once its :class:`~device_agent.guard.CommandGuard` admits it (signed by a
+trusted command key, for this device, in time, with a new counter); update commands go to its
+:class:`~device_agent.updater.Updater`, which finishes an interrupted update before the model is
+loaded at start.
 
 Every telemetry window and event becomes a typed message (:mod:`edgeops.wire`) in the disk outbox
 before anything is sent, so a broker outage or an agent restart loses nothing.

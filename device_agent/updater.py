@@ -6,6 +6,12 @@
                                                               -> rolled-back
     failed (at any step before health: the current model is left untouched)
 
+An update command reaches the updater only once the agent's guard has admitted it (signed,
+for this device, in time, a new counter: :mod:`device_agent.guard`). Before anything is
+downloaded it is checked against the device's own update policy (:mod:`device_agent.policy`:
+versions forward, the same model, allowed hosts, the health gate tightened to the device's
+floors); a refusal is ``update-failed`` with ``at: request`` and ``data.reason``.
+
 Each state is written to ``STORE/update.json`` (write, fsync, rename) *before* it is acted on,
 and published as an ``update-<state>`` event carrying the command's id. :meth:`Updater.recover`,
 called when the agent starts, finishes an update that a crash interrupted: before the switch
@@ -18,7 +24,8 @@ reported, so a kill between any two of these steps is finished on the next start
 The state file::
 
     {"command_id": "3f2a...", "state": "health", "reported": false,
-     "url": "https://...", "sha256": "...", "size": 123456, "version": "1.1.0",
+     "url": "https://...", "sha256": "...", "size": 123456, "name": "digits",
+     "version": "1.1.0",
      "health": {"predictions": 100, "seconds": null, "max_error_rate": 0.05, ...},
      "download": "downloads/<sha256>.part", "entry": "digits-1.1.0-0123456789ab",
      "before": {"current": "digits-1.0.0-...", "previous": null},

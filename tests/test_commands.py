@@ -4,6 +4,7 @@ device's update policy (versions, model names, health floors, download hosts).""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -389,3 +390,41 @@ def test_serve_says_in_one_line_what_is_wrong_with_its_command_key(
         assert r.code == code and message in r.err and r.err.count("\n") == 1, r.err
     r = cli(*base, "--pubkey", signing_keys[1], "--command-key", signing_keys[0])
     assert r.code == errors.UsageError.exit_code and "also trusted for bundles" in r.err, r.err
+
+
+def test_the_guard_keeps_its_counter_and_distrusts_what_came_before_a_lost_record(
+    tmp_path: Any,
+) -> None:
+    from device_agent.config import CommandsConfig
+    from device_agent.guard import STATE_FILE, CommandGuard
+    from edgeops.signing import generate_keypair, load_signing_key
+
+    private, public = generate_keypair(tmp_path / "keys", "command")
+    key = load_signing_key(private)
+    cfg = CommandsConfig(trusted_keys=(public,))
+
+    def guard() -> CommandGuard:
+        return CommandGuard(cfg, fleet="lab", device="pi-01", state_dir=tmp_path)
+
+    def cmd(counter: int, issued: float) -> wire.Command:
+        return command(
+            "pi-01", wire.PingArgs(), fleet="lab", key=key, counter=counter, issued=issued
+        )
+
+    now = 1_800_000_000.0
+    g = guard()
+    assert g.admit(cmd(5, now), now=now) is None and g.last_counter == 5
+    assert guard().last_counter == 5  # on disk
+    refused = guard().admit(cmd(5, now), now=now)
+    assert refused is not None and refused.reason == "replayed"
+    # A record that cannot be read: commands issued before the guard found out are refused.
+    for damage in (b"{not json", b'{"counter": "five"}', b"[]"):
+        (tmp_path / STATE_FILE).write_bytes(damage)
+        g = guard()
+        later = time.time() + 1
+        old = g.admit(cmd(6, later - 60), now=later)
+        assert old is not None and old.reason == "replayed" and "lost" in old.message
+        assert g.admit(cmd(7, later), now=later) is None
+    # A renamed device starts again: the old name's commands are foreign anyway.
+    renamed = CommandGuard(cfg, fleet="lab", device="pi-99", state_dir=tmp_path)
+    assert renamed.last_counter == 0
