@@ -73,7 +73,7 @@ class BodyTooLarge(InputDataError):
     """A request body is larger than its cap (found while it streams in, or from its declared
     length); APIs answer 413."""
 
-    exit_code = 18
+    exit_code = 19
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body over the limit of {limit} bytes")

@@ -36,7 +36,9 @@ from edgeops.stats import (
     check_reductions,
     class_output_counts,
     count_keys,
+    gather_rows,
     kurtosis,
+    reduce_rows,
     reduce_tensor,
     reduced_names,
     resolve_channels_last,
@@ -183,12 +185,19 @@ class TensorProfile:
 
     def reduce(self, x: npt.ArrayLike) -> dict[str, FloatArray]:
         """:func:`reduce_tensor` with this profile's settings; checks rank and channels."""
+        return self.reduce_gathered(self.gather(x))
+
+    def gather(self, x: npt.ArrayLike) -> npt.NDArray[Any]:
+        """The elements of a batch that the reductions read, ``[N, L, C]`` (the subset when
+        ``sample`` is set: what a device keeps of an input until it reduces it)."""
         a = np.asarray(x)
         if a.ndim != len(self.shape) + 1 or (self.channels_last and a.shape[-1] != self.shape[-1]):
             raise ValueError(f"{self.name!r}: expected samples like {self.shape}, got {a.shape}")
-        return reduce_tensor(
-            a, self.reductions, channels_last=self.channels_last, sample=self.sample
-        )
+        return gather_rows(a, channels_last=self.channels_last, sample=self.sample)
+
+    def reduce_gathered(self, rows: npt.NDArray[Any]) -> dict[str, FloatArray]:
+        """The reductions of :meth:`gather`'s rows."""
+        return reduce_rows(rows, self.reductions)
 
     def feature(self, name: str) -> NumericProfile:
         return _lookup(self.features, name)

@@ -317,18 +317,29 @@ def reduce_tensor(
     """
     check_reductions(reductions)
     a = np.asarray(x)
-    channels_last = resolve_channels_last(a.shape, channels_last)
-    n_channels = a.shape[-1] if channels_last else 1
-    size = math.prod(a.shape[1:])
+    return reduce_rows(gather_rows(a, channels_last=channels_last, sample=sample), reductions)
+
+
+def gather_rows(
+    x: npt.NDArray[Any], *, channels_last: bool | None = None, sample: int | None = None
+) -> npt.NDArray[Any]:
+    """A batch ``[N, ...]`` as ``[N, L, C]`` (elements, channels: see :func:`reduce_tensor`),
+    only the :func:`sample_indices` subset of its elements when a channel has more than
+    ``sample``; in the input's own dtype, a copy when a subset is taken."""
+    channels_last = resolve_channels_last(x.shape, channels_last)
+    n_channels = x.shape[-1] if channels_last else 1
+    size = math.prod(x.shape[1:])
     if size == 0:
-        raise ValueError(f"samples of shape {a.shape[1:]} have no elements to reduce")
-    n = a.shape[0]
+        raise ValueError(f"samples of shape {x.shape[1:]} have no elements to reduce")
     length = size // n_channels
-    rows = a.reshape(n, length, n_channels)
+    rows = x.reshape(x.shape[0], length, n_channels)
     idx = sample_indices(length, sample)
-    if idx is not None:
-        rows = rows[:, idx, :]
-        length = len(idx)
+    return rows if idx is None else rows[:, idx, :]
+
+
+def reduce_rows(rows: npt.NDArray[Any], reductions: Sequence[str]) -> dict[str, FloatArray]:
+    """:func:`reduce_tensor`'s results from the ``[N, L, C]`` rows of :func:`gather_rows`."""
+    n, length, n_channels = rows.shape
     # One pass transposes to [N, C, L] and widens to float64, so that every reduction runs over
     # contiguous rows (numpy's pairwise sums, the same for a sample alone or in any batch).
     t = np.empty((n, n_channels, length), dtype=np.float64)

@@ -89,6 +89,13 @@ Task = Literal["classification", "regression"]
 Window = NumericWindow | CategoricalWindow | ClassOutputWindow
 
 
+def _elements_read(t: TensorProfile) -> int:
+    """Elements of one sample of ``t`` that its reductions read."""
+    channels = t.shape[-1] if t.channels_last and t.shape else 1
+    length = math.prod(t.shape) // max(channels, 1)
+    return channels * (length if t.sample is None else min(length, t.sample))
+
+
 def window_name(tensor: str, feature: str) -> str:
     """The window name of a tensor input's reduction feature: ``"image:mean[c0]"``."""
     return f"{tensor}:{feature}"
@@ -218,7 +225,7 @@ class WindowAccumulator:
                 NumericState(p.name, p) for p in profile.outputs if isinstance(p, NumericProfile)
             ]
             output_bytes = 8 * len(self._regression)
-        tensor_bytes = sum(8 * math.prod(t.shape) for t, _ in self._tensors)
+        tensor_bytes = sum(8 * _elements_read(t) for t, _ in self._tensors)
         input_bytes = 8 * len(self._numbers) + 64 * len(self._texts) + tensor_bytes
         self._input_rows = max(1, min(queue_rows, QUEUE_BYTES // max(input_bytes, 1)))
         self._output_rows = max(1, min(queue_rows, QUEUE_BYTES // max(output_bytes, 1)))
@@ -383,7 +390,9 @@ class WindowAccumulator:
             a = np.asarray(v)
             if a.shape != shape or a.dtype.kind not in "biuf":
                 return None
-            samples.append(a.copy())  # the caller may reuse its array
+            rows = tensor.gather(a)  # a subset of a large tensor is a small copy
+            # the caller may reuse its array: keep a copy, never a view of it
+            samples.append(rows.copy() if np.may_share_memory(rows, a) else rows)
         return numbers, keys, samples
 
     def _one_row_numbers(self, values: list[Any]) -> bytes | None:
@@ -415,7 +424,8 @@ class WindowAccumulator:
         for j, text in enumerate(self._texts):
             steps.append((text.add_many, text.count([keys[j] for _, keys, _ in batch])))
         for i, (tensor, states) in enumerate(self._tensors):
-            reduced = tensor.reduce(np.concatenate([samples[i] for _, _, samples in batch]))
+            rows = np.concatenate([samples[i] for _, _, samples in batch])
+            reduced = tensor.reduce_gathered(rows)
             steps += numeric_steps(states, np.column_stack(list(reduced.values())))
         return steps
 
