@@ -119,7 +119,8 @@ def hostile_messages(
         add("random bytes", set(wire.REASONS), (t, rng.randbytes(rng.randint(1, 400))))
         add("truncated", {"not json"}, (t, p[: rng.randrange(1, len(p) - 1)]))
         add("an array", {"no schema"}, (t, b"[1, 2, 3]"))
-        add("another major version", {"unknown major version"}, (t, p.replace(b'"1.0"', b'"9.0"')))
+        other = p.replace(f'"schema":"{wire.SCHEMA_VERSION}"'.encode(), b'"schema":"9.0"')
+        add("another major version", {"unknown major version"}, (t, other))
         add("a command on the telemetry topic", {"unexpected type"}, window(type="command"))
     for i in range(8 * scale):
         name = f"m{i}-" + "x" * 150_000

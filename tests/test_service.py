@@ -154,7 +154,8 @@ def test_bad_and_duplicate_messages_are_counted_not_stored(
         service.handle(topic, good)
         service.handle(topic, good)  # a QoS 1 redelivery
         service.handle(topic, b"\xff\x00 not json")
-        service.handle(topic, good.replace(b'"schema":"1.0"', b'"schema":"7.0"'))
+        this = f'"schema":"{wire.SCHEMA_VERSION}"'.encode()
+        service.handle(topic, good.replace(this, b'"schema":"7.0"'))
         service.handle(topic, b"{" + b" " * (wire.MAX_PAYLOAD_BYTES + 1) + b"}")
         service.handle(topics.telemetry(FLEET, "someone-else"), good)  # device != topic
         service.handle("edgeops/v1/x", good)
