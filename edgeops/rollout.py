@@ -100,6 +100,11 @@ class RolloutPolicy:
                 raise UsageError(f"--{name} must be a non-negative number of seconds")
         if self.timeout <= 0:
             raise UsageError("--timeout must be positive")
+        if self.timeout > wire.MAX_COMMAND_SECONDS:
+            raise UsageError(
+                f"--timeout must be at most {wire.MAX_COMMAND_SECONDS / 86400:g} days "
+                "(the longest a signed command stays valid)"
+            )
         if self.on_timeout not in ("fail", "skip"):
             raise UsageError("--on-timeout must be fail or skip")
         for name in ("max_error_rate", "max_latency_regression"):

@@ -41,6 +41,10 @@ def test_stages_parse_and_size() -> None:
         ro.RolloutPolicy(stages=(10, 5))
     with pytest.raises(UsageError, match="100"):
         ro.RolloutPolicy(stages=(50, 150))
+    with pytest.raises(UsageError, match="at most 7 days"):
+        ro.RolloutPolicy(timeout=8 * 86400)
+    with pytest.raises(UsageError, match="health-predictions"):
+        ro.RolloutPolicy(health_predictions=0)
     assert ro.stage_sizes(200, ro.RolloutPolicy()) == [2, 20, 100, 200]
     assert ro.stage_sizes(6, ro.RolloutPolicy()) == [1, 3, 6]  # 1 % and 10 % of 6: one device
     assert ro.stage_sizes(3, ro.RolloutPolicy(stages=(1, 2, 9), stage_counts=True)) == [1, 2, 3]
