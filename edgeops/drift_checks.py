@@ -36,11 +36,10 @@ from the spread between the windows of a span or of a reference.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from edgeops.distances import (
@@ -190,18 +189,20 @@ class Check:
     floor: float
     decides: bool
     note: str = ""
+    limit: float = field(init=False, compare=False, repr=False)
+    """The larger of the threshold and the floor."""
+    over: bool = field(init=False, compare=False, repr=False)
+    """The value reaches the limit."""
+    drifted: bool = field(init=False, compare=False, repr=False)
+    """Over, and the check decides for this feature."""
 
-    @functools.cached_property
-    def limit(self) -> float:
-        return max(self.threshold, self.floor)
-
-    @property
-    def over(self) -> bool:
-        return self.value >= self.limit
-
-    @property
-    def drifted(self) -> bool:
-        return self.decides and self.over
+    def __post_init__(self) -> None:
+        # computed once: a span's verdicts read them many times per feature
+        limit = self.threshold if self.threshold >= self.floor else self.floor
+        over = self.value >= limit
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "over", over)
+        object.__setattr__(self, "drifted", self.decides and over)
 
     def describe(self) -> str:
         """``"js 0.142 >= 0.1 (floor 0.061)"`` or ``"mean 0.04 < 0.11 (floor 0.11)"``."""

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -274,7 +275,15 @@ def connect(url: str) -> Engine:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        engine = sa.create_engine(
+            url,
+            future=True,
+            pool_pre_ping=True,
+            # JSON columns (drift checks, alert details, references) through msgspec: several
+            # times faster than the json module on the evaluation path, same text
+            json_serializer=_json_text,
+            json_deserializer=msgspec.json.decode,
+        )
     except (sa.exc.ArgumentError, ImportError) as e:
         raise UsageError(f"--db {url}: {e}") from None
     if engine.dialect.name == "sqlite":
@@ -320,6 +329,10 @@ def _add_columns(engine: Engine) -> None:
                     text = getattr(default, "arg", "")
                     extra = f" NOT NULL DEFAULT '{text}'"
                 conn.execute(sa.text(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}{extra}'))
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _insert_for(dialect: str) -> Callable[[sa.Table], Any]:
