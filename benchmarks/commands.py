@@ -20,12 +20,12 @@ command's id. Signed and unsigned pings alternate (ABBA), one at a time, ``pings
 (``--quick``: 100, ``--smoke``: 10; full: 300). Reported: the median and p95 of each, and the
 ratio of the medians, signed over unsigned.
 
-Twice: as paho and mosquitto are configured by default, and with TCP_NODELAY on every socket of
-the path (``set_tcp_nodelay true`` in the broker's config, and the option set on the service's,
-the agent's and the subscriber's sockets after they connect). By default neither sets it, and a
-small write that follows another before its ACK waits for the peer's delayed ACK (Nagle's
-algorithm): on loopback about 40 ms per leg, most of a default round trip. The second run shows
-what a signature costs against the path itself.
+Twice: as shipped, with TCP_NODELAY on every socket of the path (``set_tcp_nodelay true`` in the
+broker's config; the service and the agent set it when they connect, and so does the subscriber
+here), and as paho and mosquitto are by default, with it off everywhere. Without it a small write
+that follows another before its ACK waits for the peer's delayed ACK (Nagle's algorithm): on
+loopback about 40 ms per leg, most of the round trip. The first run shows what a signature costs
+against the path itself.
 
 Per command. ``edgeops.commands.sign`` (on the service: a round trip through the codec, the
 canonical bytes, an ed25519 signature) against ``wire.encode`` of the same command unsigned (what
@@ -280,20 +280,20 @@ def p95(values: Sequence[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
-def nodelay(client: Any) -> None:
-    """TCP_NODELAY on a connected paho client's socket."""
+def nodelay(client: Any, on: bool) -> None:
+    """TCP_NODELAY on or off on a connected paho client's socket (the service and the agent set
+    it on when they connect: ``edgeops.broker.no_delay``)."""
     sock = client.socket()
     if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
 
 
 def measure_round_trips(
     work: Path, key_path: Path, pub: Path, s: Settings, *, no_delay: bool
 ) -> RoundTrips:
-    work = work / ("nodelay" if no_delay else "default")
-    broker = Mosquitto(directory=work / "broker")
-    if no_delay:  # the broker's writes too (mosquitto's default is off)
-        broker.config.write_text(broker.config.read_text() + "\nset_tcp_nodelay true\n")
+    work = work / ("nodelay" if no_delay else "nagle")
+    # the broker's side: as shipped (TCP_NODELAY), or mosquitto's default (Nagle's algorithm)
+    broker = Mosquitto(directory=work / "broker", nodelay=no_delay)
     with broker:
         cfg = ServiceConfig(
             broker=f"mqtt://127.0.0.1:{broker.port}",
@@ -314,9 +314,8 @@ def measure_round_trips(
                 raise RuntimeError("the service did not connect to the broker")
             assert agent.link is not None and agent.link.wait_connected(15)
             answers = Answers(broker.port)
-            if no_delay:
-                for client in (service.client, agent.link.client, answers.client):
-                    nodelay(client)
+            for client in (service.client, agent.link.client, answers.client):
+                nodelay(client, no_delay)
             signer = service.commands
             unsigned = CommandSigner(service.store, None)
             times: dict[bool, list[float]] = {True: [], False: []}
@@ -415,9 +414,9 @@ def tables(rows: list[PerCommand], trips: list[RoundTrips]) -> str:
                 title=(
                     "Round trip, "
                     + (
-                        "TCP_NODELAY on every socket (broker and clients; not the default)"
+                        "as shipped: TCP_NODELAY on every socket (broker and clients)"
                         if rt.no_delay
-                        else "paho and mosquitto as configured by default"
+                        else "Nagle's algorithm on (paho's and mosquitto's own default)"
                     )
                     + ": Service.send_commands (number, sign, publish) to the device's ping-done "
                     "event, through mosquitto and the agent's command thread and outbox"
@@ -431,7 +430,7 @@ def goals(rows: list[PerCommand], trips: list[RoundTrips]) -> list[Goal]:
     ping = next(r for r in rows if r.kind == "ping")
     out = []
     for rt in trips:
-        label = "no delay" if rt.no_delay else "default"
+        label = "as shipped" if rt.no_delay else "Nagle on"
         share = ping.added_us / 1000.0 / rt.unsigned_median
         total = 2 * rt.pings
         out += [

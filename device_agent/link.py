@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from device_agent.config import MqttConfig
 from device_agent.outbox import Outbox
+from edgeops.broker import no_delay
 from edgeops.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class MqttLink:
             log.warning("%s", self.problem)
             return
         self.problem = None
+        no_delay(client)
         self.connects += 1
         log.info(
             "connected to %s:%s (session present: %s)",

@@ -160,6 +160,21 @@ class BrokerSettings:
         return replace(self, **values) if values else self
 
 
+def no_delay(client: Any) -> None:
+    """TCP_NODELAY on a connected paho client's socket (call it in ``on_connect``). Neither paho
+    nor mosquitto sets it: a small write that follows another before its ACK then waits for
+    the peer's delayed ACK, about 40 ms per leg on loopback, most of a command's round trip
+    (``benchmarks/commands.py``). The shipped broker config sets it on the broker's side."""
+    import contextlib
+    import socket
+
+    sock = client.socket()
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a Unix socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def read_secret(path: Path, where: str) -> str:
     """The first line of a secret file (a password, a token)."""
     try:

@@ -115,7 +115,8 @@ class Mosquitto:
     By default the listener is plain MQTT and anonymous. With ``tls`` it speaks TLS only, with
     ``tls.server_cert``; ``require_certificate`` also makes clients present a certificate signed
     by ``tls.ca`` (the certificate does not name the user). ``passwords`` (user name to password)
-    turns anonymous access off and writes a mosquitto password file.
+    turns anonymous access off and writes a mosquitto password file. ``nodelay`` (default on, as
+    the shipped config) sets TCP_NODELAY on the broker's sockets.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Mosquitto:
         tls: TestPki | None = None,
         passwords: Mapping[str, str] | None = None,
         require_certificate: bool = False,
+        nodelay: bool = True,
     ) -> None:
         binary = find_mosquitto()
         if binary is None:
@@ -168,6 +170,7 @@ class Mosquitto:
                     # the service acks a message after storing it: a batch is stored while
                     # the next one is in flight (the default, 20, starves a batched consumer)
                     "max_inflight_messages 1000",
+                    *(["set_tcp_nodelay true"] if nodelay else []),
                     f"log_dest file {self.directory}/mosquitto.log",
                     "",
                 ]

@@ -35,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeops import topics, wire
-from edgeops.broker import connack_problem, connect_problem
+from edgeops.broker import connack_problem, connect_problem, no_delay
 from edgeops.bundle import Bundle
 from edgeops.errors import BrokerError, BundleError, EdgeOpsError
 from edgeops.rollout import RolloutPolicy
@@ -401,6 +401,7 @@ class Service:
             return
         self.broker_problem = None
         self._refused.clear()
+        no_delay(client)
         fleet, group = self.config.fleet, self.config.group
         subs = [
             (topics.shared(group, topics.device_filter(fleet, kind="telemetry")), 1),
