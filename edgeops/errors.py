@@ -25,7 +25,9 @@ these.
     │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
     ├── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
     ├── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
-    └── BrokerError (18)             the MQTT broker cannot be reached or refused the credentials
+    ├── BrokerError (18)             the MQTT broker cannot be reached or refused the credentials
+    └── AccessDenied (20)            the service refused the REST token: missing, unknown,
+                                     revoked (HTTP 401) or of too low a role (HTTP 403)
 """
 
 from __future__ import annotations
@@ -168,6 +170,13 @@ class BrokerError(EdgeOpsError):
     """The MQTT broker cannot be reached (TCP, TLS) or refused this client's credentials."""
 
     exit_code = 18
+
+
+class AccessDenied(EdgeOpsError):
+    """The service's REST API refused the request's credentials: no token, an unknown or revoked
+    one (HTTP 401), or a token whose role may not do this (HTTP 403)."""
+
+    exit_code = 20
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -1,125 +1,251 @@
-"""The service's REST API (Starlette on uvicorn).
+"""The service's REST API (Litestar on uvicorn), described at ``/openapi.json`` and browsable at
+``/docs``; every request and response body is a typed record (:mod:`edgeops.service.api_types`).
 
 ::
 
-    GET  /v1/fleet[?fleet=F]              devices: presence, model, last seen, active alerts
-    GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles, drift, alerts,
-                                          recent events
-    GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
-                                          latest verdict per feature and reference (all rows
-                                          with all=1): distances, every check (value, threshold,
-                                          noise floor), the reason; the baselines' blind spots;
-                                          the per-device references
-    GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
-    GET  /v1/models                       registered bundles
-    POST /v1/models                       register a bundle (the body is the bundle file, at
-                                          most MAX_BUNDLE_BYTES: 413 beyond, found while it
-                                          streams in, before it is buffered)
-    GET  /v1/stats                        messages received, stored, duplicated, rejected by reason,
-                                          evaluations (lag), queue depth, retention purges
-    GET  /v1/dead-letters[?reason=R&limit=N]
-                                          refused messages kept with their reason, newest first
-    GET  /healthz                         200 while no worker has failed for good, else 503
-    GET  /readyz                          200 when alive, connected to the broker, the database
-                                          answers and no worker is stalled, else 503 (why)
-    GET  /v1/bundles/{sha256}             a registered bundle's bytes (HTTP Range for resuming)
-    GET  /v1/deployments[?active=1]       deployments, newest first
-    POST /v1/deployments                  start one: {"bundle": "NAME-VERSION", "fleet": F,
-                                          "devices": [...], "selector": {...}, "policy": {...}}
-    GET  /v1/deployments/{id}             one deployment, with every device's state
-    POST /v1/deployments/{id}/abort       stop it and roll back the devices it updated
+    role    route
+    read    GET  /v1/fleet[?fleet=F]              devices: presence, model, last seen, alerts
+    read    GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles,
+                                                  drift, alerts, recent events
+    read    GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
+                                                  latest verdict per feature and reference
+                                                  (all rows with all=1): distances, every
+                                                  check, the reason; the baselines' blind
+                                                  spots; the per-device references
+    read    GET  /v1/alerts[?all=1]               active alerts (every alert with all=1)
+    read    GET  /v1/models                       registered bundles
+    admin   POST /v1/models                       register a bundle (the body is the bundle
+                                                  file, at most MAX_BUNDLE_BYTES: 413 beyond,
+                                                  found while it streams in, before it is
+                                                  buffered)
+    read    GET  /v1/stats                        messages received, stored, duplicated,
+                                                  rejected by reason, evaluations, queue
+    read    GET  /v1/dead-letters[?reason=R&limit=N]
+                                                  refused messages kept with their reason
+    read    GET  /v1/deployments[?active=1]       deployments, newest first
+    deploy  POST /v1/deployments                  start one (DeploymentRequest)
+    read    GET  /v1/deployments/{id}             one deployment, with every device's state
+    deploy  POST /v1/deployments/{id}/abort       stop it and roll back the devices it updated
+    link    GET  /v1/bundles/{sha256}[?expires=T&sig=S]
+                                                  a bundle's bytes (HTTP Range for resuming):
+                                                  a signed link from an update command, or a
+                                                  read token
+    open    GET  /healthz                         200 while no worker has failed for good
+    open    GET  /readyz                          200 when alive, connected to the broker, the
+                                                  database answers and no worker is stalled
+    open    GET  /openapi.json, /docs             this API's description, and a page to read
+                                                  and try it (served from the package)
+
+A request carries its token as ``Authorization: Bearer TOKEN``
+(:mod:`edgeops.service.auth`): none, or an unknown or revoked one, is a 401; a role below the
+route's is a 403. A route that names no role needs a read token. With ``insecure_api`` (``edgeops
+serve --insecure-api``) no route needs a token. Every refusal is ``{"error": "one line"}``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+import anyio.to_thread
+from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.enums import MediaType
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
+from litestar.params import Parameter
+from litestar.router import Router
 
+from edgeops import __version__
 from edgeops.bodies import spool_capped
-from edgeops.errors import BodyTooLarge, EdgeOpsError, UsageError
+from edgeops.errors import BodyTooLarge, EdgeOpsError, MissingExtraError, UsageError, first_line
 from edgeops.latency import merge_wire
 from edgeops.rollout import RolloutPolicy
+from edgeops.service import api_types as t
+from edgeops.service.auth import ROLES, Role, allows
 from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
     from edgeops.service import Service
 
+log = logging.getLogger(__name__)
+
 MAX_BUNDLE_BYTES = 512 * 2**20
 """The largest bundle ``POST /v1/models`` takes (devices download up to 500 MiB by default)."""
 
+OPEN: Literal["open"] = "open"
+"""The ``role`` of a route that needs no token."""
+Need = Role | Literal["open"]
 
-def _json(data: Any, status: int = 200) -> JSONResponse:
-    import json
-
-    return JSONResponse(json.loads(json.dumps(data, default=str)), status_code=status)
-
-
-def _float(value: str | None, name: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise EdgeOpsError(f"{name} must be a number (unix time), got {value!r}") from None
-
-
-def _ranged(data: bytes, header: str | None) -> Response:
-    """``data`` whole, or the part a ``Range: bytes=START-[END]`` header asks for (206)."""
-    kind = {"media_type": "application/octet-stream", "headers": {"Accept-Ranges": "bytes"}}
-    if not header or not header.startswith("bytes="):
-        return Response(data, **kind)  # type: ignore[arg-type]
-    start_s, _, end_s = header.removeprefix("bytes=").partition("-")
-    try:
-        start = int(start_s)
-        end = int(end_s) if end_s else len(data) - 1
-    except ValueError:
-        return Response(data, **kind)  # type: ignore[arg-type]
-    if start >= len(data) or start > end:
-        return Response(b"", status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
-    end = min(end, len(data) - 1)
-    headers = {"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"}
-    return Response(
-        data[start : end + 1],
-        status_code=206,
-        media_type="application/octet-stream",
-        headers=headers,
-    )
+_SECURED: list[dict[str, list[str]]] = [{"token": []}]
+_ERROR = ResponseSpec(
+    t.ApiError, generate_examples=False, description="Refused: the error says why"
+)
+_REFUSALS = {
+    401: ResponseSpec(
+        t.ApiError, generate_examples=False, description="No token, or an unknown or revoked one"
+    ),
+    403: ResponseSpec(
+        t.ApiError, generate_examples=False, description="The token's role may not do this"
+    ),
+}
 
 
-def device_summary(service: Service, fleet: str, device: str) -> dict[str, Any]:
+def _role(need: Need) -> dict[str, Any]:
+    """A route handler's options for the role it needs, and how the schema shows it."""
+    if need == OPEN:
+        return {"opt": {"role": OPEN}, "security": []}
+    return {"opt": {"role": need}, "security": _SECURED}
+
+
+def _refusals(*codes: int) -> dict[int, ResponseSpec]:
+    """The refusals a protected route may answer: 400, 401, 403 and ``codes``."""
+    return {400: _ERROR, **dict.fromkeys(codes, _ERROR), **_REFUSALS}
+
+
+# --- authentication and authorization ----------------------------------------------------------
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer TOKEN`` header; 401 when there is none."""
+    if not header:
+        raise NotAuthorizedException(
+            detail="this needs a token (Authorization: Bearer TOKEN); "
+            "make one with edgeops tokens create",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthorizedException(
+            detail="the Authorization header must be 'Bearer TOKEN'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return token.strip()
+
+
+def _authorize(service: Service, header: str | None, need: Role) -> None:
+    """401 without a valid token, 403 when its role is below ``need``."""
+    found = service.tokens.check(bearer(header))
+    if found is None:
+        raise NotAuthorizedException(
+            detail="unknown or revoked token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if not allows(found.role, need):
+        raise PermissionDeniedException(
+            detail=f"token {found.name!r} has the {found.role} role; this needs {need}"
+        )
+
+
+def _guard(service: Service) -> Any:
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], route: BaseRouteHandler
+    ) -> None:
+        need = route.opt.get("role", "read")  # a route that names no role needs a read token
+        if need == OPEN or service.config.insecure_api:
+            return
+        if need not in ROLES:
+            raise RuntimeError(f"route {route} names an unknown role {need!r}")
+        header = connection.headers.get("authorization")
+        await anyio.to_thread.run_sync(_authorize, service, header, need)
+
+    return guard
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _refusal(request: Request[Any, Any, Any], exc: Exception) -> Response[t.ApiError]:
+    """Every error as ``{"error": "one line"}`` with its status."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ValidationException):
+        status, text = 400, _validation(exc)
+    elif isinstance(exc, HTTPException):
+        status, text = exc.status_code, str(exc.detail)
+        headers = dict(exc.headers or {})
+    elif isinstance(exc, BodyTooLarge):
+        status, text = 413, str(exc)
+    elif isinstance(exc, EdgeOpsError):
+        status, text = 400, str(exc)
+    else:
+        log.error(
+            "%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
+        )
+        status, text = 500, f"internal error ({type(exc).__name__}); see the service's log"
+    return Response(t.ApiError(" ".join(text.split())), status_code=status, headers=headers or None)
+
+
+def _validation(exc: ValidationException) -> str:
+    """``bad request: body policy.bake: Expected `float`, got `str``` and the like."""
+    parts = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            source = item.get("source")
+            source = str(getattr(source, "value", source) or "request")
+            key = item.get("key")
+            where = "body" if source == "body" else f"{source} parameter"
+            name = f" {key}" if key and key != "data" else ""
+            parts.append(f"{where}{name}: {item.get('message')}")
+    return "bad request: " + ("; ".join(parts) if parts else str(exc.detail))
+
+
+# --- what the routes read -----------------------------------------------------------------------
+
+
+def device_summary(service: Service, fleet: str, device: str) -> t.DeviceSummary:
     """Everything the service knows about one device."""
     store = service.store
     record = store.device(fleet, device)
     if record is None:
         raise KeyError(device)
     recent = store.recent_windows(fleet=fleet, device=device, limit=30)
-    latency: dict[str, Any] = {}
+    latency = None
     if any(w.telemetry.latency.count for w in recent):
         h = merge_wire([w.telemetry.latency for w in recent if w.telemetry.latency.count])
-        latency = {
-            "windows": len(recent),
-            "count": h.count,
-            "p50_ms": h.quantile(0.5),
-            "p95_ms": h.quantile(0.95),
-            "p99_ms": h.quantile(0.99),
-        }
-    return {
-        "device": record,
-        "latency": latency,
-        "predictions": sum(w.telemetry.count for w in recent),
-        "errors": sum(w.telemetry.errors for w in recent),
-        "bad_inputs": sum(w.telemetry.bad_inputs for w in recent),
-        "alerts": store.active_alerts(fleet=fleet, device=device),
-        "drift": store.drift_rows(fleet=fleet, device=device),
-        "events": store.events_of(fleet, device, limit=20),
-    }
+        latency = t.Latency(
+            windows=len(recent),
+            count=h.count,
+            p50_ms=h.quantile(0.5),
+            p95_ms=h.quantile(0.95),
+            p99_ms=h.quantile(0.99),
+        )
+    return t.DeviceSummary(
+        device=t.typed(record, t.Device),
+        latency=latency,
+        predictions=sum(w.telemetry.count for w in recent),
+        errors=sum(w.telemetry.errors for w in recent),
+        bad_inputs=sum(w.telemetry.bad_inputs for w in recent),
+        alerts=t.typed(store.active_alerts(fleet=fleet, device=device), list[t.Alert]),
+        drift=t.typed(store.drift_rows(fleet=fleet, device=device), list[t.DriftRow]),
+        events=t.typed(store.events_of(fleet, device, limit=20), list[t.Event]),
+    )
 
 
 def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -135,172 +261,424 @@ def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[
     return out
 
 
-def make_app(service: Service) -> Starlette:
+def _ranged(data: bytes, header: str | None) -> Response[bytes]:
+    """``data`` whole, or the part a ``Range: bytes=START-[END]`` header asks for (206)."""
+    octets = "application/octet-stream"
+    if not header or not header.startswith("bytes="):
+        return Response(data, media_type=octets, headers={"Accept-Ranges": "bytes"})
+    start_s, _, end_s = header.removeprefix("bytes=").partition("-")
+    try:
+        start = int(start_s)
+        end = int(end_s) if end_s else len(data) - 1
+    except ValueError:
+        return Response(data, media_type=octets, headers={"Accept-Ranges": "bytes"})
+    if start >= len(data) or start > end:
+        return Response(
+            b"",
+            status_code=416,
+            media_type=octets,
+            headers={"Content-Range": f"bytes */{len(data)}"},
+        )
+    end = min(end, len(data) - 1)
+    return Response(
+        data[start : end + 1],
+        status_code=206,
+        media_type=octets,
+        headers={"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"},
+    )
+
+
+@dataclass
+class _BundleUpload(Operation):
+    """``POST /v1/models`` in the schema: its body is the bundle file's bytes (the handler
+    streams it to disk, so the framework never sees it as a parameter)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description=f"The bundle file (at most {MAX_BUNDLE_BYTES} bytes).",
+            content={
+                "application/octet-stream": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+                )
+            },
+        )
+
+
+@dataclass
+class _BundleDownload(Operation):
+    """``GET /v1/bundles/{sha256}`` in the schema: the file's bytes, whole or a range."""
+
+    def __post_init__(self) -> None:
+        binary = {
+            "application/octet-stream": OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+            )
+        }
+        self.responses = {
+            **(self.responses or {}),
+            "200": OpenAPIResponse(description="The whole bundle", content=binary),
+            "206": OpenAPIResponse(description="The part a Range header asked for", content=binary),
+        }
+
+
+# --- the application ----------------------------------------------------------------------------
+
+
+def _swagger_static() -> Path:
+    """Swagger UI's files, from the ``swagger-ui-py`` package (not imported: only its files)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("swagger-ui-py", "service")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-standalone-preset.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
+
+
+def make_app(service: Service) -> Litestar:
+    """The REST API of ``service``."""
     store = service.store
 
-    async def fleet(request: Request) -> JSONResponse:
-        f = request.query_params.get("fleet")
-        devices = await run_in_threadpool(store.devices, f)
-        active = await run_in_threadpool(store.active_alerts, f)
+    @get("/v1/fleet", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def fleet_status(fleet: str | None = None) -> t.Fleet:
+        """Every device: presence, model, agent version, last seen, active alerts."""
+        devices = store.devices(fleet)
+        active = store.active_alerts(fleet)
         per: dict[tuple[str, str], int] = {}
         for a in active:
             per[(a["fleet"], a["device"])] = per.get((a["fleet"], a["device"]), 0) + 1
         for dev in devices:
             dev["active_alerts"] = per.get((dev["fleet"], dev["device"]), 0)
         fleet_alerts = [a for a in active if a["device"] == "_fleet"]
-        return _json({"devices": devices, "fleet_alerts": fleet_alerts, "now": time.time()})
+        return t.Fleet(
+            devices=t.typed(devices, list[t.FleetDevice]),
+            fleet_alerts=t.typed(fleet_alerts, list[t.Alert]),
+            now=time.time(),
+        )
 
-    async def device(request: Request) -> JSONResponse:
-        name = request.path_params["device"]
-        f = request.query_params.get("fleet")
-        matches = await run_in_threadpool(store.find_device, name)
-        if f is not None:
-            matches = [m for m in matches if m["fleet"] == f]
+    @get(
+        "/v1/devices/{device:str}",
+        sync_to_thread=True,
+        responses=_refusals(400, 404),
+        **_role("read"),
+    )
+    def device_detail(device: str, fleet: str | None = None) -> t.DeviceSummary:
+        """One device: its record, latency percentiles, errors, alerts, drift, recent events."""
+        matches = store.find_device(device)
+        if fleet is not None:
+            matches = [m for m in matches if m["fleet"] == fleet]
         if not matches:
-            return _json({"error": f"no device {name!r}"}, 404)
+            raise NotFoundException(f"no device {device!r}")
         if len(matches) > 1:
             fleets = ", ".join(m["fleet"] for m in matches)
-            return _json(
-                {"error": f"device {name!r} is in several fleets ({fleets}); pass fleet"}, 400
-            )
-        return _json(await run_in_threadpool(device_summary, service, matches[0]["fleet"], name))
+            raise ClientException(f"device {device!r} is in several fleets ({fleets}); pass fleet")
+        return device_summary(service, matches[0]["fleet"], device)
 
-    async def drift(request: Request) -> JSONResponse:
-        q = request.query_params
-        try:
-            since = _float(q.get("since"), "since")
-        except EdgeOpsError as e:
-            return _json({"error": str(e)}, 400)
-        model = (q["model"], q.get("version")) if "model" in q else None
-        rows = await run_in_threadpool(
-            lambda: store.drift_rows(
-                model=model, since=since, device=q.get("device"), latest=q.get("all") != "1"
-            )
+    @get("/v1/drift", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def drift_report(
+        model: str | None = None,
+        version: str | None = None,
+        since: Annotated[float | None, Parameter(description="Unix time")] = None,
+        device: str | None = None,
+        every: Annotated[
+            bool, Parameter(query="all", description="Every row, not the latest")
+        ] = False,
+    ) -> t.Drift:
+        """The latest verdict per feature and reference (every row with all=1): distances,
+        every check, the reason; the baselines' blind spots; the per-device references."""
+        rows = store.drift_rows(
+            model=None if model is None else (model, version),
+            since=since,
+            device=device,
+            latest=not every,
         )
-        refs = await run_in_threadpool(lambda: store.references(device=q.get("device")))
-        return _json({"drift": rows, "blind_spots": blind_spots(service, rows), "references": refs})
-
-    async def alerts(request: Request) -> JSONResponse:
-        every = request.query_params.get("all") == "1"
-        rows = await run_in_threadpool(store.all_alerts if every else store.active_alerts)
-        return _json({"alerts": rows})
-
-    async def models(request: Request) -> JSONResponse:
-        if request.method == "POST":
-            import tempfile
-            from pathlib import Path
-
-            with tempfile.NamedTemporaryFile(suffix=".bundle") as f:  # on disk, not in memory
-                try:
-                    await spool_capped(
-                        request.stream(),
-                        MAX_BUNDLE_BYTES,
-                        f,
-                        content_length=request.headers.get("content-length"),
-                    )
-                    f.flush()
-                    manifest = await run_in_threadpool(service.register_bundle, Path(f.name))
-                except BodyTooLarge as e:
-                    return _json({"error": str(e)}, 413)
-                except EdgeOpsError as e:
-                    return _json({"error": str(e)}, 400)
-            return _json({"name": manifest["name"], "version": manifest["version"]}, 201)
-        return _json({"models": await run_in_threadpool(store.models)})
-
-    async def stats(request: Request) -> JSONResponse:
-        return _json(await run_in_threadpool(service.stats))
-
-    async def dead_letters(request: Request) -> JSONResponse:
-        q = request.query_params
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            return _json({"error": "limit must be an integer"}, 400)
-        rows = await run_in_threadpool(
-            lambda: store.dead_letters(reason=q.get("reason"), limit=max(1, min(limit, 1000)))
+        return t.Drift(
+            drift=t.typed(rows, list[t.DriftRow]),
+            blind_spots=blind_spots(service, rows),
+            references=t.typed(store.references(device=device), list[t.Reference]),
         )
-        return _json({"dead_letters": rows})
 
-    async def healthz(request: Request) -> JSONResponse:
-        h = await run_in_threadpool(service.health)
-        return _json(h, 200 if h["alive"] else 503)
+    @get("/v1/alerts", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def alert_list(
+        every: Annotated[bool, Parameter(query="all", description="Cleared alerts too")] = False,
+    ) -> t.Alerts:
+        """Active alerts (every alert with all=1)."""
+        rows = store.all_alerts() if every else store.active_alerts()
+        return t.Alerts(t.typed(rows, list[t.Alert]))
 
-    async def readyz(request: Request) -> JSONResponse:
-        h = await run_in_threadpool(service.health)
-        return _json(h, 200 if h["ready"] else 503)
+    @get("/v1/models", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def model_list() -> t.Models:
+        """Registered bundles: versions, lineage, the devices running each."""
+        return t.Models(t.typed(store.models(), list[t.Model]))
 
-    async def bundle(request: Request) -> Response:
-        data = await run_in_threadpool(service.bundles.get, request.path_params["sha256"])
+    @post(
+        "/v1/models",
+        status_code=201,
+        request_max_body_size=None,  # spool_capped applies MAX_BUNDLE_BYTES as the body streams
+        operation_class=_BundleUpload,
+        responses=_refusals(400, 413),
+        **_role("admin"),
+    )
+    async def model_register(request: Request[Any, Any, Any]) -> t.Registered:
+        """Register a bundle: its signature is verified, its baseline kept for drift and its
+        bytes for devices to download."""
+        with tempfile.NamedTemporaryFile(suffix=".bundle") as f:  # on disk, not in memory
+            await spool_capped(
+                request.stream(),
+                MAX_BUNDLE_BYTES,
+                f,
+                content_length=request.headers.get("content-length"),
+            )
+            f.flush()
+            try:
+                manifest = await anyio.to_thread.run_sync(service.register_bundle, Path(f.name))
+            except EdgeOpsError as e:  # the temporary file's name means nothing to the client
+                raise ClientException(str(e).replace(f.name, "the upload")) from None
+        return t.Registered(name=manifest["name"], version=manifest["version"])
+
+    @get("/v1/stats", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def stats() -> t.Stats:
+        """Messages received, stored, duplicated, rejected by reason; evaluations; queue."""
+        return t.typed(service.stats(), t.Stats)
+
+    @get("/v1/dead-letters", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def dead_letters(
+        reason: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> t.DeadLetters:
+        """Refused messages kept with their reason, newest first."""
+        return t.DeadLetters(
+            t.typed(store.dead_letters(reason=reason, limit=limit), list[t.DeadLetter])
+        )
+
+    @get(
+        "/healthz",
+        sync_to_thread=True,
+        responses={503: ResponseSpec(t.Health, generate_examples=False)},
+        **_role(OPEN),
+    )
+    def healthz() -> Response[t.Health]:
+        """200 while no worker has failed for good, else 503."""
+        h = t.typed(service.health(), t.Health)
+        return Response(h, status_code=200 if h.alive else 503)
+
+    @get(
+        "/readyz",
+        sync_to_thread=True,
+        responses={503: ResponseSpec(t.Health, generate_examples=False)},
+        **_role(OPEN),
+    )
+    def readyz() -> Response[t.Health]:
+        """200 when alive, connected to the broker, the database answers and no worker is
+        stalled, else 503 with the problems."""
+        h = t.typed(service.health(), t.Health)
+        return Response(h, status_code=200 if h.ready else 503)
+
+    @get(
+        "/v1/bundles/{sha256:str}",
+        operation_class=_BundleDownload,
+        responses=_refusals(404, 416),
+        opt={"role": OPEN},  # checked here: a signed link or a read token
+        security=[{"token": []}, {}],
+    )
+    async def bundle_download(
+        request: Request[Any, Any, Any],
+        sha256: str,
+        expires: Annotated[str | None, Parameter(description="A signed link's expiry")] = None,
+        sig: Annotated[str | None, Parameter(description="A signed link's signature")] = None,
+    ) -> Response[bytes]:
+        """A registered bundle's bytes (HTTP Range for resuming), for a signed link from an
+        update command or a read token."""
+        if not service.config.insecure_api:
+            if expires is not None or sig is not None:
+                problem = service.links.problem(sha256, expires, sig)
+                if problem is not None:
+                    raise PermissionDeniedException(problem)
+            else:
+                header = request.headers.get("authorization")
+                await anyio.to_thread.run_sync(_authorize, service, header, "read")
+        data = await anyio.to_thread.run_sync(service.bundles.get, sha256)
         if data is None:
-            return _json({"error": "no such bundle"}, 404)
+            raise NotFoundException("no such bundle")
         return _ranged(data, request.headers.get("range"))
 
-    async def deployments(request: Request) -> JSONResponse:
-        if request.method == "GET":
-            active = request.query_params.get("active") == "1"
-            rows = await run_in_threadpool(lambda: service.rollouts.deployments(active=active))
-            return _json({"deployments": rows})
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise UsageError("the body must be a JSON object")
-            unknown = sorted(set(body) - {"bundle", "fleet", "devices", "selector", "policy"})
-            if unknown:
-                raise UsageError(f"unknown field(s): {', '.join(unknown)}")
-            policy = RolloutPolicy.from_dict(body.get("policy") or {})
-            status = await run_in_threadpool(
-                lambda: service.deploy(
-                    str(body.get("bundle") or ""),
-                    str(body.get("fleet") or ""),
-                    devices=[str(d) for d in body.get("devices") or []],
-                    selector=body.get("selector") or None,
-                    policy=policy,
-                    trigger=str(body.get("trigger") or "request"),
-                )
-            )
-        except ValueError:
-            return _json({"error": "the body must be JSON"}, 400)
-        except EdgeOpsError as e:
-            return _json({"error": str(e)}, 400)
-        return _json(status, 201)
+    @get("/v1/deployments", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    def deployment_list(
+        active: Annotated[bool, Parameter(description="Only running or aborting ones")] = False,
+    ) -> t.Deployments:
+        """Deployments, newest first."""
+        rows = service.rollouts.deployments(active=active)
+        return t.Deployments(t.typed(rows, list[t.DeploymentRow]))
 
-    async def deployment(request: Request) -> JSONResponse:
-        dep_id = request.path_params["id"]
+    @post(
+        "/v1/deployments",
+        status_code=201,
+        sync_to_thread=True,
+        responses=_refusals(400),
+        **_role("deploy"),
+    )
+    def deployment_start(data: t.DeploymentRequest) -> t.DeploymentStatus:
+        """Start a staged deployment of a registered bundle."""
+        given = data.policy.given() if data.policy is not None else {}
+        status = service.deploy(
+            data.bundle,
+            data.fleet,
+            devices=data.devices,
+            selector=data.selector or None,
+            policy=RolloutPolicy.from_dict(given),
+        )
+        return t.typed(status, t.DeploymentStatus)
+
+    @get(
+        "/v1/deployments/{dep_id:str}",
+        sync_to_thread=True,
+        responses=_refusals(404),
+        **_role("read"),
+    )
+    def deployment_status(dep_id: str) -> t.DeploymentStatus:
+        """One deployment, with every device's state."""
         try:
-            if request.url.path.endswith("/abort"):
-                if request.method != "POST":
-                    return _json({"error": "use POST"}, 405)
-                return _json(await run_in_threadpool(service.rollouts.abort, dep_id))
-            return _json(await run_in_threadpool(service.rollouts.status, dep_id))
+            return t.typed(service.rollouts.status(dep_id), t.DeploymentStatus)
         except RolloutError as e:
-            return _json({"error": str(e)}, 404 if "no deployment" in str(e) else 409)
+            raise NotFoundException(str(e)) from None
 
-    return Starlette(
-        routes=[
-            Route("/v1/fleet", fleet),
-            Route("/v1/devices/{device}", device),
-            Route("/v1/drift", drift),
-            Route("/v1/alerts", alerts),
-            Route("/v1/models", models, methods=["GET", "POST"]),
-            Route("/v1/stats", stats),
-            Route("/v1/dead-letters", dead_letters),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/v1/bundles/{sha256}", bundle),
-            Route("/v1/deployments", deployments, methods=["GET", "POST"]),
-            Route("/v1/deployments/{id}", deployment),
-            Route("/v1/deployments/{id}/abort", deployment, methods=["POST"]),
-        ]
+    @post(
+        "/v1/deployments/{dep_id:str}/abort",
+        status_code=200,
+        sync_to_thread=True,
+        responses=_refusals(404, 409),
+        **_role("deploy"),
+    )
+    def deployment_abort(dep_id: str) -> t.DeploymentStatus:
+        """Stop a deployment and roll back the devices it updated."""
+        try:
+            return t.typed(service.rollouts.abort(dep_id), t.DeploymentStatus)
+        except RolloutError as e:
+            if "no deployment" in str(e):
+                raise NotFoundException(str(e)) from None
+            raise HTTPException(status_code=409, detail=str(e)) from None
+
+    # --- the API's description --------------------------------------------------------------
+
+    static = _swagger_static()
+    swagger = SwaggerRenderPlugin(
+        path="/docs",
+        js_url="/docs/assets/swagger-ui-bundle.js",
+        css_url="/docs/assets/swagger-ui.css",
+        standalone_preset_js_url="/docs/assets/swagger-ui-standalone-preset.js",
+        favicon="<link rel='icon' type='image/png' href='/docs/assets/favicon-32x32.png'>",
+    )
+    cached: dict[str, bytes] = {}
+
+    @get("/openapi.json", include_in_schema=False, sync_to_thread=False, **_role(OPEN))
+    def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
+        schema = request.app.openapi_schema.to_schema()
+        return Response(JsonRenderPlugin.render_json(request, schema), media_type=MediaType.JSON)
+
+    @get(
+        "/docs",
+        include_in_schema=False,
+        sync_to_thread=False,
+        media_type=MediaType.HTML,
+        **_role(OPEN),
+    )
+    def docs(request: Request[Any, Any, Any]) -> bytes:
+        return swagger.render(request, request.app.openapi_schema.to_schema())
+
+    @get("/docs/assets/{name:str}", include_in_schema=False, sync_to_thread=True, **_role(OPEN))
+    def docs_asset(name: str) -> Response[bytes]:
+        kind = _ASSETS.get(name)
+        if kind is None:
+            raise NotFoundException(f"no asset {name!r}")
+        if name not in cached:
+            cached[name] = (static / name).read_bytes()
+        return Response(
+            cached[name], media_type=kind, headers={"Cache-Control": "public, max-age=86400"}
+        )
+
+    return Litestar(
+        route_handlers=[
+            fleet_status,
+            device_detail,
+            drift_report,
+            alert_list,
+            model_list,
+            model_register,
+            stats,
+            dead_letters,
+            healthz,
+            readyz,
+            bundle_download,
+            deployment_list,
+            deployment_start,
+            deployment_status,
+            deployment_abort,
+            openapi,
+            docs,
+            docs_asset,
+        ],
+        guards=[_guard(service)],
+        exception_handlers={Exception: _refusal},
+        openapi_config=OpenAPIConfig(
+            title="edgeops service",
+            version=__version__,
+            description=(
+                "The central service of an edgeops fleet: devices, drift, alerts, models, "
+                "staged deployments. Send a token as `Authorization: Bearer TOKEN` "
+                "(`edgeops tokens create`); roles: read < deploy < admin."
+            ),
+            use_handler_docstrings=True,
+            components=Components(
+                security_schemes={
+                    "token": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="A token from `edgeops tokens create` (read, deploy, admin).",
+                    )
+                }
+            ),
+            render_plugins=[JsonRenderPlugin()],
+            openapi_router=Router(
+                "/schema", route_handlers=[], opt={"role": OPEN}, include_in_schema=False
+            ),
+        ),
+        logging_config=None,
+        debug=False,
     )
 
 
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    """A one-line :class:`UsageError` now for what would stop the server thread later."""
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        raise UsageError(
+            "the REST API's TLS needs a certificate and its key (--http-cert, --http-key)"
+        )
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"--http-cert {cert} / --http-key {key}: {first_line(e)}") from None
+
+
 class ApiServer:
-    """uvicorn serving :func:`make_app` in a background thread."""
+    """uvicorn serving :func:`make_app` in a background thread, over HTTPS when the config
+    names a certificate and key."""
 
     def __init__(self, service: Service) -> None:
         import uvicorn
 
         cfg = service.config
+        _check_tls(cfg.http_cert, cfg.http_key)
+        self.tls = cfg.http_cert is not None
         self._server = uvicorn.Server(
             uvicorn.Config(
                 make_app(service),
@@ -309,7 +687,9 @@ class ApiServer:
                 log_config=None,
                 log_level="warning",
                 access_log=False,
-                lifespan="off",
+                lifespan="on",
+                ssl_certfile=None if cfg.http_cert is None else str(cfg.http_cert),
+                ssl_keyfile=None if cfg.http_key is None else str(cfg.http_key),
             )
         )
         self._thread: threading.Thread | None = None
@@ -327,7 +707,7 @@ class ApiServer:
     @property
     def address(self) -> str:
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"http://{self.host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{port}"
 
     def stop(self) -> None:
         self._server.should_exit = True

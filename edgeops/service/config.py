@@ -192,6 +192,15 @@ class ServiceConfig:
     """The fleet to watch (``+``: all)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8480
+    http_cert: Path | None = None
+    """The REST API's TLS certificate (PEM, its chain after it): with ``http_key`` the API
+    serves HTTPS only."""
+    http_key: Path | None = None
+    insecure_api: bool = False
+    """Serve the REST API without tokens (every route open; logged as a warning at start)."""
+    bundle_link_seconds: float = 900.0
+    """How long the download link in an update command works (a resent command carries a new
+    one; a device's download, resumes included, must start and end within it)."""
     span_seconds: float = 600.0
     """The longest span of windows merged for one drift evaluation."""
     span_windows: int = 30
@@ -219,6 +228,10 @@ class ServiceConfig:
     retention: Retention = field(default_factory=Retention)
     evaluation_workers: int = 1
     """Threads evaluating drift (off the store loop; more help on PostgreSQL)."""
+
+    def __post_init__(self) -> None:
+        if not self.bundle_link_seconds > 0:
+            raise UsageError("bundle_link_seconds must be positive")
 
     def policy(self, model: str) -> ModelPolicy:
         return self.models.get(model, self.default)
@@ -327,6 +340,8 @@ def load_service_config(
         "rollout",
         "intake",
         "retention",
+        "http_cert",
+        "http_key",
     }
     for k in list(data):
         if k in simple:
@@ -355,6 +370,10 @@ def load_service_config(
     broker_table = BrokerSettings.from_mapping(table)
     if "bundles" in data:
         cfg = replace(cfg, bundles=tuple(Path(p) for p in data.pop("bundles")))
+    if "http_cert" in data:
+        cfg = replace(cfg, http_cert=Path(data.pop("http_cert")))
+    if "http_key" in data:
+        cfg = replace(cfg, http_key=Path(data.pop("http_key")))
     if "trusted_keys" in data:
         cfg = replace(cfg, trusted_keys=tuple(Path(p) for p in data.pop("trusted_keys")))
     if "command_key" in data:

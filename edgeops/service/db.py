@@ -268,6 +268,25 @@ command_counters = sa.Table(
     sa.Column("updated", sa.Float, nullable=False),
 )
 
+api_tokens = sa.Table(
+    "api_tokens",
+    md,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(8), nullable=False),  # read | deploy | admin
+    # sha256 of the token: the token itself is shown once when it is made and never stored
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("last_used", sa.Float),
+)
+
+service_secrets = sa.Table(
+    "service_secrets",
+    md,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
 
 def connect(url: str) -> Engine:
     """An engine for ``sqlite:///path`` (WAL, busy timeout) or ``postgresql://…`` (psycopg 3);
@@ -518,6 +537,24 @@ class Store:
             return True
         except Exception:
             return False
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """The service's secret ``name``: random bytes made by the first process that asks and
+        shared by every process on this database (``service_secrets``)."""
+        import secrets
+
+        q = sa.select(service_secrets.c.value).where(service_secrets.c.name == name)
+        with self.begin() as conn:
+            row = conn.execute(q).first()
+            if row is None:
+                conn.execute(
+                    self._insert(service_secrets)
+                    .values(name=name, value=secrets.token_bytes(size), created=time.time())
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+                row = conn.execute(q).first()
+        assert row is not None
+        return bytes(row[0])
 
     # --- device messages ----------------------------------------------------------------------
 

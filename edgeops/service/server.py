@@ -40,6 +40,7 @@ from edgeops.bundle import Bundle
 from edgeops.errors import BrokerError, BundleError, EdgeOpsError
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import db
+from edgeops.service.auth import BundleLinks, Tokens
 from edgeops.service.baselines import Baselines
 from edgeops.service.bundles import BundleStore
 from edgeops.service.commands import Addressed, CommandSigner
@@ -75,6 +76,10 @@ class Service:
         self.config = config
         self.engine_db = db.connect(config.db)
         self.store = db.Store(self.engine_db)
+        self.tokens = Tokens(self.store)
+        """The REST API's tokens (:mod:`edgeops.service.auth`)."""
+        self.links = BundleLinks.of(self.store, valid_for=config.bundle_link_seconds)
+        """Signs the bundle links of update commands."""
         self._stop = threading.Event()
         self.baselines = Baselines(self.store)
         self.engine = Engine(
@@ -191,6 +196,19 @@ class Service:
         if self._use_http:
             from edgeops.service.api import ApiServer
 
+            if self.config.insecure_api:
+                log.warning(
+                    "the REST API is open: no route needs a token (insecure_api); anyone "
+                    "who reaches %s:%s may read the fleet, deploy and register bundles",
+                    self.config.http_host,
+                    self.config.http_port,
+                )
+            elif self.tokens.count() == 0:
+                log.warning(
+                    "no REST API token exists: every route but /healthz, /readyz and the "
+                    "docs answers 401 until one is made (edgeops tokens create --db DB "
+                    "--role admin --name NAME)"
+                )
             self.http = ApiServer(self)
             self.http.start()
         return self
@@ -316,9 +334,15 @@ class Service:
         with tempfile.NamedTemporaryFile(suffix=".bundle") as f:
             f.write(data)
             f.flush()
-            with Bundle.open(Path(f.name)) as b:
-                b.verify(keys, allow_unsigned=self.config.allow_unsigned)
-                manifest = b.manifest
+            try:
+                with Bundle.open(Path(f.name)) as b:
+                    b.verify(keys, allow_unsigned=self.config.allow_unsigned)
+                    manifest = b.manifest
+            except EdgeOpsError as e:  # name what was given, not the copy
+                e.message = e.message.replace(
+                    f.name, str(source) if isinstance(source, Path) else "the bundle"
+                )
+                raise
         self.bundles.add(data, manifest, hashlib.sha256(data).hexdigest())
         self.store.add_model(manifest)
         self.baselines.forget_missing(manifest["name"], manifest["version"])
@@ -335,8 +359,9 @@ class Service:
         return base.rstrip("/")
 
     def bundle_url(self, sha256: str) -> str:
-        """Where devices download a registered bundle."""
-        return f"{self.public_url()}/v1/bundles/{sha256}"
+        """Where devices download a registered bundle: a link signed for ``sha256`` that
+        expires ``bundle_link_seconds`` from now (a resent command carries a new one)."""
+        return f"{self.public_url()}/v1/bundles/{sha256}?{self.links.query(sha256)}"
 
     def deploy(
         self,
