@@ -54,6 +54,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "Roll a bundle out in stages with health gates and rollback; status, abort.",
     ),
     "models": ("edgeops.cli.deploy", "models", "Registered bundles, lineage, where each runs."),
+    "tokens": (
+        "edgeops.cli.tokens",
+        "tokens",
+        "REST API tokens (read, deploy, admin): create, list, revoke.",
+    ),
 }
 
 

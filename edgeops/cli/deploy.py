@@ -7,21 +7,20 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
-from edgeops.errors import DeploymentAborted, EdgeOpsError, UsageError
+from edgeops.cli.api_options import api_client, api_options
+from edgeops.errors import AccessDenied, DeploymentAborted, EdgeOpsError, UsageError
 from edgeops.rollout import RolloutPolicy, parse_percent, parse_seconds, parse_stages
 from edgeops.service.report import (
-    DEFAULT_URL,
+    ServiceClient,
     deployment_report,
     deployments_table,
-    get,
     models_table,
-    post,
 )
 
-url_option = click.option("--url", default=DEFAULT_URL, show_default=True, help="The service.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -80,7 +79,7 @@ def deploy() -> None:
 @click.option("--health-predictions", type=int, default=None, help="Device health window.")
 @click.option("--health-seconds", type=float, default=None, help="Device health window.")
 @click.option("--wait/--no-wait", default=False, help="Follow it to the end (exit 16: aborted).")
-@url_option
+@api_options
 @json_option
 def start(
     bundle: str,
@@ -99,13 +98,14 @@ def start(
     health_predictions: int | None,
     health_seconds: float | None,
     wait: bool,
-    url: str,
     as_json: bool,
+    **api: Any,
 ) -> None:
     """Start a staged deployment of BUNDLE (a bundle file, uploaded first, or a registered
-    NAME-VERSION)."""
+    NAME-VERSION). Needs a deploy token; uploading a file needs an admin token."""
     from edgeops.service.rollouts import parse_selector
 
+    client = api_client(api)
     stage_values, counts = parse_stages(stages)
     policy = RolloutPolicy(
         stages=stage_values,
@@ -132,13 +132,9 @@ def start(
     }
     path = Path(bundle)
     if path.suffix == ".bundle" or path.exists():
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise UsageError(f"{bundle}: {e.strerror or e}") from None
-        registered = post(url, "/v1/models", data)
+        registered = client.upload("/v1/models", path)
         request["bundle"] = f"{registered['name']}:{registered['version']}"
-    status = post(url, "/v1/deployments", request)
+    status = client.post("/v1/deployments", request)
     if not wait:
         click.echo(json.dumps(status, indent=2, default=str) if as_json else status["id"])
         return
@@ -147,22 +143,24 @@ def start(
         f"{sum(status['counts'].values())} devices in stages {status['stage_sizes']}",
         err=True,
     )
-    final = follow(url, status["id"])
+    final = follow(client, status["id"])
     click.echo(json.dumps(final, indent=2, default=str) if as_json else deployment_report(final))
     if final["state"] != "completed":
         raise DeploymentAborted(f"deployment {final['id']} aborted: {final.get('reason')}")
 
 
-def follow(url: str, dep_id: str, interval: float = 1.0, patience: float = 120.0) -> dict[str, Any]:
+def follow(
+    client: ServiceClient, dep_id: str, interval: float = 1.0, patience: float = 120.0
+) -> dict[str, Any]:
     """Print a deployment's history as it grows until it ends; its final status. A service
     that cannot be reached for up to ``patience`` seconds (a restart) is waited for."""
     shown = 0
     unreachable_since: float | None = None
     while True:
         try:
-            status = get(url, f"/v1/deployments/{dep_id}")
+            status = client.get(f"/v1/deployments/{quote(dep_id, safe='')}")
             unreachable_since = None
-        except UsageError:
+        except (UsageError, AccessDenied):
             raise
         except EdgeOpsError as e:  # the service restarting: the deployment resumes with it
             unreachable_since = unreachable_since or time.monotonic()
@@ -181,31 +179,31 @@ def follow(url: str, dep_id: str, interval: float = 1.0, patience: float = 120.0
 
 @deploy.command()
 @click.argument("deployment_id")
-@url_option
+@api_options
 @json_option
-def status(deployment_id: str, url: str, as_json: bool) -> None:
+def status(deployment_id: str, as_json: bool, **api: Any) -> None:
     """A deployment's state, stage, history and every device's state."""
-    data = get(url, f"/v1/deployments/{deployment_id}")
+    data = api_client(api).get(f"/v1/deployments/{quote(deployment_id, safe='')}")
     click.echo(json.dumps(data, indent=2, default=str) if as_json else deployment_report(data))
 
 
 @deploy.command()
 @click.argument("deployment_id")
-@url_option
+@api_options
 @json_option
-def abort(deployment_id: str, url: str, as_json: bool) -> None:
-    """Stop a deployment; the devices it updated are rolled back."""
-    data = post(url, f"/v1/deployments/{deployment_id}/abort")
+def abort(deployment_id: str, as_json: bool, **api: Any) -> None:
+    """Stop a deployment; the devices it updated are rolled back (needs a deploy token)."""
+    data = api_client(api).post(f"/v1/deployments/{quote(deployment_id, safe='')}/abort")
     click.echo(json.dumps(data, indent=2, default=str) if as_json else deployment_report(data))
 
 
 @deploy.command("list")
 @click.option("--active", is_flag=True, help="Only running or aborting deployments.")
-@url_option
+@api_options
 @json_option
-def list_deployments(active: bool, url: str, as_json: bool) -> None:
+def list_deployments(active: bool, as_json: bool, **api: Any) -> None:
     """Every deployment, newest first."""
-    data = get(url, "/v1/deployments", active="1" if active else None)
+    data = api_client(api).get("/v1/deployments", active="1" if active else None)
     rows = data["deployments"]
     click.echo(json.dumps(rows, indent=2, default=str) if as_json else deployments_table(rows))
 
@@ -216,9 +214,9 @@ def models() -> None:
 
 
 @models.command("list")
-@url_option
+@api_options
 @json_option
-def list_models(url: str, as_json: bool) -> None:
+def list_models(as_json: bool, **api: Any) -> None:
     """Versions, lineage (parent, run, format, accuracy) and the devices running each."""
-    rows = get(url, "/v1/models")["models"]
+    rows = api_client(api).get("/v1/models")["models"]
     click.echo(json.dumps(rows, indent=2, default=str) if as_json else models_table(rows))

@@ -8,19 +8,14 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
+from edgeops.cli.api_options import api_client, api_options
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
 from edgeops.optional import require
-from edgeops.service.report import (
-    DEFAULT_URL,
-    device_report,
-    drift_report,
-    fleet_table,
-    get,
-    parse_since,
-)
+from edgeops.service.report import device_report, drift_report, fleet_table, parse_since
 
 
 @click.command()
@@ -32,7 +27,13 @@ from edgeops.service.report import (
     help="TOML config with per-model drift policies (see edgeops/service/config.py).",
 )
 @mqtt_options()
-@click.option("--db", default=None, help="sqlite:///FILE (default) or postgresql://USER@HOST/DB.")
+@click.option(
+    "--db",
+    default=None,
+    envvar="EDGEOPS_DB",
+    help="sqlite:///FILE (default sqlite:///edgeops.db) or postgresql://USER@HOST/DB "
+    "(env EDGEOPS_DB).",
+)
 @click.option("--group", default=None, help="Shared-subscription group (processes split load).")
 @click.option(
     "--http-host",
@@ -40,6 +41,25 @@ from edgeops.service.report import (
     help="Address the REST API listens on (default 127.0.0.1; 0.0.0.0 for every interface).",
 )
 @click.option("--http-port", type=int, default=None, help="REST API port (default 8480).")
+@click.option(
+    "--http-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Serve the REST API over HTTPS with this certificate (PEM, chain after it).",
+)
+@click.option(
+    "--http-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The HTTPS certificate's private key.",
+)
+@click.option(
+    "--insecure-api",
+    is_flag=True,
+    default=None,
+    help="Serve the REST API without tokens: anyone who reaches it may read, deploy and "
+    "register bundles (tests on one machine only).",
+)
 @click.option(
     "--public-url",
     default=None,
@@ -75,6 +95,9 @@ def serve(
     group: str | None,
     http_host: str | None,
     http_port: int | None,
+    http_cert: Path | None,
+    http_key: Path | None,
+    insecure_api: bool | None,
     public_url: str | None,
     bundles: tuple[Path, ...],
     pubkeys: tuple[Path, ...],
@@ -82,7 +105,10 @@ def serve(
     command_key: Path | None,
     **broker: Any,
 ) -> None:
-    """Watch the fleet: store telemetry, detect drift, raise and clear alerts."""
+    """Watch the fleet: store telemetry, detect drift, raise and clear alerts.
+
+    Every REST route but /healthz, /readyz and /docs needs a token: make the first with
+    `edgeops tokens create --db DB --role admin --name NAME`."""
     require("sqlalchemy", "service")
     from edgeops.service import Service
     from edgeops.service.config import load_service_config
@@ -94,6 +120,9 @@ def serve(
         group=group,
         http_host=http_host,
         http_port=http_port,
+        http_cert=http_cert,
+        http_key=http_key,
+        insecure_api=insecure_api,
         public_url=public_url,
         bundles=bundles,
         trusted_keys=pubkeys,
@@ -114,6 +143,12 @@ def serve(
             f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}",
             err=True,
         )
+        if cfg.insecure_api:
+            click.echo(
+                "WARNING: --insecure-api: the REST API needs no token; anyone who reaches "
+                f"{service.http.address} may read the fleet, deploy and register bundles",
+                err=True,
+            )
         service.wait_connected(10.0)
         if not service.connected.is_set():
             click.echo(
@@ -130,7 +165,6 @@ def serve(
         service.stop()
 
 
-url_option = click.option("--url", default=DEFAULT_URL, show_default=True, help="The service.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -145,22 +179,22 @@ def fleet() -> None:
 
 @fleet.command()
 @click.option("--fleet", "fleet_name", default=None, help="Only this fleet.")
-@url_option
+@api_options
 @json_option
-def status(fleet_name: str | None, url: str, as_json: bool) -> None:
+def status(fleet_name: str | None, as_json: bool, **api: Any) -> None:
     """Every device: presence, model, agent version, last seen, active alerts."""
-    data = get(url, "/v1/fleet", fleet=fleet_name)
+    data = api_client(api).get("/v1/fleet", fleet=fleet_name)
     _out(data, as_json, fleet_table(data) if not as_json else "")
 
 
 @fleet.command()
 @click.argument("device_id")
 @click.option("--fleet", "fleet_name", default=None, help="The device's fleet, if ambiguous.")
-@url_option
+@api_options
 @json_option
-def device(device_id: str, fleet_name: str | None, url: str, as_json: bool) -> None:
+def device(device_id: str, fleet_name: str | None, as_json: bool, **api: Any) -> None:
     """One device: model, latency percentiles, alerts, drift, events."""
-    data = get(url, f"/v1/devices/{device_id}", fleet=fleet_name)
+    data = api_client(api).get(f"/v1/devices/{quote(device_id, safe='')}", fleet=fleet_name)
     _out(data, as_json, device_report(data) if not as_json else "")
 
 
@@ -173,16 +207,15 @@ def drift() -> None:
 @click.option("--model", default=None, help="Model name (optionally NAME:VERSION).")
 @click.option("--since", default=None, help="30m, 2h, 1d, or a unix time.")
 @click.option("--device", default=None, help="Only this device (or _fleet for fleet-wide).")
-@url_option
+@api_options
 @json_option
 def report(
-    model: str | None, since: str | None, device: str | None, url: str, as_json: bool
+    model: str | None, since: str | None, device: str | None, as_json: bool, **api: Any
 ) -> None:
     """The latest verdict per feature, against the training data and since deploy: the
     distances, and why each verdict was reached (value, threshold, noise floor, test)."""
     name, _, version = (model or "").partition(":")
-    data = get(
-        url,
+    data = api_client(api).get(
         "/v1/drift",
         model=name or None,
         version=version or None,

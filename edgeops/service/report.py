@@ -1,52 +1,144 @@
 """Terminal tables for ``edgeops fleet`` and ``edgeops drift``, from the REST API's JSON, and the
-small HTTP client the CLI uses to get it."""
+small HTTP client the CLI uses to get it (:class:`ServiceClient`).
+
+The client sends a token (``Authorization: Bearer``) from, in order: ``--token``,
+``--token-file``, ``EDGEOPS_TOKEN``, the file named by ``EDGEOPS_TOKEN_FILE``; and checks an
+``https://`` service's certificate against ``--ca`` or ``EDGEOPS_API_CA`` (else the system's
+CAs).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from edgeops.errors import EdgeOpsError, UsageError
+from edgeops.broker import read_secret
+from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
 from edgeops.tables import render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
+TOKEN_ENV = "EDGEOPS_TOKEN"
+TOKEN_FILE_ENV = "EDGEOPS_TOKEN_FILE"
+CA_ENV = "EDGEOPS_API_CA"
+
+
+@dataclass(frozen=True)
+class ServiceClient:
+    """The service's REST API, as the CLI calls it: JSON in and out, one-line errors."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    ca: Path | None = None
+    """CA certificate(s) of an ``https://`` service (default: the system's)."""
+    timeout: float = 60.0
+
+    @classmethod
+    def resolve(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        token_file: Path | None = None,
+        ca: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServiceClient:
+        """A client with the token and CA the options give, else the environment's."""
+        env = os.environ if env is None else env
+        if token is None and token_file is not None:
+            token = read_secret(token_file, "--token-file")
+        if token is None and env.get(TOKEN_ENV):
+            token = env[TOKEN_ENV].strip()
+        if token is None and env.get(TOKEN_FILE_ENV):
+            token = read_secret(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV)
+        if ca is None and env.get(CA_ENV):
+            ca = Path(env[CA_ENV])
+        return cls(url, token=token, ca=ca)
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` with query ``params`` (None values left out); the decoded JSON."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        return self._send(self._request(path + (f"?{query}" if query else "")))
+
+    def post(self, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
+        """POST raw bytes (a bundle) or a JSON object to ``path``; the decoded JSON."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+        kind = "application/json" if isinstance(body, dict) else "application/octet-stream"
+        return self._send(self._request(path, data=data, content_type=kind))
+
+    def upload(self, path: str, file: Path) -> Any:
+        """POST a file's bytes to ``path``, streamed from disk; the decoded JSON."""
+        try:
+            size = file.stat().st_size
+            with file.open("rb") as f:
+                req = self._request(path, data=f, content_type="application/octet-stream")
+                req.add_header("Content-Length", str(size))
+                return self._send(req)
+        except OSError as e:  # the file (the request's own errors are EdgeOpsErrors)
+            raise UsageError(f"{file}: {e.strerror or e}") from None
+
+    def _request(
+        self, path: str, *, data: Any = None, content_type: str | None = None
+    ) -> urllib.request.Request:
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        method = "GET" if data is None else "POST"
+        return urllib.request.Request(
+            self.url.rstrip("/") + path, data=data, method=method, headers=headers
+        )
+
+    def _context(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https://"):
+            return None
+        try:
+            return ssl.create_default_context(cafile=None if self.ca is None else str(self.ca))
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"--ca {self.ca}: {getattr(e, 'strerror', None) or e}") from None
+
+    def _send(self, req: urllib.request.Request) -> Any:
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._context()) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            try:
+                message = str(json.loads(e.read()).get("error", ""))
+            except (ValueError, AttributeError):
+                message = ""
+            message = message or f"{req.full_url}: HTTP {e.code}"
+            if e.code == 401:
+                hint = "the token was refused" if self.token else "no token was given"
+                raise AccessDenied(
+                    f"{message} ({hint}: pass --token, --token-file or {TOKEN_ENV})"
+                ) from None
+            if e.code == 403:
+                raise AccessDenied(message) from None
+            error = UsageError if 400 <= e.code < 500 else EdgeOpsError  # the request was refused
+            raise error(message) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise EdgeOpsError(f"cannot reach the service at {self.url}: {reason}") from None
 
 
 def get(url: str, path: str, **params: Any) -> Any:
-    """GET ``url + path`` with query ``params`` (None values left out); the decoded JSON."""
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    return _request(url, url.rstrip("/") + path + (f"?{query}" if query else ""))
+    """GET ``url + path`` with query ``params`` (None values left out), with the environment's
+    token (:meth:`ServiceClient.resolve`); the decoded JSON."""
+    return ServiceClient.resolve(url).get(path, **params)
 
 
 def post(url: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
-    """POST raw bytes (a bundle) or a JSON object to ``url + path``; the decoded JSON."""
-    data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    kind = "application/json" if isinstance(body, dict) else "application/octet-stream"
-    req = urllib.request.Request(
-        url.rstrip("/") + path, data=data, method="POST", headers={"Content-Type": kind}
-    )
-    return _request(url, req)
-
-
-def _request(url: str, req: str | urllib.request.Request) -> Any:
-    full = req if isinstance(req, str) else req.full_url
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", "")
-        except ValueError:
-            message = ""
-        error = UsageError if 400 <= e.code < 500 else EdgeOpsError  # the request was refused
-        raise error(message or f"{full}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise EdgeOpsError(f"cannot reach the service at {url}: {e}") from None
+    """POST raw bytes (a bundle) or a JSON object to ``url + path``, with the environment's
+    token; the decoded JSON."""
+    return ServiceClient.resolve(url).post(path, body)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
