@@ -42,6 +42,7 @@
     health_seconds = 60.0
     max_error_rate = 0.05
     # max_p95_ms = 20.0, max_latency_ratio = 1.5: no floor unless set
+    ca = "/etc/edgeops/ca.crt"      # CA of an https:// service (default: the system's CAs)
 
 An environment variable such as ``EDGEOPS_AGENT_MQTT_HOST=broker.local`` overrides a key; values
 are parsed as TOML values where they parse (numbers, booleans, arrays) and as strings otherwise.
@@ -183,6 +184,9 @@ class UpdateConfig:
     bench_runs: int = 30
     """Single-sample runs of the old and the new model on the bundle's samples, for the latency
     comparison when traffic is too thin."""
+    ca: Path | None = None
+    """CA certificate(s) that an ``https://`` download's server certificate is checked against
+    (the service's ``--http-cert`` issuer); default: the system's CAs."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import ssl
 import threading
 import time
 import urllib.error
@@ -31,6 +32,7 @@ def download(
     dest: Path,
     *,
     size: int,
+    ca: Path | None = None,
     max_bytes: int,
     timeout: float,
     attempts: int,
@@ -48,7 +50,11 @@ def download(
     A redirect is followed only where ``check`` (given the new URL) raises nothing; it raises
     :class:`DownloadFailed` to refuse one.
     """
-    opener = urllib.request.build_opener(_Redirects(check))
+    context = _context(ca)  # https: the server's certificate against ca, else the system's CAs
+    handlers: list[urllib.request.BaseHandler] = [_Redirects(check)]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     limit = min(size, max_bytes)
     ends = None if seconds is None else time.monotonic() + seconds
 
@@ -128,6 +134,15 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         if self._check is not None:
             self._check(urllib.parse.urljoin(req.full_url, newurl))
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _context(ca: Path | None) -> ssl.SSLContext | None:
+    if ca is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as e:
+        raise DownloadFailed(f"update.ca {ca}: {first_line(e)}") from None
 
 
 def _too_large(got: int, size: int, max_bytes: int) -> str:

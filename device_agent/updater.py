@@ -433,6 +433,7 @@ class Updater:
                 req.url,
                 path,
                 size=req.size,
+                ca=self.config.ca,
                 max_bytes=self.config.max_bytes,
                 timeout=self.config.timeout,
                 attempts=self.config.attempts,

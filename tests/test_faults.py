@@ -35,7 +35,13 @@ from edgeops.service import Service, db
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import get, post
 from edgeops.simulate import Fleet, FleetConfig
-from edgeops.testing import Mosquitto, find_mosquitto, free_port, window_order_problems
+from edgeops.testing import (
+    Mosquitto,
+    find_mosquitto,
+    free_port,
+    make_api_token,
+    window_order_problems,
+)
 
 DEVICES = 12
 """The demo's fleet (``python -m edgeops.demo --devices``)."""
@@ -392,6 +398,7 @@ def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
     signing_keys: tuple[Path, Path],
     command_keys: tuple[Path, Path],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = digits_bundles
     name = "faults-kill"
@@ -444,6 +451,7 @@ def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
         result: dict[str, Any] = get(url, f"/v1/deployments/{dep['id']}")
         return result
 
+    monkeypatch.setenv("EDGEOPS_TOKEN", make_api_token(db_url, "deploy"))  # for get and post
     with Mosquitto(directory=tmp_path / "mosquitto") as broker:
         p = serve(broker.port)
         engine = db.connect(db_url)

@@ -32,8 +32,8 @@ from edgeops import topics, wire
 from edgeops.service import Service, db
 from edgeops.service.config import IntakeLimits, Retention, ServiceConfig
 from edgeops.service.evaluation import EvaluationQueue
-from edgeops.service.report import get
-from edgeops.testing import Mosquitto, Postgres, free_port
+from edgeops.service.report import ServiceClient
+from edgeops.testing import Mosquitto, Postgres, free_port, make_api_token
 from tests.hostile import Hostile, hostile_messages
 from tests.test_agent import make_config
 from tests.test_faults import until
@@ -114,6 +114,7 @@ class Serve:
             str(bundle),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.api = ServiceClient(self.url, token=make_api_token(db_url, "read"))
 
     def start(self) -> Serve:
         with self.log.open("ab") as err:
@@ -124,7 +125,7 @@ class Serve:
 
     def ready(self) -> bool:
         try:
-            return bool(get(self.url, "/readyz")["ready"])
+            return bool(self.api.get("/readyz")["ready"])
         except Exception:
             return False
 
@@ -226,7 +227,7 @@ def test_a_hostile_flood_cannot_stop_the_intake_through_a_kill_and_a_restart(
 
                 until(lambda: stored() >= len(valid), 120, lambda: (stored(), serve.tail()))
                 until(
-                    lambda: get(serve.url, "/v1/stats")["queue"]["messages"] == 0,
+                    lambda: serve.api.get("/v1/stats")["queue"]["messages"] == 0,
                     60,
                     serve.tail,
                 )
@@ -258,9 +259,9 @@ def test_a_hostile_flood_cannot_stop_the_intake_through_a_kill_and_a_restart(
                 assert sha in kept, f"{h.kind}: not kept as a dead letter"
                 assert kept[sha] <= h.reasons, f"{h.kind}: {kept[sha]} not in {set(h.reasons)}"
             # healthy, and memory bounded (the 150 KB names once took a gigabyte)
-            health = get(serve.url, "/readyz")
+            health = serve.api.get("/readyz")
             assert health["ready"] and health["alive"], health
-            stats = get(serve.url, "/v1/stats")
+            stats = serve.api.get("/v1/stats")
             assert stats["rejected_total"] > 0 and stats["stored_windows"] > 0, stats
             growth = serve.rss() - rss_before
             assert growth < 250 * 2**20, f"RSS grew {growth / 2**20:.0f} MB"
@@ -539,7 +540,8 @@ def test_reads_survive_a_row_that_no_longer_decodes(
     with s.store.begin() as conn:
         conn.execute(sa.insert(db.windows), [row])
     summary = device_summary(s, FLEET, "d")
-    assert summary["latency"]["windows"] == 1 and summary["predictions"] == good.count
+    assert summary.latency is not None and summary.latency.windows == 1
+    assert summary.predictions == good.count
     assert _serving([wire.encode(good), row["payload"]]).predictions == good.count
     s.handle(topics.telemetry(FLEET, "d"), wire.encode(fresh(real_windows[2], "d", "b", 3)))
     assert s.stats()["evaluation_errors"] == 0

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from device_agent.agent import Agent
 from edgeops import rollout as ro
-from edgeops.errors import UsageError
+from edgeops.errors import AccessDenied, UsageError
 from edgeops.service import Service, db
 from edgeops.service.config import ServiceConfig
 from edgeops.testing import Mosquitto, write_bad_bundles
@@ -295,11 +295,19 @@ def _consistent_on_old(service: Service, fleet: Fleet, status: dict[str, Any]) -
 
 
 def test_a_good_bundle_rolls_out_stage_by_stage(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path, cli
+    broker: Mosquitto,
+    bundles: dict[str, Path],
+    signing_keys,
+    command_keys,
+    tmp_path: Path,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # type: ignore[no-untyped-def]
     with Service(_config(tmp_path, broker.port, signing_keys, command_keys)) as service:
         assert service.connected.wait(10)
         url = service.http.address
+        # uploading a bundle file needs an admin token: from the environment here
+        monkeypatch.setenv("EDGEOPS_TOKEN", service.tokens.create("release", "admin"))
         with Fleet(
             tmp_path,
             broker.port,
@@ -497,7 +505,14 @@ def test_abort_rolls_back_the_updated_devices(
             assert _until(lambda: service.rollouts.status(dep["id"])["bake_until"] is not None)
             canary = service.rollouts.status(dep["id"])["device_states"][0]["device"]
             assert fleet.versions()[canary] == "1.1.0"
-            r = cli("deploy", "abort", dep["id"], "--url", service.http.address)
+            api = ("--url", service.http.address)
+            reader = tmp_path / "reader.token"
+            assert cli("tokens", "create", "--role", "read", "--name", "r", "--db",
+                       service.config.db, "--out", reader).code == 0  # fmt: skip
+            r = cli("deploy", "abort", dep["id"], *api, "--token-file", reader)
+            assert r.code == AccessDenied.exit_code and "needs deploy" in r.err
+            operator = service.tokens.create("operator", "deploy")
+            r = cli("deploy", "abort", dep["id"], *api, "--token", operator)
             assert r.code == 0, r.err
             status = _finished(service, dep["id"])
             _consistent_on_old(service, fleet, status)
@@ -507,15 +522,25 @@ def test_abort_rolls_back_the_updated_devices(
                 "skipped",
             ]
             assert "aborted on request" in status["reason"]
-            r = cli("deploy", "abort", dep["id"], "--url", service.http.address)
+            r = cli("deploy", "abort", dep["id"], *api, "--token", operator)
             assert r.code != 0 and "already aborted" in r.err
 
 
 def test_a_killed_service_resumes_its_deployment(
-    broker: Mosquitto, bundles: dict[str, Path], signing_keys, command_keys, tmp_path: Path, cli
+    broker: Mosquitto,
+    bundles: dict[str, Path],
+    signing_keys,
+    command_keys,
+    tmp_path: Path,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # type: ignore[no-untyped-def]
     db_url = f"sqlite:///{tmp_path / 'service.db'}"
     log = tmp_path / "service.log"
+    token = tmp_path / "deploy.token"  # the bootstrap: a token made in the database first
+    r = cli("tokens", "create", "--role", "deploy", "--name", "ci", "--db", db_url, "--out", token)
+    assert r.code == 0 and r.out == "" and token.stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("EDGEOPS_TOKEN_FILE", str(token))
 
     def serve(port: int) -> subprocess.Popen[bytes]:
         with log.open("ab") as err:

@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.agent import Agent
 from edgeops import topics, wire
+from edgeops.errors import AccessDenied
 from edgeops.service import Service
 from edgeops.service.config import ServiceConfig
 from edgeops.testing import Mosquitto, Postgres
@@ -118,15 +119,17 @@ def test_drifted_devices_alert_and_the_others_do_not(
             # Back to normal: the alert clears after K calm windows.
             _serve_windows(drifted, digits_images, 3, rng)
             assert _wait(lambda: service.store.active_alerts(device=names[2]) == [], 15)
-            # The CLI reads it all through the REST API.
+            # The CLI reads it all through the REST API, with a read token.
             url = service.http.address
-            r = cli("fleet", "status", "--url", url)
+            assert cli("fleet", "status", "--url", url).code == AccessDenied.exit_code
+            api = ("--url", url, "--token", service.tokens.create("reader", "read"))
+            r = cli("fleet", "status", *api)
             assert r.code == 0 and all(n in r.out for n in names)
-            r = cli("fleet", "device", names[2], "--url", url)
+            r = cli("fleet", "device", names[2], *api)
             assert r.code == 0 and "p95" in r.out and "image:mean[c0]" in r.out
-            r = cli("drift", "report", "--model", "digits", "--since", "1h", "--url", url, "--json")
+            r = cli("drift", "report", "--model", "digits", "--since", "1h", *api, "--json")
             assert r.code == 0 and '"js"' in r.out and '"checks"' in r.out
-            r = cli("drift", "report", "--model", "digits", "--url", url)
+            r = cli("drift", "report", "--model", "digits", *api)
             assert r.code == 0 and "why:" in r.out and "training data" in r.out
             assert "threshold" in r.out and "floor" in r.out
         finally:

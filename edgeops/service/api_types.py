@@ -20,8 +20,9 @@ JsonObject = dict[str, Any]
 
 def typed(value: Any, kind: type[T]) -> T:
     """``value`` (rows as the store returns them) as ``kind``; a value that does not fit is a
-    bug, raised as :class:`msgspec.ValidationError`."""
-    return msgspec.convert(value, kind)
+    bug, raised as :class:`msgspec.ValidationError`. (Builtins first: the database's column
+    names are a subclass of ``str`` that msgspec does not take as a key.)"""
+    return msgspec.convert(msgspec.to_builtins(value), kind)
 
 
 class ApiError(msgspec.Struct):
