@@ -192,6 +192,8 @@ def _refusal(request: Request[Any, Any, Any], exc: Exception) -> Response[t.ApiE
         headers = dict(exc.headers or {})
     elif isinstance(exc, BodyTooLarge):
         status, text = 413, str(exc)
+    elif isinstance(exc, RecursionError):  # Litestar decodes a JSON body untyped first
+        status, text = 400, "request body is nested too deeply"
     elif isinstance(exc, EdgeOpsError):
         status, text = 400, str(exc)
     else:
@@ -386,9 +388,7 @@ def make_app(service: Service) -> Litestar:
         version: str | None = None,
         since: Annotated[float | None, Parameter(description="Unix time")] = None,
         device: str | None = None,
-        every: Annotated[
-            bool, Parameter(query="all", description="Every row, not the latest")
-        ] = False,
+        all: Annotated[bool, Parameter(description="Every row, not only the latest")] = False,
     ) -> t.Drift:
         """The latest verdict per feature and reference (every row with all=1): distances,
         every check, the reason; the baselines' blind spots; the per-device references."""
@@ -396,7 +396,7 @@ def make_app(service: Service) -> Litestar:
             model=None if model is None else (model, version),
             since=since,
             device=device,
-            latest=not every,
+            latest=not all,
         )
         return t.Drift(
             drift=t.typed(rows, list[t.DriftRow]),
@@ -406,10 +406,10 @@ def make_app(service: Service) -> Litestar:
 
     @get("/v1/alerts", sync_to_thread=True, responses=_refusals(), **_role("read"))
     def alert_list(
-        every: Annotated[bool, Parameter(query="all", description="Cleared alerts too")] = False,
+        all: Annotated[bool, Parameter(description="Cleared alerts too")] = False,
     ) -> t.Alerts:
         """Active alerts (every alert with all=1)."""
-        rows = store.all_alerts() if every else store.active_alerts()
+        rows = store.all_alerts() if all else store.active_alerts()
         return t.Alerts(t.typed(rows, list[t.Alert]))
 
     @get("/v1/models", sync_to_thread=True, responses=_refusals(), **_role("read"))

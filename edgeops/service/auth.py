@@ -41,8 +41,8 @@ ROLES: tuple[Role, ...] = get_args(Role)
 """Lowest first: each role may do what the roles before it may."""
 
 TOKEN_PREFIX = "eo_"
-_TOKEN = re.compile(r"^eo_[A-Za-z0-9_-]{43}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_TOKEN = re.compile(r"eo_[A-Za-z0-9_-]{43}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 LINK_SECRET = "bundle-links"
 """The name of the bundle links' secret in ``service_secrets``."""
 
@@ -85,7 +85,7 @@ class Tokens:
 
     def create(self, name: str, role_name: str) -> str:
         """Make a token; the token (shown once: only its hash is kept)."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise UsageError(
                 f"token name {name!r}: 1 to 64 letters, digits, '.', '_', '-' or '@', "
                 "starting with a letter or digit"
@@ -128,7 +128,7 @@ class Tokens:
 
     def check(self, token: str) -> TokenInfo | None:
         """The token's name and role, or None when it is malformed, unknown or revoked."""
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             return None
         t = db.api_tokens.c
         key = digest(token)

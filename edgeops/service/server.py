@@ -160,6 +160,11 @@ class Service:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Service:
+        api = None
+        if self._use_http:  # built first: bad TLS files are refused before anything runs
+            from edgeops.service.api import ApiServer
+
+            api = ApiServer(self)
         for path in self.config.bundles:
             self.register_bundle(path)
         host, port = self.config.mqtt.address
@@ -193,9 +198,7 @@ class Service:
         w.start()
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
-        if self._use_http:
-            from edgeops.service.api import ApiServer
-
+        if api is not None:
             if self.config.insecure_api:
                 log.warning(
                     "the REST API is open: no route needs a token (insecure_api); anyone "
@@ -209,8 +212,12 @@ class Service:
                     "docs answers 401 until one is made (edgeops tokens create --db DB "
                     "--role admin --name NAME)"
                 )
-            self.http = ApiServer(self)
-            self.http.start()
+            self.http = api
+            try:
+                api.start()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
