@@ -143,12 +143,6 @@ def serve(
             f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}",
             err=True,
         )
-        if cfg.insecure_api:
-            click.echo(
-                "WARNING: --insecure-api: the REST API needs no token; anyone who reaches "
-                f"{service.http.address} may read the fleet, deploy and register bundles",
-                err=True,
-            )
         service.wait_connected(10.0)
         if not service.connected.is_set():
             click.echo(

@@ -199,12 +199,17 @@ class Service:
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
         if api is not None:
+            self.http = api
+            try:
+                api.start()
+            except BaseException:
+                self.stop()
+                raise
             if self.config.insecure_api:
                 log.warning(
                     "the REST API is open: no route needs a token (insecure_api); anyone "
-                    "who reaches %s:%s may read the fleet, deploy and register bundles",
-                    self.config.http_host,
-                    self.config.http_port,
+                    "who reaches %s may read the fleet, deploy and register bundles",
+                    api.address,
                 )
             elif self.tokens.count() == 0:
                 log.warning(
@@ -212,12 +217,6 @@ class Service:
                     "docs answers 401 until one is made (edgeops tokens create --db DB "
                     "--role admin --name NAME)"
                 )
-            self.http = api
-            try:
-                api.start()
-            except BaseException:
-                self.stop()
-                raise
         return self
 
     def stop(self) -> None:
