@@ -422,6 +422,11 @@ def test_the_openapi_document_describes_every_route_with_typed_bodies(api: Api) 
     assert doc["openapi"].startswith("3.")
     described = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert described == set(NEEDS) | {("GET", "/healthz"), ("GET", "/readyz")}
+    operations = [op for item in doc["paths"].values() for op in item.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[a-z][A-Za-z]+", i) for i in ids)
+    assert all(op["summary"] and op["description"] for op in operations)
+    assert "Wrap a given callable" not in json.dumps(doc)  # a framework docstring, not ours
     for method, path in NEEDS:
         op = doc["paths"][path][method.lower()]
         assert {"token": []} in op["security"], path

@@ -347,7 +347,14 @@ def make_app(service: Service) -> Litestar:
     """The REST API of ``service``."""
     store = service.store
 
-    @get("/v1/fleet", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/fleet",
+        operation_id="getFleet",
+        summary="The fleet's devices",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def fleet_status(fleet: str | None = None) -> t.Fleet:
         """Every device: presence, model, agent version, last seen, active alerts."""
         devices = store.devices(fleet)
@@ -366,6 +373,8 @@ def make_app(service: Service) -> Litestar:
 
     @get(
         "/v1/devices/{device:str}",
+        operation_id="getDevice",
+        summary="One device",
         sync_to_thread=True,
         responses=_refusals(400, 404),
         **_role("read"),
@@ -382,7 +391,14 @@ def make_app(service: Service) -> Litestar:
             raise ClientException(f"device {device!r} is in several fleets ({fleets}); pass fleet")
         return device_summary(service, matches[0]["fleet"], device)
 
-    @get("/v1/drift", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/drift",
+        operation_id="getDrift",
+        summary="Drift verdicts",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def drift_report(
         model: str | None = None,
         version: str | None = None,
@@ -404,7 +420,14 @@ def make_app(service: Service) -> Litestar:
             references=t.typed(store.references(device=device), list[t.Reference]),
         )
 
-    @get("/v1/alerts", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/alerts",
+        operation_id="listAlerts",
+        summary="Alerts",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def alert_list(
         all: Annotated[bool, Parameter(description="Cleared alerts too")] = False,
     ) -> t.Alerts:
@@ -412,13 +435,23 @@ def make_app(service: Service) -> Litestar:
         rows = store.all_alerts() if all else store.active_alerts()
         return t.Alerts(t.typed(rows, list[t.Alert]))
 
-    @get("/v1/models", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/models",
+        operation_id="listModels",
+        description="Registered bundles: versions, lineage, the devices running each.",
+        summary="Registered bundles",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def model_list() -> t.Models:
         """Registered bundles: versions, lineage, the devices running each."""
         return t.Models(t.typed(store.models(), list[t.Model]))
 
     @post(
         "/v1/models",
+        operation_id="registerModel",
+        summary="Register a bundle",
         status_code=201,
         request_max_body_size=None,  # spool_capped applies MAX_BUNDLE_BYTES as the body streams
         operation_class=_BundleUpload,
@@ -442,12 +475,26 @@ def make_app(service: Service) -> Litestar:
                 raise ClientException(str(e).replace(f.name, "the upload")) from None
         return t.Registered(name=manifest["name"], version=manifest["version"])
 
-    @get("/v1/stats", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/stats",
+        operation_id="getStats",
+        summary="Intake counters",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def stats() -> t.Stats:
         """Messages received, stored, duplicated, rejected by reason; evaluations; queue."""
         return t.typed(service.stats(), t.Stats)
 
-    @get("/v1/dead-letters", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/dead-letters",
+        operation_id="listDeadLetters",
+        summary="Dead letters",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def dead_letters(
         reason: str | None = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
@@ -459,6 +506,8 @@ def make_app(service: Service) -> Litestar:
 
     @get(
         "/healthz",
+        operation_id="getHealth",
+        summary="Alive",
         sync_to_thread=True,
         responses={503: ResponseSpec(t.Health, generate_examples=False)},
         **_role(OPEN),
@@ -470,6 +519,8 @@ def make_app(service: Service) -> Litestar:
 
     @get(
         "/readyz",
+        operation_id="getReadiness",
+        summary="Ready",
         sync_to_thread=True,
         responses={503: ResponseSpec(t.Health, generate_examples=False)},
         **_role(OPEN),
@@ -482,6 +533,8 @@ def make_app(service: Service) -> Litestar:
 
     @get(
         "/v1/bundles/{sha256:str}",
+        operation_id="downloadBundle",
+        summary="A bundle's bytes",
         operation_class=_BundleDownload,
         responses=_refusals(404, 416),
         opt={"role": OPEN},  # checked here: a signed link or a read token
@@ -508,7 +561,15 @@ def make_app(service: Service) -> Litestar:
             raise NotFoundException("no such bundle")
         return _ranged(data, request.headers.get("range"))
 
-    @get("/v1/deployments", sync_to_thread=True, responses=_refusals(), **_role("read"))
+    @get(
+        "/v1/deployments",
+        operation_id="listDeployments",
+        description="Deployments, newest first.",
+        summary="Deployments",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
     def deployment_list(
         active: Annotated[bool, Parameter(description="Only running or aborting ones")] = False,
     ) -> t.Deployments:
@@ -518,6 +579,8 @@ def make_app(service: Service) -> Litestar:
 
     @post(
         "/v1/deployments",
+        operation_id="startDeployment",
+        summary="Start a deployment",
         status_code=201,
         sync_to_thread=True,
         responses=_refusals(400),
@@ -537,6 +600,8 @@ def make_app(service: Service) -> Litestar:
 
     @get(
         "/v1/deployments/{dep_id:str}",
+        operation_id="getDeployment",
+        summary="One deployment",
         sync_to_thread=True,
         responses=_refusals(404),
         **_role("read"),
@@ -550,6 +615,8 @@ def make_app(service: Service) -> Litestar:
 
     @post(
         "/v1/deployments/{dep_id:str}/abort",
+        operation_id="abortDeployment",
+        summary="Abort a deployment",
         status_code=200,
         sync_to_thread=True,
         responses=_refusals(404, 409),
