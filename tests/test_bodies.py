@@ -32,7 +32,7 @@ from device_agent.http_api import MAX_BODY_BYTES
 from edgeops.bodies import read_capped, spool_capped
 from edgeops.errors import BodyTooLarge
 from edgeops.service.api import MAX_BUNDLE_BYTES
-from edgeops.testing import Mosquitto, free_port
+from edgeops.testing import Mosquitto, free_port, make_api_token
 from tests.test_agent import make_config
 
 MiB = 2**20
@@ -77,14 +77,19 @@ def test_spool_capped_writes_to_the_sink(tmp_path: Path) -> None:
 
 
 def _post_chunked(
-    connect: Callable[[], socket.socket], path: str, total: int, chunk: int = MiB
+    connect: Callable[[], socket.socket],
+    path: str,
+    total: int,
+    chunk: int = MiB,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """POST ``total`` bytes with chunked transfer encoding, made one chunk at a time as sent.
     The answer is read while sending: a server that refuses early may close before the end."""
     sock = connect()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     sock.sendall(
         f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n".encode()
+        f"{extra}Transfer-Encoding: chunked\r\n\r\n".encode()
     )
     block = b"7" * chunk
 
@@ -169,10 +174,10 @@ def _process(args: list[str], log: Path, ready: Callable[[], bool]) -> Iterator[
             p.wait()
 
 
-def _answers(port: int, path: str) -> bool:
+def _answers(port: int, path: str, headers: dict[str, str] | None = None) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         return conn.getresponse().status == 200
     except OSError:
         return False
@@ -259,25 +264,36 @@ def test_the_service_refuses_an_oversized_bundle_without_buffering_it(tmp_path: 
     # A broker of its own: a stopped service's persistent session stays in its shared
     # subscription group on the broker, and would take its share of a later service's messages.
     broker = Mosquitto(directory=tmp_path / "broker")  # started below
+    db_url = f"sqlite:///{tmp_path / 'service.db'}"
+    admin = {"Authorization": f"Bearer {make_api_token(db_url, 'admin')}"}
+    reader = {"Authorization": f"Bearer {make_api_token(db_url, 'read')}"}
     args = ["serve", "--broker", f"mqtt://127.0.0.1:{broker.port}"]
-    args += ["--db", f"sqlite:///{tmp_path / 'service.db'}", "--http-port", str(port)]
-    ready = lambda: _answers(port, "/v1/stats")  # noqa: E731
+    args += ["--db", db_url, "--http-port", str(port)]
+    ready = lambda: _answers(port, "/healthz")  # noqa: E731
     with broker, _process(args, tmp_path / "service.log", ready) as pid:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/models", body=b"not a bundle")
+        conn.request("POST", "/v1/models", body=b"not a bundle", headers=admin)
         garbage = conn.getresponse()
-        assert garbage.status == 400 and _one_line_error(garbage.read())
+        assert garbage.status == 400 and _one_line_error(garbage.read()) == (
+            "the upload is not a bundle: File is not a zip file"
+        )
         conn.close()
         total = MAX_BUNDLE_BYTES + 64 * MiB
         with PeakRss(pid) as rss:
-            status, body = _post_chunked(_tcp(port), "/v1/models", total)
+            status, body = _post_chunked(_tcp(port), "/v1/models", total, headers=admin)
         print(f"\nservice, {total / MiB:.0f} MiB chunked body: {status}, {rss}")
         assert status == 413, body[:200]
         assert _one_line_error(body) == f"request body over the limit of {MAX_BUNDLE_BYTES} bytes"
         assert rss.growth < RSS_GROWTH_BOUND, (rss.before, rss.peak)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/models", headers={"Content-Length": str(10 * total)})
+        conn.request("POST", "/v1/models", headers={**admin, "Content-Length": str(10 * total)})
         declared = conn.getresponse()
         assert declared.status == 413 and "over the limit" in _one_line_error(declared.read())
         conn.close()
-        assert _answers(port, "/v1/models")
+        # Without an admin token the body is never read: refused at once, whatever its size.
+        for headers, code in (({}, 401), (reader, 403)):
+            with PeakRss(pid) as rss:
+                status, body = _post_chunked(_tcp(port), "/v1/models", total, headers=headers)
+            assert status == code and _one_line_error(body), body[:200]
+            assert rss.growth < RSS_GROWTH_BOUND, (rss.before, rss.peak)
+        assert _answers(port, "/v1/models", reader)
