@@ -3,9 +3,10 @@
 Modules: ``server`` (the service and its threads), ``intake`` (messages in, checked, stored,
 acknowledged), ``evaluation`` (the drift evaluation queue), ``engine`` (drift verdicts and
 alerts), ``baselines`` (registered baselines), ``limits`` (rate limits), ``workers``
-(supervision), ``db`` (storage), ``rollouts`` and ``bundles`` (deployments), ``api`` (REST) and
-``api_types`` (its bodies), ``auth`` (REST tokens and signed bundle links), ``report`` (the
-CLI's client and tables), ``config``.
+(supervision), ``db`` (storage), ``rollouts`` and ``bundles`` (deployments); the REST API:
+``api`` (routes), ``api_types`` (their bodies), ``api_docs`` (OpenAPI, ``/docs``), ``api_server``
+(uvicorn), ``auth`` (tokens, signed bundle links); ``report`` (the CLI's client and tables),
+``config``.
 """
 
 from edgeops.service.config import ServiceConfig

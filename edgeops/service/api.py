@@ -44,19 +44,15 @@ serve --insecure-api``) no route needs a token. Every refusal is ``{"error": "on
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio.to_thread
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.enums import MediaType
 from litestar.exceptions import (
     ClientException,
     HTTPException,
@@ -66,30 +62,22 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import (
-    Components,
-    OpenAPIFormat,
-    OpenAPIMediaType,
-    OpenAPIResponse,
-    OpenAPIType,
-    Operation,
-    RequestBody,
-    Schema,
-    SecurityScheme,
-)
 from litestar.params import Parameter
-from litestar.router import Router
 
-from edgeops import __version__
 from edgeops.bodies import spool_capped
-from edgeops.errors import BodyTooLarge, EdgeOpsError, MissingExtraError, UsageError, first_line
+from edgeops.errors import BodyTooLarge, EdgeOpsError
 from edgeops.latency import merge_wire
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import api_types as t
-from edgeops.service.auth import ROLES, Role, allows
+from edgeops.service.api_docs import (
+    MAX_BUNDLE_BYTES,
+    BundleDownload,
+    BundleUpload,
+    docs_routes,
+    openapi_config,
+)
+from edgeops.service.auth import OPEN, ROLES, Role, allows
 from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
@@ -97,11 +85,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BUNDLE_BYTES = 512 * 2**20
-"""The largest bundle ``POST /v1/models`` takes (devices download up to 500 MiB by default)."""
-
-OPEN: Literal["open"] = "open"
-"""The ``role`` of a route that needs no token."""
 Need = Role | Literal["open"]
 
 _SECURED: list[dict[str, list[str]]] = [{"token": []}]
@@ -290,57 +273,7 @@ def _ranged(data: bytes, header: str | None) -> Response[bytes]:
     )
 
 
-@dataclass
-class _BundleUpload(Operation):
-    """``POST /v1/models`` in the schema: its body is the bundle file's bytes (the handler
-    streams it to disk, so the framework never sees it as a parameter)."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            required=True,
-            description=f"The bundle file (at most {MAX_BUNDLE_BYTES} bytes).",
-            content={
-                "application/octet-stream": OpenAPIMediaType(
-                    schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
-                )
-            },
-        )
-
-
-@dataclass
-class _BundleDownload(Operation):
-    """``GET /v1/bundles/{sha256}`` in the schema: the file's bytes, whole or a range."""
-
-    def __post_init__(self) -> None:
-        binary = {
-            "application/octet-stream": OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
-            )
-        }
-        self.responses = {
-            **(self.responses or {}),
-            "200": OpenAPIResponse(description="The whole bundle", content=binary),
-            "206": OpenAPIResponse(description="The part a Range header asked for", content=binary),
-        }
-
-
 # --- the application ----------------------------------------------------------------------------
-
-
-def _swagger_static() -> Path:
-    """Swagger UI's files, from the ``swagger-ui-py`` package (not imported: only its files)."""
-    spec = importlib.util.find_spec("swagger_ui")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("swagger-ui-py", "service")
-    return Path(next(iter(spec.submodule_search_locations))) / "static"
-
-
-_ASSETS = {
-    "swagger-ui-bundle.js": "text/javascript",
-    "swagger-ui-standalone-preset.js": "text/javascript",
-    "swagger-ui.css": "text/css",
-    "favicon-32x32.png": "image/png",
-}
 
 
 def make_app(service: Service) -> Litestar:
@@ -454,7 +387,7 @@ def make_app(service: Service) -> Litestar:
         summary="Register a bundle",
         status_code=201,
         request_max_body_size=None,  # spool_capped applies MAX_BUNDLE_BYTES as the body streams
-        operation_class=_BundleUpload,
+        operation_class=BundleUpload,
         responses=_refusals(400, 413),
         **_role("admin"),
     )
@@ -535,7 +468,7 @@ def make_app(service: Service) -> Litestar:
         "/v1/bundles/{sha256:str}",
         operation_id="downloadBundle",
         summary="A bundle's bytes",
-        operation_class=_BundleDownload,
+        operation_class=BundleDownload,
         responses=_refusals(404, 416),
         opt={"role": OPEN},  # checked here: a signed link or a read token
         security=[{"token": []}, {}],
@@ -631,44 +564,6 @@ def make_app(service: Service) -> Litestar:
                 raise NotFoundException(str(e)) from None
             raise HTTPException(status_code=409, detail=str(e)) from None
 
-    # --- the API's description --------------------------------------------------------------
-
-    static = _swagger_static()
-    swagger = SwaggerRenderPlugin(
-        path="/docs",
-        js_url="/docs/assets/swagger-ui-bundle.js",
-        css_url="/docs/assets/swagger-ui.css",
-        standalone_preset_js_url="/docs/assets/swagger-ui-standalone-preset.js",
-        favicon="<link rel='icon' type='image/png' href='/docs/assets/favicon-32x32.png'>",
-    )
-    cached: dict[str, bytes] = {}
-
-    @get("/openapi.json", include_in_schema=False, sync_to_thread=False, **_role(OPEN))
-    def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
-        schema = request.app.openapi_schema.to_schema()
-        return Response(JsonRenderPlugin.render_json(request, schema), media_type=MediaType.JSON)
-
-    @get(
-        "/docs",
-        include_in_schema=False,
-        sync_to_thread=False,
-        media_type=MediaType.HTML,
-        **_role(OPEN),
-    )
-    def docs(request: Request[Any, Any, Any]) -> bytes:
-        return swagger.render(request, request.app.openapi_schema.to_schema())
-
-    @get("/docs/assets/{name:str}", include_in_schema=False, sync_to_thread=True, **_role(OPEN))
-    def docs_asset(name: str) -> Response[bytes]:
-        kind = _ASSETS.get(name)
-        if kind is None:
-            raise NotFoundException(f"no asset {name!r}")
-        if name not in cached:
-            cached[name] = (static / name).read_bytes()
-        return Response(
-            cached[name], media_type=kind, headers={"Cache-Control": "public, max-age=86400"}
-        )
-
     return Litestar(
         route_handlers=[
             fleet_status,
@@ -686,97 +581,11 @@ def make_app(service: Service) -> Litestar:
             deployment_start,
             deployment_status,
             deployment_abort,
-            openapi,
-            docs,
-            docs_asset,
+            *docs_routes(),
         ],
         guards=[_guard(service)],
         exception_handlers={Exception: _refusal},
-        openapi_config=OpenAPIConfig(
-            title="edgeops service",
-            version=__version__,
-            description=(
-                "The central service of an edgeops fleet: devices, drift, alerts, models, "
-                "staged deployments. Send a token as `Authorization: Bearer TOKEN` "
-                "(`edgeops tokens create`); roles: read < deploy < admin."
-            ),
-            use_handler_docstrings=True,
-            components=Components(
-                security_schemes={
-                    "token": SecurityScheme(
-                        type="http",
-                        scheme="bearer",
-                        description="A token from `edgeops tokens create` (read, deploy, admin).",
-                    )
-                }
-            ),
-            render_plugins=[JsonRenderPlugin()],
-            openapi_router=Router(
-                "/schema", route_handlers=[], opt={"role": OPEN}, include_in_schema=False
-            ),
-        ),
+        openapi_config=openapi_config(),
         logging_config=None,
         debug=False,
     )
-
-
-def _check_tls(cert: Path | None, key: Path | None) -> None:
-    """A one-line :class:`UsageError` now for what would stop the server thread later."""
-    if cert is None and key is None:
-        return
-    if cert is None or key is None:
-        raise UsageError(
-            "the REST API's TLS needs a certificate and its key (--http-cert, --http-key)"
-        )
-    import ssl
-
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"--http-cert {cert} / --http-key {key}: {first_line(e)}") from None
-
-
-class ApiServer:
-    """uvicorn serving :func:`make_app` in a background thread, over HTTPS when the config
-    names a certificate and key."""
-
-    def __init__(self, service: Service) -> None:
-        import uvicorn
-
-        cfg = service.config
-        _check_tls(cfg.http_cert, cfg.http_key)
-        self.tls = cfg.http_cert is not None
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                make_app(service),
-                host=cfg.http_host,
-                port=cfg.http_port,
-                log_config=None,
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-                ssl_certfile=None if cfg.http_cert is None else str(cfg.http_cert),
-                ssl_keyfile=None if cfg.http_key is None else str(cfg.http_key),
-            )
-        )
-        self._thread: threading.Thread | None = None
-        self.host = cfg.http_host
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise EdgeOpsError("the service's REST API failed to start")
-            time.sleep(0.01)
-
-    @property
-    def address(self) -> str:
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        return f"{'https' if self.tls else 'http'}://{self.host}:{port}"
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)

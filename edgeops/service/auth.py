@@ -40,6 +40,9 @@ Role = Literal["read", "deploy", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 """Lowest first: each role may do what the roles before it may."""
 
+OPEN: Literal["open"] = "open"
+"""The role of a REST route that needs no token (health, the API's description)."""
+
 TOKEN_PREFIX = "eo_"
 _TOKEN = re.compile(r"eo_[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")

@@ -162,7 +162,7 @@ class Service:
     def start(self) -> Service:
         api = None
         if self._use_http:  # built first: bad TLS files are refused before anything runs
-            from edgeops.service.api import ApiServer
+            from edgeops.service.api_server import ApiServer
 
             api = ApiServer(self)
         for path in self.config.bundles:
