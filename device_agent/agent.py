@@ -33,6 +33,7 @@ import numpy.typing as npt
 from device_agent.config import AgentConfig
 from device_agent.guard import CommandGuard
 from device_agent.link import MqttLink
+from device_agent.metrics import AgentMetrics
 from device_agent.outbox import Outbox
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
@@ -124,6 +125,8 @@ class Agent:
         self.updater: Updater | None = None
         self.guard: CommandGuard | None = None
         self.on_window: Callable[[wire.Telemetry], None] | None = None
+        self.metrics = AgentMetrics(self)
+        """Its Prometheus metrics (``GET /metrics`` on the local API)."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -289,6 +292,7 @@ class Agent:
             prepared = model.prepare(data)
         except InputDataError:
             window.count_bad_input(1)
+            self.metrics.bad_inputs.inc()
             raise
         n = len(prepared)
         try:
@@ -296,10 +300,13 @@ class Agent:
             floats = model.to_float(tensors)
         except Exception as e:
             window.count_error(n)
+            self.metrics.errors.inc(n)
             if watch is not None:
                 watch.error(n)
             raise RuntimeBackendError(f"inference failed: {e}") from None
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        self.metrics.predictions.inc(n)
+        self.metrics.latency.observe(elapsed_ms / 1000.0)
         if watch is not None:
             watch.observe(elapsed_ms)
         predicted = model.predicted(floats)

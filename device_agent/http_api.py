@@ -8,6 +8,7 @@
                        -> {"accepted": n, "unknown": m}
     GET  /v1/health    -> status, device, boot, uptime, MQTT connection, outbox
     GET  /v1/model     -> name, version, sha256, format, task, labels, signature, preprocessing
+    GET  /metrics      -> Prometheus metrics (:mod:`device_agent.metrics`)
 
 Bad input answers 400 with ``{"error": "..."}``, a body over :data:`MAX_BODY_BYTES` 413 (read
 while it streams in: an oversized body is never buffered), no model 503, an inference failure
@@ -31,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from device_agent.config import HttpConfig
+from device_agent.metrics import CONTENT_TYPE
 from edgeops.bodies import read_capped
 from edgeops.errors import (
     BodyTooLarge,
@@ -116,12 +118,17 @@ def make_app(agent: Agent) -> Starlette:
         except EdgeOpsError as e:
             return _error(e)
 
+    async def metrics(request: Request) -> Response:
+        body = await run_in_threadpool(agent.metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE)
+
     return Starlette(
         routes=[
             Route("/v1/predict", predict, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/v1/model", model, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
 

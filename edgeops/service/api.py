@@ -26,6 +26,10 @@
     deploy  POST /v1/deployments                  start one (DeploymentRequest)
     read    GET  /v1/deployments/{id}             one deployment, with every device's state
     deploy  POST /v1/deployments/{id}/abort       stop it and roll back the devices it updated
+    read    GET  /v1/whoami                       the token's name and role
+    read    GET  /metrics                         Prometheus metrics (edgeops.service.metrics)
+    read    GET  /v1/views/…                      the dashboard's data (edgeops.service.dashboard)
+    open    GET  /, /ui/…                         the dashboard's pages (no data in them)
     link    GET  /v1/bundles/{sha256}[?expires=T&sig=S]
                                                   a bundle's bytes (HTTP Range for resuming):
                                                   a signed link from an update command, or a
@@ -70,12 +74,16 @@ from edgeops.errors import BodyTooLarge, EdgeOpsError
 from edgeops.latency import merge_wire
 from edgeops.rollout import RolloutPolicy
 from edgeops.service import api_types as t
+from edgeops.service import dashboard, metrics
+from edgeops.service import view_types as vt
 from edgeops.service.api_docs import (
     MAX_BUNDLE_BYTES,
     BundleDownload,
     BundleUpload,
     docs_routes,
     openapi_config,
+    refusals,
+    role_options,
 )
 from edgeops.service.auth import OPEN, ROLES, Role, allows
 from edgeops.service.rollouts import RolloutError
@@ -87,30 +95,8 @@ log = logging.getLogger(__name__)
 
 Need = Role | Literal["open"]
 
-_SECURED: list[dict[str, list[str]]] = [{"token": []}]
-_ERROR = ResponseSpec(
-    t.ApiError, generate_examples=False, description="Refused: the error says why"
-)
-_REFUSALS = {
-    401: ResponseSpec(
-        t.ApiError, generate_examples=False, description="No token, or an unknown or revoked one"
-    ),
-    403: ResponseSpec(
-        t.ApiError, generate_examples=False, description="The token's role may not do this"
-    ),
-}
-
-
-def _role(need: Need) -> dict[str, Any]:
-    """A route handler's options for the role it needs, and how the schema shows it."""
-    if need == OPEN:
-        return {"opt": {"role": OPEN}, "security": []}
-    return {"opt": {"role": need}, "security": _SECURED}
-
-
-def _refusals(*codes: int) -> dict[int, ResponseSpec]:
-    """The refusals a protected route may answer: 400, 401, 403 and ``codes``."""
-    return {400: _ERROR, **dict.fromkeys(codes, _ERROR), **_REFUSALS}
+_role = role_options
+_refusals = refusals
 
 
 # --- authentication and authorization ----------------------------------------------------------
@@ -564,6 +550,39 @@ def make_app(service: Service) -> Litestar:
                 raise NotFoundException(str(e)) from None
             raise HTTPException(status_code=409, detail=str(e)) from None
 
+    @get(
+        "/v1/whoami",
+        operation_id="whoami",
+        summary="The token's name and role",
+        sync_to_thread=True,
+        responses=_refusals(),
+        **_role("read"),
+    )
+    def whoami(request: Request[Any, Any, Any]) -> vt.Whoami:
+        """The name and role of the token this request carries (the dashboard's login)."""
+        if service.config.insecure_api:
+            return vt.Whoami(name="insecure-api", role="admin")
+        found = service.tokens.check(bearer(request.headers.get("authorization")))
+        if found is None:  # revoked between the guard and here
+            raise NotAuthorizedException(detail="unknown or revoked token")
+        return vt.Whoami(name=found.name, role=found.role)
+
+    prometheus = metrics.registry(service)
+
+    @get(
+        "/metrics",
+        operation_id="getMetrics",
+        summary="Prometheus metrics",
+        sync_to_thread=True,
+        responses=_refusals(),
+        media_type=metrics.CONTENT_TYPE,
+        **_role("read"),
+    )
+    def prometheus_metrics() -> Response[bytes]:
+        """The service's metrics in Prometheus' text format: intake counters, queues, the
+        evaluation histograms, active alerts, deployments and devices."""
+        return Response(metrics.exposition(prometheus), media_type=metrics.CONTENT_TYPE)
+
     return Litestar(
         route_handlers=[
             fleet_status,
@@ -581,6 +600,9 @@ def make_app(service: Service) -> Litestar:
             deployment_start,
             deployment_status,
             deployment_abort,
+            whoami,
+            prometheus_metrics,
+            *dashboard.routes(service),
             *docs_routes(),
         ],
         guards=[_guard(service)],

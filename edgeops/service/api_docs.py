@@ -14,6 +14,7 @@ from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
@@ -30,12 +31,37 @@ from litestar.router import Router
 
 from edgeops import __version__
 from edgeops.errors import MissingExtraError
-from edgeops.service.auth import OPEN
+from edgeops.service import api_types as t
+from edgeops.service.auth import OPEN, Role
 
 MAX_BUNDLE_BYTES = 512 * 2**20
 """The largest bundle ``POST /v1/models`` takes (devices download up to 500 MiB by default)."""
 
 _OPEN = {"role": OPEN}
+_SECURED: list[dict[str, list[str]]] = [{"token": []}]
+_ERROR = ResponseSpec(
+    t.ApiError, generate_examples=False, description="Refused: the error says why"
+)
+_REFUSALS = {
+    401: ResponseSpec(
+        t.ApiError, generate_examples=False, description="No token, or an unknown or revoked one"
+    ),
+    403: ResponseSpec(
+        t.ApiError, generate_examples=False, description="The token's role may not do this"
+    ),
+}
+
+
+def role_options(need: Role | str) -> dict[str, Any]:
+    """A route handler's options for the role it needs, and how the schema shows it."""
+    if need == OPEN:
+        return {"opt": {"role": OPEN}, "security": []}
+    return {"opt": {"role": need}, "security": _SECURED}
+
+
+def refusals(*codes: int) -> dict[int, ResponseSpec]:
+    """The refusals a protected route may answer: 400, 401, 403 and ``codes``."""
+    return {400: _ERROR, **dict.fromkeys(codes, _ERROR), **_REFUSALS}
 
 
 @dataclass

@@ -69,10 +69,15 @@ windows = sa.Table(
     sa.Column("errors", sa.BigInteger, nullable=False),
     sa.Column("bad_inputs", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
+    # The window's latency histogram alone (wire.LatencyHistogram as JSON), so that charts over
+    # a day of windows merge histograms without decoding whole payloads; None in rows stored
+    # before it was added (read from the payload then).
+    sa.Column("latency", sa.LargeBinary),
     sa.UniqueConstraint(*_MESSAGE_KEY, name="windows_once"),
     # Arrival order (the id) orders a device's windows: devices' clocks do not.
     sa.Index("windows_by_arrival", "fleet", "device", "model_name", "model_version", "id"),
     sa.Index("windows_by_received", "received"),
+    sa.Index("windows_by_device_time", "fleet", "device", "received"),
 )
 
 events = sa.Table(
@@ -184,6 +189,7 @@ device_references = sa.Table(
 )
 
 _COLUMNS_ADDED = {
+    "windows": ("latency",),
     "drift": ("reference", "checks"),
     "alerts": ("reference", "cleared_reason"),
 }
@@ -428,6 +434,7 @@ def _window_row(w: NewWindow, received: float) -> dict[str, Any]:
         "errors": t.errors,
         "bad_inputs": t.bad_inputs,
         "payload": w.payload,
+        "latency": msgspec.json.encode(t.latency),
     }
 
 

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import Histogram
+
 from edgeops.errors import EdgeOpsError
 from edgeops.latency import LogHistogram
 from edgeops.service import db
@@ -28,6 +30,10 @@ from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
 
+SECONDS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""The buckets of the evaluation duration and lag histograms that ``/metrics`` exposes."""
 BACKLOG_SHARE = 0.2
 """The most of the time evaluations take while the intake has a backlog."""
 
@@ -134,6 +140,20 @@ class Evaluator:
         """Seconds from a window's arrival to the verdict that accounts for it."""
         self.duration = LogHistogram(0.01, 1e-6)
         """Seconds one evaluation took."""
+        # The same two as Prometheus histograms (not registered: the service's collector
+        # exposes them, see edgeops.service.metrics).
+        self.duration_seconds = Histogram(
+            "edgeops_evaluation_duration_seconds",
+            "Seconds one drift evaluation took",
+            buckets=SECONDS_BUCKETS,
+            registry=None,
+        )
+        self.lag_seconds = Histogram(
+            "edgeops_evaluation_lag_seconds",
+            "Seconds from a window's arrival to the drift verdict that accounts for it",
+            buckets=SECONDS_BUCKETS,
+            registry=None,
+        )
         self.heartbeats: dict[str, float] = {}
         self._log = SafeLog(log)
 
@@ -161,8 +181,11 @@ class Evaluator:
         with self._lock:
             self.evaluations += 1
             self.errors += not ok
+            lag = max(self.clock() - p.first_arrival, 0.0)
             self.duration.add(took)
-            self.lag.add(max(self.clock() - p.first_arrival, 0.0))
+            self.lag.add(lag)
+        self.duration_seconds.observe(took)
+        self.lag_seconds.observe(lag)
         return True
 
     def run(self, stop: threading.Event) -> None:

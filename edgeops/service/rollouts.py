@@ -45,6 +45,8 @@ from edgeops.service.commands import Addressed, CommandDraft
 log = logging.getLogger(__name__)
 
 ACTIVE = ("running", "aborting")
+STATES = (*ACTIVE, "completed", "aborted")
+"""Every state a deployment can be in."""
 DEP = db.deployments.c
 DD = db.deployment_devices.c
 
