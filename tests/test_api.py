@@ -46,6 +46,11 @@ NEEDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/deployments/{dep_id}"): "read",
     ("POST", "/v1/deployments/{dep_id}/abort"): "deploy",
     ("GET", "/v1/bundles/{sha256}"): "read",  # or a signed link
+    ("GET", "/v1/whoami"): "read",
+    ("GET", "/metrics"): "read",
+    ("GET", "/v1/views/fleet"): "read",
+    ("GET", "/v1/views/devices/{device}"): "read",
+    ("GET", "/v1/views/models/{name}"): "read",
 }
 """Every protected route and the lowest role that may call it."""
 
@@ -58,6 +63,9 @@ OPEN = {
     ("GET", "/schema"),  # Litestar's own copy of the description
     ("GET", "/schema/openapi.json"),
     ("GET", "/schema/{path}"),
+    ("GET", "/"),  # the dashboard: pages and scripts, no data (that needs a read token)
+    ("GET", "/ui"),  # /ui/ too
+    ("GET", "/ui/{name}"),
 }
 """Every route that needs no token."""
 
@@ -114,7 +122,7 @@ def _routes(app: Litestar) -> set[tuple[str, str]]:
 
 
 def _call(api: Api, method: str, path: str, headers: dict[str, str]) -> Any:
-    url = path.format(device="dev-1", dep_id="d-none", sha256=api.sha256)
+    url = path.format(device="dev-1", dep_id="d-none", sha256=api.sha256, name="digits")
     if method == "GET":
         return api.client.get(url, headers=headers)
     if path == "/v1/models":
@@ -440,6 +448,8 @@ def test_the_openapi_document_describes_every_route_with_typed_bodies(api: Api) 
             content = op["responses"][code]["content"]
             if path == "/v1/bundles/{sha256}":
                 assert content["application/octet-stream"]["schema"]["format"] == "binary"
+            elif path == "/metrics":
+                assert list(content) == ["text/plain; version=0.0.4; charset=utf-8"]
             else:
                 assert content["application/json"]["schema"]["$ref"].startswith(
                     "#/components/schemas/"

@@ -359,3 +359,15 @@ def test_the_deployment_page_shows_progress_and_aborts_for_the_deploy_role(
     deployer.close()
     assert live.service.rollouts.status(live.deployment)["state"] in ("aborting", "aborted")
     assert not page.problems, page.problems
+
+
+def test_the_metrics_count_the_alerts_the_pages_show(live: Live) -> None:
+    from tests.test_prometheus import scrape, value
+
+    _, samples = scrape(f"{live.url}/metrics", live.read)
+    active = live.service.store.active_alerts(live.name)
+    for kind in ("input", "output", "dataset"):
+        expected = sum(a["kind"] == kind for a in active)
+        assert expected >= 2  # both drifted devices
+        assert value(samples, "edgeops_alerts_active", fleet=live.name, kind=kind) == expected
+    assert value(samples, "edgeops_devices", fleet=live.name, presence="online") == 4

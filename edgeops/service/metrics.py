@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from edgeops.service import Service
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ALERT_KINDS = ("input", "output", "concept", "latency", "dataset")
+"""The kinds of drift an alert can be about (``edgeops_alerts_active`` has each, zero or not,
+for every fleet the service knows)."""
 
 
 def registry(service: Service) -> CollectorRegistry:
@@ -153,8 +156,10 @@ class ServiceCollector(Collector):
         active = GaugeMetricFamily(
             "edgeops_alerts_active", "Active alerts, per fleet and kind", labels=["fleet", "kind"]
         )
-        for fleet, kind, n in alerts:
-            active.add_metric([fleet, kind], n)
+        counts = {(fleet, kind): int(n) for fleet, kind, n in alerts}
+        fleets = {fleet for fleet, _, _ in devices} | {fleet for fleet, _ in counts}
+        for key in sorted({(f, k) for f in fleets for k in ALERT_KINDS} | set(counts)):
+            active.add_metric(list(key), counts.get(key, 0))  # zeros too: a series to graph
         yield active
         states = GaugeMetricFamily(
             "edgeops_deployments", "Deployments, per state", labels=["state"]
