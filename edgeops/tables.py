@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\x1b``): a value a device sent (an event's
+    message, an agent version) cannot move the cursor or recolour the terminal, or break a row."""
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def fmt(value: object, digits: int = 3) -> str:
-    """A cell: floats with ``digits`` significant decimals, None as a dash."""
+    """A cell: floats with ``digits`` significant decimals, None as a dash, control characters
+    escaped."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -21,7 +33,7 @@ def fmt(value: object, digits: int = 3) -> str:
             if abs(value) < 1
             else f"{value:.{digits}f}".rstrip("0").rstrip(".")
         )
-    return str(value)
+    return clean(str(value))
 
 
 def render(

@@ -10,6 +10,7 @@ CAs).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import ssl
@@ -24,7 +25,7 @@ from typing import Any
 
 from edgeops.broker import read_secret
 from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.tables import render
+from edgeops.tables import clean, render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
 TOKEN_ENV = "EDGEOPS_TOKEN"
@@ -160,10 +161,10 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
         ) from None
 
 
-def _ago(t: float | None, now: float) -> str:
-    if t is None:
+def _ago(t: Any, now: float) -> str:
+    if not _finite(t):
         return "-"
-    s = max(0.0, now - t)
+    s = max(0.0, now - float(t))
     return (
         f"{s:.0f} s ago"
         if s < 120
@@ -173,23 +174,58 @@ def _ago(t: float | None, now: float) -> str:
     )
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _stamp(t: Any, pattern: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A local time, or a dash for a missing or impossible one."""
+    if not _finite(t):
+        return "-"
+    try:
+        return time.strftime(pattern, time.localtime(float(t)))
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
+def _ms(x: Any) -> str:
+    return f"{float(x):.3f} ms" if _finite(x) else "-"
+
+
+def _model(name: Any, version: Any) -> str:
+    """``NAME VERSION``, or a dash when the device has not said."""
+    return " ".join(str(p) for p in (name, version) if p) or "-"
+
+
+def _list(data: Any, key: str) -> list[dict[str, Any]]:
+    """``data[key]`` as a list of objects (anything else in it left out)."""
+    found = data.get(key) if isinstance(data, dict) else None
+    return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+
+
+def _pairs(counts: Any) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+
 def fleet_table(data: dict[str, Any]) -> str:
-    now = data.get("now", time.time())
+    now = float(data["now"]) if _finite(data.get("now")) else time.time()
     rows = [
         (
-            d["fleet"],
-            d["device"],
-            "online" if d["online"] else "offline",
-            f"{d.get('model_name') or '-'} {d.get('model_version') or ''}".strip(),
+            d.get("fleet"),
+            d.get("device"),
+            "online" if d.get("online") else "offline",
+            _model(d.get("model_name"), d.get("model_version")),
             d.get("agent_version") or "-",
             _ago(d.get("last_seen"), now),
             d.get("active_alerts", 0),
         )
-        for d in data["devices"]
+        for d in _list(data, "devices")
     ]
     out = render(("fleet", "device", "status", "model", "agent", "last seen", "alerts"), rows)
-    if data.get("fleet_alerts"):
-        out += "\n\nfleet-wide alerts:\n" + alerts_table(data["fleet_alerts"])
+    if _list(data, "fleet_alerts"):
+        out += "\n\nfleet-wide alerts:\n" + alerts_table(_list(data, "fleet_alerts"))
     return out
 
 
@@ -197,18 +233,23 @@ REFERENCE_NAMES = {"training": "training data", "deploy": "since deploy", "": "-
 """How the two verdict kinds read: "differs from training data", "changed since deploy"."""
 
 
+def _against(reference: Any) -> str:
+    return REFERENCE_NAMES.get(reference if isinstance(reference, str) else "", "-")
+
+
 def alerts_table(alerts: list[dict[str, Any]]) -> str:
     rows = [
         (
-            a["fleet"],
-            a["device"],
-            f"{a['model_name']} {a['model_version']}",
-            REFERENCE_NAMES.get(a.get("reference", "training"), "-"),
-            a["kind"],
-            a["feature"],
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["raised"])),
+            a.get("fleet"),
+            a.get("device"),
+            _model(a.get("model_name"), a.get("model_version")),
+            _against(a.get("reference", "training")),
+            a.get("kind"),
+            a.get("feature"),
+            _stamp(a.get("raised")),
         )
         for a in alerts
+        if isinstance(a, dict)
     ]
     return render(("fleet", "device", "model", "against", "kind", "feature", "raised"), rows)
 
@@ -223,20 +264,20 @@ def drift_table(rows: list[dict[str, Any]]) -> str:
     """Every verdict: what it compared with, the distances, and why it was reached (the checks
     over their limit, or the closest one, each with its value, threshold, floor and test)."""
     ordered = sorted(
-        rows,
-        key=lambda r: (
-            r["scope"], r["device"], r.get("reference", ""), r["kind"], r["feature"]
+        (r for r in rows if isinstance(r, dict)),
+        key=lambda r: tuple(
+            str(r.get(k) or "") for k in ("scope", "device", "reference", "kind", "feature")
         ),
-    )  # fmt: skip
+    )
     body = [
         (
-            r["scope"],
-            r["device"] or "-",
-            f"{r['model_name']} {r['model_version']}",
-            REFERENCE_NAMES.get(r.get("reference", "training"), "-"),
-            r["kind"],
-            r["feature"],
-            r["samples"],
+            r.get("scope"),
+            r.get("device") or "-",
+            _model(r.get("model_name"), r.get("model_version")),
+            _against(r.get("reference", "training")),
+            r.get("kind"),
+            r.get("feature"),
+            r.get("samples"),
             r.get("js"),
             r.get("psi"),
             r.get("wasserstein"),
@@ -263,9 +304,10 @@ def drift_table(rows: list[dict[str, Any]]) -> str:
         body,
     )
     why = [
-        f"  {r['device'] or r['scope']} {r['feature']} "
-        f"[{REFERENCE_NAMES.get(r.get('reference', 'training'), '-')}]: {_verdict(r)}: "
-        f"{r['reason']}"
+        clean(
+            f"  {r.get('device') or r.get('scope') or '-'} {r.get('feature') or '-'} "
+            f"[{_against(r.get('reference', 'training'))}]: {_verdict(r)}: {r['reason']}"
+        )
         for r in ordered
         if r.get("reason")
     ]
@@ -274,21 +316,22 @@ def drift_table(rows: list[dict[str, Any]]) -> str:
 
 def drift_report(data: dict[str, Any]) -> str:
     """``edgeops drift report``: the verdicts, the baselines' blind spots, the references."""
-    out = drift_table(data["drift"])
+    out = drift_table(_list(data, "drift"))
     blind = data.get("blind_spots") or {}
-    if blind:
+    if isinstance(blind, dict) and blind:
         out += "\n\nblind spots (drift that the bins cannot show; the moments still can):"
         for model, found in blind.items():
-            for feature, reason in found.items():
-                out += f"\n  {model} {feature}: {reason}"
-    refs = data.get("references") or []
+            for feature, reason in (found or {}).items() if isinstance(found, dict) else ():
+                out += f"\n  {clean(str(model))} {clean(str(feature))}: {clean(str(reason))}"
+    refs = _list(data, "references")
     if refs:
         out += "\n\nper-device references (first healthy windows on a version):\n"
         out += render(
             ("fleet", "device", "model", "state", "rows"),
             [
-                (x["fleet"], x["device"], f"{x['model_name']} {x['model_version']}",
-                 x["state"], x["rows"])
+                (x.get("fleet"), x.get("device"),
+                 _model(x.get("model_name"), x.get("model_version")),
+                 x.get("state"), x.get("rows"))
                 for x in refs
             ],
         )  # fmt: skip
@@ -296,94 +339,126 @@ def drift_report(data: dict[str, Any]) -> str:
 
 
 def device_report(data: dict[str, Any]) -> str:
-    d = data["device"]
-    lat = data.get("latency") or {}
+    """``edgeops fleet device``: a device with no window yet, no model, no latency or odd
+    values still reads as a report (dashes where there is nothing to show)."""
+    d = data.get("device") if isinstance(data.get("device"), dict) else {}
+    assert isinstance(d, dict)
+    lat = data.get("latency") if isinstance(data.get("latency"), dict) else {}
+    assert isinstance(lat, dict)
+    sha = d.get("model_sha256")
     lines = [
-        f"device   {d['fleet']}/{d['device']} ({'online' if d['online'] else 'offline'})",
-        f"model    {d.get('model_name')} {d.get('model_version')} "
-        f"(sha256 {str(d.get('model_sha256'))[:16]})",
-        f"agent    {d.get('agent_version')}, boot {d.get('boot')}",
-        f"served   {data['predictions']} predictions, {data['errors']} errors, "
-        f"{data['bad_inputs']} bad inputs (last {lat.get('windows', 0)} windows)",
+        f"device   {d.get('fleet') or '-'}/{d.get('device') or '-'} "
+        f"({'online' if d.get('online') else 'offline'})",
+        f"model    {_model(d.get('model_name'), d.get('model_version'))}"
+        + (f" (sha256 {str(sha)[:16]})" if sha else ""),
+        f"agent    {d.get('agent_version') or '-'}, boot {d.get('boot') or '-'}",
+        f"served   {data.get('predictions', 0)} predictions, {data.get('errors', 0)} errors, "
+        f"{data.get('bad_inputs', 0)} bad inputs (last {lat.get('windows', 0)} windows)",
     ]
     if lat:
         lines.append(
-            f"latency  p50 {lat['p50_ms']:.3f} ms, p95 {lat['p95_ms']:.3f} ms, "
-            f"p99 {lat['p99_ms']:.3f} ms"
+            f"latency  p50 {_ms(lat.get('p50_ms'))}, p95 {_ms(lat.get('p95_ms'))}, "
+            f"p99 {_ms(lat.get('p99_ms'))}"
         )
-    out = "\n".join(lines)
-    if data["alerts"]:
-        out += "\n\nactive alerts:\n" + alerts_table(data["alerts"])
-    if data["drift"]:
-        out += "\n\ndrift (latest evaluation):\n" + drift_table(data["drift"])
+    else:
+        lines.append("latency  - (no prediction in the recent windows)")
+    out = clean("\n".join(lines), keep_newlines=True)
+    if _list(data, "alerts"):
+        out += "\n\nactive alerts:\n" + alerts_table(_list(data, "alerts"))
+    if _list(data, "drift"):
+        out += "\n\ndrift (latest evaluation):\n" + drift_table(_list(data, "drift"))
     return out
 
 
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+def _when(t: Any) -> str:
+    return _stamp(t, "%H:%M:%S")
 
 
 def deployments_table(rows: list[dict[str, Any]]) -> str:
     body = [
         (
-            r["id"],
-            r["fleet"],
-            f"{r['model_name']} {r['model_version']}",
-            r["state"],
-            f"{r['stage'] + 1}/{len(r['stage_sizes'])}",
-            " ".join(f"{k} {v}" for k, v in sorted(r["devices"].items())),
-            _when(r["created"]),
+            r.get("id"),
+            r.get("fleet"),
+            _model(r.get("model_name"), r.get("model_version")),
+            r.get("state"),
+            _stage(r),
+            _pairs(r.get("devices")),
+            _when(r.get("created")),
             r.get("reason") or "",
         )
         for r in rows
+        if isinstance(r, dict)
     ]
     return render(("id", "fleet", "model", "state", "stage", "devices", "created", "reason"), body)
 
 
+def _stage(d: dict[str, Any]) -> str:
+    sizes = d.get("stage_sizes")
+    stage = d.get("stage")
+    total = len(sizes) if isinstance(sizes, list) else 0
+    return f"{stage + 1}/{total}" if isinstance(stage, int) and total else "-"
+
+
 def deployment_report(d: dict[str, Any]) -> str:
-    sizes = d["stage_sizes"]
+    sizes = d.get("stage_sizes")
+    sizes = sizes if isinstance(sizes, list) else []
+    history = d.get("history")
+    history = history if isinstance(history, list) else []
     lines = [
-        f"deployment {d['id']}: {d['model_name']} {d['model_version']} to fleet {d['fleet']}",
-        f"state      {d['state']}" + (f" ({d['reason']})" if d.get("reason") else ""),
-        f"stage      {d['stage'] + 1} of {len(sizes)} (cumulative devices {sizes})",
-        f"trigger    {d['trigger']}",
-        "devices    " + ", ".join(f"{k} {v}" for k, v in sorted(d["counts"].items())),
+        f"deployment {d.get('id') or '-'}: {_model(d.get('model_name'), d.get('model_version'))} "
+        f"to fleet {d.get('fleet') or '-'}",
+        f"state      {d.get('state') or '-'}" + (f" ({d['reason']})" if d.get("reason") else ""),
+        f"stage      {_stage(d).replace('/', ' of ')} (cumulative devices {sizes})",
+        f"trigger    {d.get('trigger') or '-'}",
+        f"devices    {_pairs(d.get('counts'))}",
         "",
         "history:",
-        *(f"  {_when(t)}  {what}" for t, _, what in d["history"]),
+        *(
+            f"  {_when(h[0])}  {h[2]}"
+            for h in history
+            if isinstance(h, list | tuple) and len(h) >= 3
+        ),
         "",
     ]
     rows = [
         (
-            x["device"],
-            x["stage"] + 1,
-            x["state"],
+            x.get("device"),
+            x["stage"] + 1 if isinstance(x.get("stage"), int) else "-",
+            x.get("state"),
             x.get("from_version") or "-",
             _when(x.get("sent")),
             _when(x.get("decided")),
-            (x.get("reason") or "")[:70],
+            str(x.get("reason") or "")[:70],
         )
-        for x in d["device_states"]
+        for x in _list(d, "device_states")
     ]
-    return "\n".join(lines) + render(
+    return clean("\n".join(lines), keep_newlines=True) + render(
         ("device", "stage", "state", "from", "sent", "decided", "reason"), rows
     )
 
 
 def models_table(rows: list[dict[str, Any]]) -> str:
-    body = [
-        (
-            r["name"],
-            r["version"],
-            (r["lineage"].get("parent") or "-"),
-            r["lineage"].get("run") or "-",
-            f"{r['lineage'].get('format') or '-'} {r['lineage'].get('mode') or ''}".strip(),
-            r["lineage"].get("accuracy"),
-            r.get("bundle_size") or "-",
-            ", ".join(f"{f}: {n}" for f, n in sorted(r["devices"].items())) or "-",
+    body = []
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        lineage = r.get("lineage") if isinstance(r.get("lineage"), dict) else {}
+        assert isinstance(lineage, dict)
+        devices = r.get("devices")
+        body.append(
+            (
+                r.get("name"),
+                r.get("version"),
+                lineage.get("parent") or "-",
+                lineage.get("run") or "-",
+                _model(lineage.get("format"), lineage.get("mode")),
+                lineage.get("accuracy"),
+                r.get("bundle_size") or "-",
+                ", ".join(f"{f}: {n}" for f, n in sorted(devices.items()))
+                if isinstance(devices, dict) and devices
+                else "-",
+            )
         )
-        for r in rows
-    ]
     return render(
         ("model", "version", "parent", "run", "format", "accuracy", "bytes", "running on"), body
     )
