@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean broker mosquitto
+.PHONY: demo test lint bench clean broker mosquitto chromium
 
 # The demo and the tests start their own mosquitto (the tests also PostgreSQL); install the
 # Debian packages where missing.
@@ -20,27 +20,36 @@ broker: mosquitto
 	     (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)) && \
 	    echo "installed postgresql"; }
 
+# The dashboard's browser tests drive Debian's chromium (headless, through Playwright).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) && \
+	    echo "installed chromium"; }
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Run from a terminal, the demo keeps the service and fleet up at the end for a look at the
+# dashboard (its address is printed) until Enter.
 demo: $(STAMP) mosquitto
-	$(BIN)/python -m edgeops.demo
+	$(BIN)/python -m edgeops.demo $$(test -t 0 && echo --keep)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint broker
+test: lint broker chromium
 	$(BIN)/python -m pytest -q
 
 # Every benchmark: tables on stdout (kept in results/NAME.txt), JSON in results/NAME.json, then
 # results/README.md with every goal in one markdown table.
 # drift runs in .venv-drift: its peers (Evidently, alibi-detect) need numpy < 2.
-BENCHMARKS := conversion byom agent service rollout commands
+BENCHMARKS := conversion byom agent service rollout commands dashboard
 DRIFT_VENV  := .venv-drift
 DRIFT_STAMP := $(DRIFT_VENV)/.installed
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 
@@ -14,11 +18,54 @@ def _demo(out: Path, devices: int, drifted: int) -> subprocess.CompletedProcess[
     )
 
 
+def _kept_demo(out: Path, devices: int, drifted: int) -> tuple[int, str, dict[str, object]]:
+    """The demo with --keep: when it waits at the end, the dashboard's address it printed is
+    used (its data endpoint, with the token from the address), then Enter ends it."""
+    args = ["--out", str(out), "--devices", str(devices), "--drifted", str(drifted), "--keep"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgeops.demo", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    timer = threading.Timer(900, p.kill)
+    timer.start()
+    lines: list[str] = []
+    seen: dict[str, object] = {}
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("press Enter"):
+                text = "".join(lines)
+                url = re.findall(r"see them at (http://\S+)/ui/#token=(\S+)", text)[-1]
+                req = urllib.request.Request(
+                    f"{url[0]}/v1/views/fleet", headers={"Authorization": f"Bearer {url[1]}"}
+                )
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    seen = json.loads(r.read())
+                with urllib.request.urlopen(f"{url[0]}/ui/", timeout=30) as r:
+                    seen["page"] = r.read().decode()
+                p.stdin.write("\n")
+                p.stdin.flush()
+        code = p.wait(60)
+    finally:
+        timer.cancel()
+        p.kill()
+    return code, "".join(lines), seen
+
+
 def test_the_demo_runs_the_whole_loop_and_says_what_it_did(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    p = _demo(out, 6, 2)
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
-    text = p.stdout
+    code, text, seen = _kept_demo(out, 6, 2)
+    assert code == 0, text[-8000:]
+    # --keep: the dashboard's address worked while it waited, and showed the demo's fleet
+    assert "dashboard: http://" in text and "#token=eo_" in text
+    devices = seen["devices"]
+    assert isinstance(devices, list) and len(devices) == 6
+    assert {d["model_version"] for d in devices} == {"1.1.0"}
+    assert "<title>Fleet" in str(seen["page"])
     for step in (
         "== train",
         "== convert and package 1.0.0",

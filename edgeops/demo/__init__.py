@@ -29,6 +29,7 @@ its deploy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
@@ -78,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=12)
     p.add_argument("--drifted", type=int, default=4, help="devices whose input drifts")
     p.add_argument("--rate", type=float, default=40.0, help="predictions/s per device")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="at the end, keep the service and the fleet running (the dashboard live) until "
+        "Enter or Ctrl-C",
+    )
     args = p.parse_args(argv)
     # The demo prints its own progress and alert lines; libraries' logs only when they fail.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -86,16 +93,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.perf_counter()
     try:
-        summary = run_demo(args.out, args.broker, args.devices, args.drifted, args.rate)
+        run_demo(args.out, args.broker, args.devices, args.drifted, args.rate, keep=args.keep)
     except EdgeOpsError as e:
         print(f"\ndemo FAILED: {e}")
         return 1
-    print(summary)
+    except KeyboardInterrupt:  # Ctrl-C while kept running: the demo itself had passed
+        print()
     print(f"\ndemo OK in {time.perf_counter() - t0:.0f} s: every step did what it says")
     return 0
 
 
-def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: float) -> str:
+def _keep(dashboard: str) -> None:
+    """Wait for Enter (or Ctrl-C, or the end of input) with everything still running."""
+    print(
+        f"\nthe service and the fleet keep running: see them at {dashboard}\n"
+        "press Enter (or Ctrl-C) to stop",
+        flush=True,
+    )
+    with contextlib.suppress(EOFError):
+        input()
+
+
+def run_demo(
+    out: Path, broker: str | None, devices: int, drifted: int, rate: float, *, keep: bool = False
+) -> None:
+    """Run the loop; print the summary at its end (and with ``keep``, wait for Enter there)."""
     from edgeops import samples
     from edgeops.broker import BrokerSettings
     from edgeops.simulate import FleetConfig
@@ -112,7 +134,7 @@ def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: fl
 
     if broker is not None:
         mine = BrokerSettings().with_env().with_overrides(url=broker)
-        return _loop(out, mine, mine, None, keys, v1, data, devices, drifted, rate)
+        return _loop(out, mine, mine, None, keys, v1, data, devices, drifted, rate, keep)
     step(
         "broker: mosquitto with the shipped fleet config (TLS, a throwaway CA, an account per "
         "device and one for the service, the ACL)"
@@ -134,8 +156,9 @@ def run_demo(out: Path, broker: str | None, devices: int, drifted: int, rate: fl
         service_side = b.settings(SERVICE_ACCOUNT)
         print(f"   broker {b.url()}: the service as {SERVICE_ACCOUNT}, devices as themselves")
         return _loop(
-            out, service_side, devices_side, credentials, keys, v1, data, devices, drifted, rate
-        )
+            out, service_side, devices_side, credentials, keys, v1, data, devices, drifted, rate,
+            keep,
+        )  # fmt: skip
 
 
 def _loop(
@@ -149,7 +172,8 @@ def _loop(
     devices: int,
     drifted: int,
     rate: float,
-) -> str:
+    keep: bool,
+) -> None:
     from dataclasses import replace
 
     from edgeops.service import Service
@@ -184,6 +208,9 @@ def _loop(
         if not service.connected.is_set():
             raise DemoFailed(service.broker_problem or f"the service cannot reach {broker.url}")
         print(f"   service: REST API on {service.http.address}, database {db_file}")
+        reader = service.tokens.create("demo-dashboard", "read")
+        dashboard = f"{service.http.address}/ui/#token={reader}"
+        print(f"   dashboard: {dashboard} (a read token, kept by the browser tab)")
         print(
             f"   commands signed by key {service.commands.key_id}; devices trust it and "
             f"download bundles only from {service.public_url()}"
@@ -253,9 +280,15 @@ def _loop(
                 names = ", ".join(sorted(watch.later))
                 raise DemoFailed(f"devices alerting against 1.1.0 on unchanged data: {names}")
             verdicts = watch.verdicts("1.1.0")
-            return _summary(
-                fleet, status, detected, t_drift, set(hit), false_alarms, watch.later, verdicts
+            print(
+                _summary(
+                    fleet, status, detected, t_drift, set(hit), false_alarms, watch.later, verdicts
+                ),
+                flush=True,
             )
+            print(f"\ndashboard: {dashboard}", flush=True)
+            if keep:
+                _keep(dashboard)
 
 
 class Watch:
