@@ -17,7 +17,8 @@ them, alerts, a deployment):
   evaluation per window (its rows copied from a real evaluation of that window, every check
   with its value, threshold and floor): the heaviest device page there is;
 * the others have a drift evaluation every ``drift_every`` seconds (1,800);
-* 5 % of the devices have active alerts; one deployment targets every device.
+* 5 % of the devices have active alerts; one deployment targets every device (their statuses
+  name an older build of the model, so that it does).
 
 Then ``edgeops serve`` runs on that database (a real process, its REST API on a free port, a
 real mosquitto), and from this process:
@@ -182,12 +183,17 @@ def fill(
         with store.begin() as conn:
             store.add_drift(conn, pending_drift)
         drift_rows += len(pending_drift)
+    # Statuses name an older build (another sha256), so that the deployment of the bundle
+    # targets every device, as a rollout to the whole fleet does.
+    model = bases[0].model
+    assert model is not None
+    older = wire.ModelRef(name=model.name, version="0.9.0", sha256="0" * 64)
     statuses = []
     for n in names:
         seqs[n] += 1
         statuses.append(
             (FLEET, wire.Status(device=n, boot=boots[n], seq=seqs[n], sent=now, online=True,
-                                model=bases[0].model, agent_version="0.1.0"))
+                                model=older, agent_version="0.1.0"))
         )  # fmt: skip
     store.add_batch(statuses=statuses, now=now)
     alerted = names[:: max(1, round(1 / 0.05))]
@@ -212,8 +218,6 @@ def fill(
     ]
     with store.begin() as conn:
         store.raise_alerts(conn, rows)
-    model = bases[0].model
-    assert model is not None
     dep = svc.rollouts.create(model.name, model.version, FLEET)
     svc.engine_db.dispose()
     return {
