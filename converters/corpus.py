@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.errors import EdgeOpsError
+from edgeops.core.errors import EdgeOpsError
 
 FloatArray = npt.NDArray[np.float32]
 

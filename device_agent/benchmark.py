@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops import datafiles
-from edgeops.datafiles import model_feeds
-from edgeops.errors import (
+from edgeops.core import datafiles
+from edgeops.core.datafiles import model_feeds
+from edgeops.core.errors import (
     InputDataError,
     ModelError,
     OutputError,
@@ -34,9 +34,9 @@ from edgeops.errors import (
     cause,
     error_class,
 )
-from edgeops.feeds import parse_shape, random_feeds
-from edgeops.tables import render
-from edgeops.tensors import TensorInfo, quantize
+from edgeops.core.feeds import parse_shape, random_feeds
+from edgeops.core.tensors import TensorInfo, quantize
+from edgeops.core.terminal import render
 
 from .runtimes import open_runtime
 
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shape", action="append", default=[])
     ap.add_argument("--input", default=None)
     args = ap.parse_args(argv)
-    from edgeops.errors import EdgeOpsError
+    from edgeops.core.errors import EdgeOpsError
 
     try:
         cfg = BenchConfig(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from edgeops.errors import first_line
+from edgeops.core.errors import first_line
 
 log = logging.getLogger(__name__)
 

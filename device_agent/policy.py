@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from packaging.version import InvalidVersion, Version
 
 from device_agent.config import UpdateConfig
-from edgeops import wire
+from edgeops.core import wire
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]*:[0-9a-f:.]*")

@@ -19,11 +19,11 @@ import numpy.typing as npt
 
 from device_agent.runtimes import Runtime, open_runtime
 from device_agent.store import Installed
-from edgeops.errors import InputDataError, ModelError
-from edgeops.preprocessing import Preprocessing
-from edgeops.profile import Profile
-from edgeops.tensors import dequantize, quantize
-from edgeops.wire import ModelRef
+from edgeops.core.errors import InputDataError, ModelError
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.core.profile import Profile
+from edgeops.core.tensors import dequantize, quantize
+from edgeops.core.wire import ModelRef
 
 _SUM_CHECK_ELEMENTS = 4096
 """Up to this many elements a sample's NaN check is a float64 sum (see :func:`_all_finite`)."""

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeops.bundle import MANIFEST, Bundle, canonical_json
-from edgeops.errors import BundleError, OutputError
-from edgeops.signing import VerifyKey
+from edgeops.core.bundle import MANIFEST, Bundle, canonical_json
+from edgeops.core.errors import BundleError, OutputError
+from edgeops.core.signing import VerifyKey
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ The state file::
      "history": [["downloading", 1700000000.0], ...]}
 
 The health window counts the new model's predictions and inference errors and its latency
-(:class:`~edgeops.latency.LogHistogram`). The p95 budget is checked against the window's traffic
-(or, with fewer than :data:`MIN_TRAFFIC` predictions, the new model's p95 on the bundle's sample
-inputs); the ratio against the previous model compares the traffic of the telemetry window before
-the switch with the health window's, or, where either saw too little traffic, both models'
+(:class:`~edgeops.core.latency.LogHistogram`). The p95 budget is checked against the window's
+traffic (or, with fewer than :data:`MIN_TRAFFIC` predictions, the new model's p95 on the bundle's
+sample inputs); the ratio against the previous model compares the traffic of the telemetry window
+before the switch with the health window's, or, where either saw too little traffic, both models'
 latency on the sample inputs, measured one after the other while staging.
 """
 
@@ -60,10 +60,10 @@ from device_agent.download import DownloadFailed, download, sha256_file
 from device_agent.policy import HealthGate, PolicyRefusal
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore, _write_atomic
-from edgeops import wire
-from edgeops.bundle import Bundle
-from edgeops.errors import EdgeOpsError, first_line
-from edgeops.latency import LogHistogram
+from edgeops.core import wire
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import EdgeOpsError, first_line
+from edgeops.core.latency import LogHistogram
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
 
 MOSQUITTO_PATHS = (
     "/usr/sbin/mosquitto",
@@ -92,12 +92,12 @@ def make_test_pki(
     directory: Path, *, client_name: str = "edgeops-test-client", days: int = 2
 ) -> TestPki:
     """Write a new CA, a server certificate and a client certificate to ``directory``
-    (:mod:`edgeops.pki`).
+    (:mod:`edgeops.service.pki`).
 
     Each call makes a different CA, so a broker given one :class:`TestPki` is not trusted by a
     client given another's ``ca``.
     """
-    from edgeops import pki
+    from edgeops.service import pki
 
     ca = pki.make_ca(directory, f"edgeops test CA {os.urandom(4).hex()}", days=days)
     server = pki.issue(ca, directory, "localhost", server_hosts=SERVER_HOSTS, days=days)
@@ -250,12 +250,12 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 class FleetBroker:
     """mosquitto running the shipped fleet configuration (``deploy/mosquitto.conf`` and
     ``deploy/mosquitto.acl``, verbatim but for the file locations and the two ports) with a
-    throwaway CA (:mod:`edgeops.pki`): a TLS listener with passwords and an mTLS listener whose
-    client certificates name the user.
+    throwaway CA (:mod:`edgeops.service.pki`): a TLS listener with passwords and an mTLS listener
+    whose client certificates name the user.
 
     ``accounts`` (user name to password) go to the password file; the service's account
     (:data:`SERVICE_ACCOUNT`) gets a random password unless given. :meth:`settings` gives the
-    :class:`~edgeops.broker.BrokerSettings` of an account, :meth:`issue` a client certificate
+    :class:`~edgeops.core.broker.BrokerSettings` of an account, :meth:`issue` a client certificate
     for the mTLS listener.
 
         with FleetBroker(tmp_path / "broker", {"dev-1": "pw"}) as b:
@@ -263,7 +263,7 @@ class FleetBroker:
     """
 
     def __init__(self, directory: Path, accounts: Mapping[str, str] | None = None) -> None:
-        from edgeops import pki
+        from edgeops.service import pki
 
         binary = find_mosquitto()
         if binary is None:
@@ -296,9 +296,9 @@ class FleetBroker:
         return f"mqtts://127.0.0.1:{self.mtls_port if mtls else self.tls_port}"
 
     def settings(self, user: str, *, password: str | None = None) -> Any:
-        """The :class:`~edgeops.broker.BrokerSettings` of ``user`` over TLS with its password
+        """The :class:`~edgeops.core.broker.BrokerSettings` of ``user`` over TLS with its password
         (``password`` overrides the account's, for a wrong one)."""
-        from edgeops.broker import BrokerSettings
+        from edgeops.core.broker import BrokerSettings
 
         return BrokerSettings(
             self.url(), username=user, password=password or self.accounts[user], ca=self.ca.cert
@@ -306,14 +306,14 @@ class FleetBroker:
 
     def mtls_settings(self, user: str) -> Any:
         """The settings of ``user`` on the mTLS listener, with a new client certificate."""
-        from edgeops.broker import BrokerSettings
+        from edgeops.core.broker import BrokerSettings
 
         cert = self.issue(user)
         return BrokerSettings(self.url(mtls=True), ca=self.ca.cert, cert=cert.cert, key=cert.key)
 
     def issue(self, name: str) -> Any:
         """A client certificate for ``name`` (its common name), signed by this broker's CA."""
-        from edgeops import pki
+        from edgeops.service import pki
 
         return pki.issue(self.ca, self.directory / "clients", name)
 
@@ -352,8 +352,8 @@ def command(
     """A command to ``device`` as the service makes it: issued now (or at ``issued``), valid for
     ``lifetime`` seconds, numbered with the time in microseconds unless ``counter`` is given (the
     service's counters are at least that), signed by ``key`` (a
-    :class:`~edgeops.signing.SigningKey`; None: unsigned)."""
-    from edgeops.commands import sign
+    :class:`~edgeops.core.signing.SigningKey`; None: unsigned)."""
+    from edgeops.core.commands import sign
 
     now = time.time() if issued is None else issued
     cmd = wire.Command(
@@ -373,11 +373,11 @@ def send_command(
 ) -> None:
     """Publish ``cmd`` (QoS 1) to the command topic of ``fleet`` and ``device`` (by default the
     ones ``cmd`` names) and wait for the broker's acknowledgement. ``broker``: a port on 127.0.0.1,
-    or :class:`~edgeops.broker.BrokerSettings` (an account allowed to publish commands)."""
+    or :class:`~edgeops.core.broker.BrokerSettings` (an account allowed to publish commands)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edgeops.broker import BrokerSettings
+    from edgeops.core.broker import BrokerSettings
 
     settings = broker if isinstance(broker, BrokerSettings) else None
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -590,7 +590,7 @@ class Postgres:
 
 
 class WindowTimes(Protocol):
-    """A telemetry window as stored or received: :class:`edgeops.wire.Telemetry` is one."""
+    """A telemetry window as stored or received: :class:`edgeops.core.wire.Telemetry` is one."""
 
     @property
     def device(self) -> str: ...
@@ -649,8 +649,8 @@ def write_bad_bundles(
 
     import numpy as np
 
-    from edgeops.bundle import RESERVED_KEYS, Bundle, write_bundle
-    from edgeops.signing import generate_keypair, load_signing_key, load_verify_keys
+    from edgeops.core.bundle import RESERVED_KEYS, Bundle, write_bundle
+    from edgeops.core.signing import generate_keypair, load_signing_key, load_verify_keys
 
     trusted = load_verify_keys([signing_keys[1]])
     with Bundle.open(good) as b:

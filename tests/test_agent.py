@@ -34,11 +34,11 @@ from device_agent.config import (
     load_config,
 )
 from device_agent.serving import ServedModel
-from edgeops import errors, wire
-from edgeops.errors import EdgeOpsError
-from edgeops.signing import load_signing_key
+from edgeops.core import errors, wire
+from edgeops.core.errors import EdgeOpsError
+from edgeops.core.signing import load_signing_key
 from edgeops.testing import Collector, Mosquitto, command, send_command, window_order_problems
-from edgeops.trainer import Run
+from edgeops.trainer.run import Run
 
 FLEET = "test"
 

@@ -24,12 +24,13 @@ from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
 from device_agent.download import DownloadFailed, download
-from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.service import Service, db
+from edgeops.core.errors import AccessDenied, EdgeOpsError, UsageError
+from edgeops.service import db
 from edgeops.service.api import make_app
 from edgeops.service.auth import ROLES, BundleLinks, Tokens
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import ServiceClient
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 NEEDS: dict[tuple[str, str], str] = {
@@ -472,9 +473,9 @@ def test_the_request_policy_names_every_rollout_setting() -> None:
     """A setting added to RolloutPolicy must be added to the request and response bodies."""
     from dataclasses import fields
 
-    from edgeops.rollout import RolloutPolicy
     from edgeops.service import api_types as t
     from edgeops.service.intake import Counters
+    from edgeops.service.rollout_policy import RolloutPolicy
 
     names = [f.name for f in fields(RolloutPolicy)]
     assert list(t.PolicyRequest.__struct_fields__) == names

@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeops import bundle as bundle_mod
-from edgeops import errors
-from edgeops.bundle import (
+from edgeops.core import bundle as bundle_mod
+from edgeops.core import errors
+from edgeops.core.bundle import (
     BUNDLE_FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -26,7 +26,7 @@ from edgeops.bundle import (
     canonical_json,
     write_bundle,
 )
-from edgeops.signing import (
+from edgeops.core.signing import (
     SigningKey,
     VerifyKey,
     generate_keypair,
@@ -565,7 +565,7 @@ def test_cli_verify_errors(cli, signed: Path, keypair, tmp_path: Path) -> None: 
 def test_bundle_and_signing_stay_light() -> None:
     heavy = ("tensorflow", "keras", "converters", "tf2onnx", "onnx", "numpy")
     probe = (
-        "import sys\nimport edgeops.bundle, edgeops.signing\n"
+        "import sys\nimport edgeops.core.bundle, edgeops.core.signing\n"
         f"print(*[m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -27,7 +27,7 @@ from converters import (
     convert,
 )
 from device_agent.runtimes import open_runtime
-from edgeops import errors
+from edgeops.core import errors
 from tests.conftest import Corpus
 
 STAGING = ".edgeops-staging"
@@ -305,7 +305,7 @@ def test_agent_serves_a_fixed_batch_model_sample_by_sample(digits_run, tmp_path:
 
     from device_agent.serving import ServedModel
     from device_agent.store import ModelStore
-    from edgeops.packaging import PackageConfig, package
+    from edgeops.packaging.package import PackageConfig, package
 
     report = convert(
         digits_run.model, tmp_path, ConversionConfig(to=Format.ONNX, latency_runs=2, name="d")

@@ -13,8 +13,8 @@ import pytest
 
 from device_agent import policy
 from device_agent.config import UpdateConfig
-from edgeops import commands, wire
-from edgeops.signing import SigningKey
+from edgeops.core import commands, wire
+from edgeops.core.signing import SigningKey
 from edgeops.testing import command
 
 KEY = SigningKey.generate()
@@ -293,7 +293,7 @@ def test_downloads_come_only_from_allowed_hosts() -> None:
 
 def test_agent_config_reads_commands_and_policy(tmp_path: Any) -> None:
     from device_agent.config import load_config
-    from edgeops.errors import UsageError
+    from edgeops.core.errors import UsageError
 
     f = tmp_path / "agent.toml"
     f.write_text(
@@ -333,7 +333,7 @@ def test_time_checks_use_the_devices_clock() -> None:
 
 
 def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -> None:
-    from edgeops.errors import UsageError
+    from edgeops.core.errors import UsageError
     from edgeops.service import db
     from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
 
@@ -379,7 +379,7 @@ def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -
 def test_serve_says_in_one_line_what_is_wrong_with_its_command_key(
     cli: Any, signing_keys: tuple[Any, Any], command_keys: tuple[Any, Any], tmp_path: Any
 ) -> None:
-    from edgeops import errors
+    from edgeops.core import errors
 
     base = ["serve", "--db", f"sqlite:///{tmp_path / 's.db'}", "--http-port", 0]
     for key, code, message in [
@@ -397,7 +397,7 @@ def test_the_guard_keeps_its_counter_and_distrusts_what_came_before_a_lost_recor
 ) -> None:
     from device_agent.config import CommandsConfig
     from device_agent.guard import STATE_FILE, CommandGuard
-    from edgeops.signing import generate_keypair, load_signing_key
+    from edgeops.core.signing import generate_keypair, load_signing_key
 
     private, public = generate_keypair(tmp_path / "keys", "command")
     key = load_signing_key(private)

@@ -22,6 +22,9 @@ from scipy.stats import chi2, chi2_contingency, ttest_ind_from_stats
 from sklearn.datasets import load_diabetes, load_digits
 from statsmodels.stats.proportion import confint_proportions_2indep
 
+from edgeops.core.profile import NumericProfile, Profile, profile_numeric
+from edgeops.core.stats import Moments, baseline_edges, bin_counts, quantile_edges
+from edgeops.core.wire import NumericWindow
 from edgeops.drift import (
     DEFAULT_THRESHOLDS,
     AlertState,
@@ -35,10 +38,7 @@ from edgeops.drift import (
     reference_from_windows,
     step,
 )
-from edgeops.profile import NumericProfile, Profile, profile_numeric
 from edgeops.service.config import DEFAULT_THRESHOLDS as SERVICE_THRESHOLDS
-from edgeops.stats import Moments, baseline_edges, bin_counts, quantile_edges
-from edgeops.wire import NumericWindow
 
 Floats = npt.NDArray[np.float64]
 

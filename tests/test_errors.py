@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import inspect
 
-from edgeops import errors
+from edgeops.core import errors
 
 
 def test_every_error_has_its_own_exit_code() -> None:
@@ -18,7 +18,7 @@ def test_every_error_has_its_own_exit_code() -> None:
 
 
 def test_missing_extra_names_the_install_command() -> None:
-    from edgeops.optional import require
+    from edgeops.core.optional import require
 
     try:
         require("surely_not_installed_module", "convert")

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
 
 MODEL = wire.ModelRef(name="digits", version="3", sha256="ab" * 32)
 
@@ -437,7 +437,7 @@ def test_dedup_memory_is_bounded() -> None:
 def test_stats_count_and_log(caplog: pytest.LogCaptureFixture) -> None:
     stats = wire.WireStats()
     good = wire.encode(telemetry())
-    with caplog.at_level(logging.WARNING, logger="edgeops.wire"):
+    with caplog.at_level(logging.WARNING, logger="edgeops.core.wire"):
         assert stats.decode(good, wire.Telemetry) == telemetry()
         assert stats.decode(good) == telemetry()
         assert stats.decode(b"nope", topic="edgeops/v1/f/d/telemetry") is None

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the wire decoder with well-formed but hostile values.
 
-Whatever bytes arrive, :func:`edgeops.wire.decode` raises :class:`~edgeops.wire.WireError` or
-returns a message that every consumer can store and evaluate: strings within their database
+Whatever bytes arrive, :func:`edgeops.core.wire.decode` raises :class:`~edgeops.core.wire.WireError`
+or returns a message that every consumer can store and evaluate: strings within their database
 columns and free of NUL, event data shallow enough to serialise, counts whose sums stay exact,
 latency histograms whose counts add up and whose buckets are in range, windows that merge.
 """
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeops import wire
-from edgeops.latency import merge_wire
+from edgeops.core import wire
+from edgeops.core.latency import merge_wire
+from edgeops.core.window.merge import merge_windows
 from edgeops.service import db
-from edgeops.window_merge import merge_windows
 from tests.test_wire import MODEL, header, messages, telemetry
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -65,10 +65,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from edgeops.bodies import spool_capped
-from edgeops.errors import BodyTooLarge, EdgeOpsError
-from edgeops.latency import merge_wire
-from edgeops.rollout import RolloutPolicy
+from edgeops.core.bodies import spool_capped
+from edgeops.core.errors import BodyTooLarge, EdgeOpsError
+from edgeops.core.latency import merge_wire
 from edgeops.service import api_types as t
 from edgeops.service.api_docs import (
     MAX_BUNDLE_BYTES,
@@ -78,11 +77,11 @@ from edgeops.service.api_docs import (
     openapi_config,
 )
 from edgeops.service.auth import OPEN, ROLES, Role, allows
+from edgeops.service.rollout_policy import RolloutPolicy
 from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
-
+    from edgeops.service.server import Service
 log = logging.getLogger(__name__)
 
 Need = Role | Literal["open"]
@@ -235,7 +234,7 @@ def device_summary(service: Service, fleet: str, device: str) -> t.DeviceSummary
 
 def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Per model version in ``rows`` ("NAME VERSION"): the baseline's features whose drift
-    cannot fully show, and why (:meth:`edgeops.profile.Profile.blind_spots`)."""
+    cannot fully show, and why (:meth:`edgeops.core.profile.Profile.blind_spots`)."""
     out: dict[str, dict[str, str]] = {}
     for name, version in sorted({(r["model_name"], r["model_version"]) for r in rows}):
         base = service.baselines.get(name, version)

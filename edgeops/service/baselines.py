@@ -18,15 +18,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from edgeops import wire
-from edgeops.profile import (
+from edgeops.core import wire
+from edgeops.core.profile import (
     CategoricalProfile,
     ClassOutputProfile,
     NumericProfile,
     Profile,
 )
+from edgeops.core.window.accumulator import input_baselines
 from edgeops.service.logs import SafeLog
-from edgeops.window import input_baselines
 
 log = logging.getLogger(__name__)
 

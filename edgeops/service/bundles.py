@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgeops.errors import BundleError
+from edgeops.core.errors import BundleError
 from edgeops.service import db
 
 CACHED = 4

@@ -24,8 +24,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from edgeops import wire
-from edgeops.errors import UsageError
+from edgeops.core import wire
+from edgeops.core.errors import UsageError
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)

@@ -41,12 +41,12 @@ from dataclasses import replace
 from typing import Any
 
 from edgeops import drift as d
-from edgeops import topics, wire
+from edgeops.core import topics, wire
+from edgeops.core.window.merge import merge_windows
 from edgeops.service import db
 from edgeops.service.baselines import Baseline, Baselines
 from edgeops.service.config import ReferencePolicy, ServiceConfig
 from edgeops.service.logs import SafeLog
-from edgeops.window_merge import merge_windows
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
 from edgeops.service.config import ServiceConfig

@@ -34,11 +34,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeops import topics, wire
-from edgeops.broker import connack_problem, connect_problem, no_delay
-from edgeops.bundle import Bundle
-from edgeops.errors import BrokerError, BundleError, EdgeOpsError
-from edgeops.rollout import RolloutPolicy
+from edgeops.core import topics, wire
+from edgeops.core.broker import connack_problem, connect_problem, no_delay
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import BrokerError, BundleError, EdgeOpsError
+from edgeops.core.signing import load_verify_keys
 from edgeops.service import db
 from edgeops.service.auth import BundleLinks, Tokens
 from edgeops.service.baselines import Baselines
@@ -49,9 +49,9 @@ from edgeops.service.engine import Engine
 from edgeops.service.evaluation import EvaluationQueue, Evaluator
 from edgeops.service.intake import Counters, Delivery, Intake, Outcome
 from edgeops.service.logs import SafeLog
+from edgeops.service.rollout_policy import RolloutPolicy
 from edgeops.service.rollouts import Rollouts
 from edgeops.service.workers import Workers
-from edgeops.signing import load_verify_keys
 
 log = logging.getLogger(__name__)
 
