@@ -178,7 +178,7 @@ class Agent:
         self.updater = Updater(self.store, cfg.update, self, threads=cfg.model.threads)
         self.updater.recover()  # the model loaded below is a committed one
         if self.store.current() is None and cfg.model.bundle is not None:
-            self.store.activate(self.store.install(cfg.model.bundle).id)
+            self.store.activate(self.store.install_file(cfg.model.bundle).id)
         current = self.store.current()
         if current is not None:
             self._swap_model(ServedModel(current, threads=cfg.model.threads))

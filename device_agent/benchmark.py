@@ -35,6 +35,7 @@ from edgeops.core.errors import (
     error_class,
 )
 from edgeops.core.feeds import parse_shape, random_feeds
+from edgeops.core.files import atomic_write
 from edgeops.core.tensors import TensorInfo, quantize
 from edgeops.core.terminal import render
 
@@ -318,12 +319,9 @@ def table(results: Sequence[BenchResult]) -> str:
 def write_json(results: Sequence[BenchResult], path: str | Path) -> None:
     """Write results atomically (a temporary file renamed into place)."""
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
     try:
-        tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-        os.replace(tmp, p)
+        atomic_write(p, (json.dumps([r.to_dict() for r in results], indent=2) + "\n").encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"{p}: cannot write ({e.strerror})") from None
 
 

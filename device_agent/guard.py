@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from device_agent.config import CommandsConfig
-from device_agent.store import _write_atomic
 from edgeops.core import commands, wire
 from edgeops.core.errors import UsageError
+from edgeops.core.files import atomic_write
 from edgeops.core.signing import VerifyKey, load_verify_keys
 
 log = logging.getLogger(__name__)
@@ -122,5 +122,5 @@ class CommandGuard:
 
     def _write(self, counter: int) -> None:
         body = {"fleet": self.fleet, "device": self.device, "counter": counter}
-        _write_atomic(self.path, json.dumps(body).encode())
+        atomic_write(self.path, json.dumps(body).encode())
         self._last = counter

@@ -56,13 +56,14 @@ import numpy as np
 
 from device_agent import policy
 from device_agent.config import UpdateConfig
-from device_agent.download import DownloadFailed, download, sha256_file
+from device_agent.download import DownloadFailed, download
 from device_agent.policy import HealthGate, PolicyRefusal
 from device_agent.serving import ServedModel
-from device_agent.store import ModelStore, _write_atomic
+from device_agent.store import ModelStore
 from edgeops.core import wire
 from edgeops.core.bundle import Bundle
 from edgeops.core.errors import EdgeOpsError, first_line
+from edgeops.core.files import atomic_write, sha256_file
 from edgeops.core.latency import LogHistogram
 
 log = logging.getLogger(__name__)
@@ -442,11 +443,12 @@ class Updater:
                 check=self._check_redirect,
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
-            manifest = self._verify(path, req)
-            rec["entry"] = ModelStore.entry_id(manifest)
-            rec["version"] = manifest["version"]
-            self._enter(rec, "staged", {"entry": rec["entry"]})
-            new, samples = self._stage(path, rec["entry"])
+            with self._verify(path, req) as verified:
+                manifest = verified.manifest
+                rec["entry"] = ModelStore.entry_id(manifest)
+                rec["version"] = manifest["version"]
+                self._enter(rec, "staged", {"entry": rec["entry"]})
+                new, samples = self._stage(verified, rec["entry"])
             old = self.host.model
             old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
             new_bench = bench(new, samples, self.config.bench_runs)
@@ -526,15 +528,23 @@ class Updater:
         except PolicyRefusal as e:
             raise DownloadFailed(f"redirected: {e}") from None
 
-    def _verify(self, path: Path, req: UpdateRequest) -> dict[str, Any]:
+    def _verify(self, path: Path, req: UpdateRequest) -> Bundle:
+        """The downloaded bundle, open and verified by the store, if it is the one the command
+        named and the device may run it; the caller closes it."""
         got = path.stat().st_size
         if got != req.size:
             raise _Failed(f"size {got} differs from the expected {req.size} bytes")
         if sha256_file(path) != req.sha256:
             raise _Failed("sha256 differs from the command's")
-        with Bundle.open(path) as b:
-            b.verify(self.store.keys, allow_unsigned=self.store.allow_unsigned)
-            manifest = b.manifest
+        b = self.store.verify(path)
+        try:
+            self._check_manifest(b.manifest, req)
+        except BaseException:
+            b.close()
+            raise
+        return b
+
+    def _check_manifest(self, manifest: dict[str, Any], req: UpdateRequest) -> None:
         if (manifest["name"], manifest["version"]) != (req.name, req.version):
             raise _Failed(
                 f"the bundle is {manifest['name']} {manifest['version']}, "
@@ -551,10 +561,9 @@ class Updater:
             raise _Failed(f"no runtime for {fmt or 'an unknown'} models is installed")
         if ModelStore.entry_id(manifest) == self.store.pointer()["current"]:
             raise _Failed(f"{manifest['name']} {manifest['version']} is already current")
-        return manifest
 
-    def _stage(self, path: Path, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
-        entry = self.store.install(path)
+    def _stage(self, verified: Bundle, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
+        entry = self.store.install(verified)
         assert entry.id == entry_id
         try:
             model = ServedModel(entry, threads=self.threads)
@@ -617,7 +626,7 @@ class Updater:
 
     def _persist(self, rec: dict[str, Any]) -> None:
         rec["updated"] = time.time()
-        _write_atomic(self.state_path, json.dumps(rec, indent=2).encode())
+        atomic_write(self.state_path, json.dumps(rec, indent=2).encode())
 
     def _enter(self, rec: dict[str, Any], state: str, data: dict[str, Any]) -> None:
         """Persist ``state``, then publish it; the caller acts on it after."""

@@ -570,3 +570,32 @@ def test_bundle_and_signing_stay_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+# -- the device's store ----------------------------------------------------------------------
+
+
+def test_the_store_installs_only_a_handle_it_verified(
+    signed: Path, vkey: VerifyKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent.store import ModelStore
+
+    store = ModelStore(tmp_path / "store", trusted_keys=[vkey])
+    with Bundle.open(signed) as b, pytest.raises(errors.BundleError, match="not verified"):
+        store.install(b)
+    other = ModelStore(tmp_path / "other", trusted_keys=[])
+    with pytest.raises(errors.BundleError):
+        other.verify(signed)
+
+    calls: list[Path] = []
+    real = Bundle.verify
+
+    def counted(self: Bundle, *args: object, **kwargs: object) -> object:
+        calls.append(self.path)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Bundle, "verify", counted)
+    entry = store.install_file(signed)
+    assert len(calls) == 1, "a bundle is verified once on its way into the store"
+    assert (entry.directory / "model.tflite").read_bytes() == MODEL
+    assert store.current() is None, "installed, not yet current"

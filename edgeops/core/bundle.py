@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import io
 import json
@@ -39,7 +38,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -57,6 +55,7 @@ from edgeops.core.errors import (
     UsageError,
     first_line,
 )
+from edgeops.core.files import staged
 from edgeops.core.signing import SigningKey, VerifyKey
 from edgeops.core.terminal import render, render_pairs
 
@@ -198,23 +197,11 @@ def write_bundle(
             chunks = _file_chunks(src, e) if isinstance(src, Path) else [bytes(src)]
             yield e.name, e.size, chunks
 
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fp:
+        with staged(path) as fp:
             _write_container(fp, members())
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         raise OutputError(f"{path}: cannot write the bundle ({e.strerror or e})") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    _fsync_dir(path.parent)
     log.info(
         "wrote bundle %s (%d files, %s)", path, len(entries), key.key_id if key else "unsigned"
     )
@@ -329,6 +316,11 @@ class Bundle:
             files=tuple(self._entries.values()),
         )
 
+    @property
+    def verified(self) -> bool:
+        """Whether :meth:`verify` passed on this open bundle."""
+        return self._verified
+
     def read(self, name: str) -> bytes:
         """The contents of payload file ``name``, checked against its sha256 as it is read."""
         self._require_verified()
@@ -350,28 +342,14 @@ class Bundle:
         out: dict[str, Path] = {}
         for entry in self._entries.values():
             target = dest.joinpath(*entry.name.split("/"))
-            tmp: str | None = None
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(
-                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-                )
-                with os.fdopen(fd, "wb") as f:
+                with staged(target) as f:
                     for chunk in self._member_chunks(entry):
                         f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-                tmp = None
             except OSError as e:
                 raise OutputError(f"{target}: cannot write ({e.strerror or e})") from None
-            finally:
-                if tmp is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
             out[entry.name] = target
-        _fsync_dir(dest)
         return out
 
     # -- reading ---------------------------------------------------------------------------
@@ -621,16 +599,6 @@ def _check_caller_manifest(manifest: Mapping[str, Any]) -> None:
         value = manifest.get(field)
         if not isinstance(value, str) or not value:
             raise UsageError(f"manifest {field} must be a non-empty string, got {value!r}")
-
-
-def _fsync_dir(d: Path) -> None:
-    """Make a rename in ``d`` durable; a no-op where directories cannot be opened (Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- names and records ---------------------------------------------------------------------

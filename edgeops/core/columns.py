@@ -13,7 +13,6 @@ every present cell parses as a number, categorical otherwise.
 from __future__ import annotations
 
 import csv
-import hashlib
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -85,14 +84,6 @@ def missing_mask(col: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     if col.dtype.kind == "U":
         return np.asarray(col == "")
     return np.zeros(len(col), dtype=bool)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_table(path: str | Path) -> Table:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeops.core.errors import KeyFileError, OutputError, UsageError, first_line
+from edgeops.core.files import fsync_dir, stage
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -119,8 +119,8 @@ def generate_keypair(
     # new public key beside an old private key.
     staged: list[str] = []
     try:
-        staged.append(_stage(pub_path, key.verify_key.to_pem(), 0o644))
-        staged.append(_stage(key_path, key.to_pem(), 0o600))
+        staged.append(stage(pub_path, key.verify_key.to_pem(), 0o644))
+        staged.append(stage(key_path, key.to_pem(), 0o600))
         os.replace(staged[0], pub_path)
         os.replace(staged[1], key_path)
         staged.clear()
@@ -130,7 +130,7 @@ def generate_keypair(
         for tmp in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    _fsync_dir(out)
+    fsync_dir(out)
     return key_path, pub_path
 
 
@@ -212,29 +212,3 @@ def _read_key_file(p: Path) -> bytes:
 
 def _kind(key: object) -> str:
     return type(key).__name__.removesuffix("PrivateKey").removesuffix("PublicKey")
-
-
-def _stage(path: Path, data: bytes, mode: int) -> str:
-    """Write ``data`` to a fsynced temporary file beside ``path``; return the temporary's name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _fsync_dir(d: Path) -> None:
-    """Make a rename in ``d`` durable; a no-op where directories cannot be opened (Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

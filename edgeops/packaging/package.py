@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgeops.core.bundle import write_bundle
-from edgeops.core.columns import sha256_file
 from edgeops.core.errors import GateError, ModelError, OutputError, UsageError
+from edgeops.core.files import sha256_file
 from edgeops.core.profile import Profile, profile_class_outputs, profile_regression_outputs
 from edgeops.core.signing import SigningKey
 from edgeops.packaging import modelinfo

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeops import __version__
-from edgeops.core.columns import read_table, sha256_file
+from edgeops.core.columns import read_table
 from edgeops.core.errors import GateError, InputDataError
+from edgeops.core.files import sha256_file
 from edgeops.core.preprocessing import Preprocessing
 from edgeops.core.terminal import render_pairs
 from edgeops.trainer import steps
