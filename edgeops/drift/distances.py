@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
@@ -175,46 +176,13 @@ def _wasserstein(x: Sequence[float], p: Shares, q: Shares, scale: float) -> floa
 
 @functools.lru_cache(maxsize=4096)
 def chi2_quantile(dof: int, prob: float) -> float:
-    """The chi-square quantile by the Wilson-Hilferty approximation (within 1 % for dof >= 3)."""
-    z = normal_quantile(prob)
-    c = 2.0 / (9.0 * dof)
-    return float(dof * max(1.0 - c + z * math.sqrt(c), 0.0) ** 3)
+    """The chi-square quantile with ``dof`` degrees of freedom (scipy's ``chdtri``)."""
+    from scipy.special import chdtri
+
+    return float(chdtri(dof, 1.0 - prob))
 
 
 @functools.lru_cache(maxsize=256)
 def normal_quantile(prob: float) -> float:
-    """The standard normal quantile (Acklam's rational approximation, relative error < 1e-8)."""
-    a = (
-        -3.969683028665376e01,
-        2.209460984245205e02,
-        -2.759285104469687e02,
-        1.383577518672690e02,
-        -3.066479806614716e01,
-        2.506628277459239e00,
-    )
-    b = (
-        -5.447609879822406e01,
-        1.615858368580409e02,
-        -1.556989798598866e02,
-        6.680131188771972e01,
-        -1.328068155288572e01,
-    )
-    c = (
-        -7.784894002430293e-03,
-        -3.223964580411365e-01,
-        -2.400758277161838e00,
-        -2.549732539343734e00,
-        4.374664141464968e00,
-        2.938163982698783e00,
-    )
-    dd = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
-    if prob < 0.02425:
-        r = math.sqrt(-2 * math.log(prob))
-        num = ((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]
-        return num / ((((dd[0] * r + dd[1]) * r + dd[2]) * r + dd[3]) * r + 1)
-    if prob > 1 - 0.02425:
-        return -normal_quantile(1 - prob)
-    r = prob - 0.5
-    s2 = r * r
-    num = (((((a[0] * s2 + a[1]) * s2 + a[2]) * s2 + a[3]) * s2 + a[4]) * s2 + a[5]) * r
-    return num / (((((b[0] * s2 + b[1]) * s2 + b[2]) * s2 + b[3]) * s2 + b[4]) * s2 + 1)
+    """The standard normal quantile (:meth:`statistics.NormalDist.inv_cdf`)."""
+    return NormalDist().inv_cdf(prob)
