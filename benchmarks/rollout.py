@@ -108,12 +108,12 @@ import sqlalchemy as sa
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 from bench_smoke import RunMode, add_mode_options, mode_of
 
+from edgeops.core.errors import RolloutError
 from edgeops.core.terminal import fmt, render
 from edgeops.service import db
 from edgeops.service import rollout_policy as ro
 from edgeops.service.config import ServiceConfig
 from edgeops.service.rollout_policy import RolloutPolicy
-from edgeops.service.rollouts import RolloutError
 from edgeops.service.server import Service
 from edgeops.simulate import Fleet, FleetConfig
 from edgeops.testing import Mosquitto, write_bad_bundles

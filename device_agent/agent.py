@@ -39,7 +39,13 @@ from device_agent.store import ModelStore
 from device_agent.updater import Updater
 from edgeops import __version__
 from edgeops.core import topics, wire
-from edgeops.core.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
+from edgeops.core.errors import (
+    EdgeOpsError,
+    InputDataError,
+    ModelError,
+    RuntimeBackendError,
+    WireError,
+)
 from edgeops.core.profile import Profile
 from edgeops.core.signing import load_verify_keys
 from edgeops.core.window.accumulator import WindowAccumulator, WindowStats
@@ -537,7 +543,7 @@ class Agent:
         ``KIND-failed`` (an update with its ``update-<state>`` events)."""
         try:
             cmd = wire.decode(payload, expected=wire.Command)
-        except wire.WireError as e:
+        except WireError as e:
             self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
             return
         assert self.guard is not None

@@ -15,15 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from edgeops.core.errors import first_line
+from edgeops.core.errors import DownloadFailed, first_line
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-
-
-class DownloadFailed(Exception):
-    """The download did not complete; the message says why (reported in ``update-failed``)."""
 
 
 def download(

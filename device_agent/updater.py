@@ -56,13 +56,13 @@ import numpy as np
 
 from device_agent import policy
 from device_agent.config import UpdateConfig
-from device_agent.download import DownloadFailed, download
-from device_agent.policy import HealthGate, PolicyRefusal
+from device_agent.download import download
+from device_agent.policy import HealthGate
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
 from edgeops.core import wire
 from edgeops.core.bundle import Bundle
-from edgeops.core.errors import EdgeOpsError, first_line
+from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
 from edgeops.core.files import atomic_write, sha256_file
 from edgeops.core.latency import LogHistogram
 

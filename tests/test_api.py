@@ -23,8 +23,8 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
-from device_agent.download import DownloadFailed, download
-from edgeops.core.errors import AccessDenied, EdgeOpsError, UsageError
+from device_agent.download import download
+from edgeops.core.errors import AccessDenied, DownloadFailed, EdgeOpsError, UsageError
 from edgeops.service import db
 from edgeops.service.api import make_app
 from edgeops.service.auth import ROLES, BundleLinks, Tokens

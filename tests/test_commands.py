@@ -14,6 +14,7 @@ import pytest
 from device_agent import policy
 from device_agent.config import UpdateConfig
 from edgeops.core import commands, wire
+from edgeops.core.errors import WireError
 from edgeops.core.signing import SigningKey
 from edgeops.testing import command
 
@@ -91,7 +92,7 @@ UPDATE = wire.UpdateArgs(
 def test_command_arguments_are_typed_and_bounded(args: dict[str, Any], where: str) -> None:
     data = json.loads(wire.encode(ping()))
     data["args"] = args
-    with pytest.raises(wire.WireError) as info:
+    with pytest.raises(WireError) as info:
         wire.decode(json.dumps(data).encode(), wire.Command)
     assert info.value.reason == "bad field"
     assert where in str(info.value), str(info.value)
@@ -110,12 +111,12 @@ def test_command_envelopes_are_bounded() -> None:
         ({"signature": "x"}, "$.signature"),
         ({"priority": "urgent"}, "unknown field"),  # what a signature cannot cover is refused
     ]:
-        with pytest.raises(wire.WireError, match=r"bad field") as info:
+        with pytest.raises(WireError, match=r"bad field") as info:
             wire.decode(payload(good, **changes), wire.Command)
         assert needle in str(info.value), (changes, str(info.value))
     # A command as 1.0 sent it: kind at the top, no fleet, device, counter or signature.
     old = b'{"type":"command","schema":"1.0","id":"c1","kind":"ping","issued":1.0,"args":{}}'
-    with pytest.raises(wire.WireError, match="bad field"):
+    with pytest.raises(WireError, match="bad field"):
         wire.decode(old, wire.Command)
 
 

@@ -59,7 +59,7 @@ def sign(cmd: wire.Command, key: SigningKey) -> wire.Command:
 
     What is signed is the command as a device decodes it (encoded and decoded once here: an
     ``int`` given for a ``float`` field becomes the float a device reads), so both sides
-    compute the same bytes; :class:`~edgeops.core.wire.WireError` if it is not a valid command."""
+    compute the same bytes; :class:`~edgeops.core.WireError` if it is not a valid command."""
     named = msgspec.structs.replace(cmd, key=key.key_id, signature=None)
     named = wire.decode(wire.encode(named), wire.Command)
     signature = key.sign(signed_bytes(named))

@@ -9,9 +9,12 @@ these.
 
     EdgeOpsError (1)
     ├── UsageError (2)               bad option values or impossible combinations
+    │   ├── RolloutError (2)           a deployment cannot be created or changed as asked
+    │   └── PolicyRefusal (2)          a device's policy refuses an update or a rollback
     ├── MissingExtraError (3)        an optional dependency group is not installed
     ├── InputDataError (4)           a data file is missing, malformed, or has the wrong shape/dtype
-    │   └── BodyTooLarge (19)          a request body over its cap (HTTP 413)
+    │   ├── BodyTooLarge (19)          a request body over its cap (HTTP 413)
+    │   └── WireError (4)              a payload that is not a valid message (also a ValueError)
     ├── ModelError (5)               a model file is missing, corrupt or of an unsupported kind
     ├── ConversionError (6)          the converter or quantizer failed
     ├── GateError (7)                the converted model fell short of a fidelity gate
@@ -25,6 +28,7 @@ these.
     │   └── SignatureError (15)        unsigned, signed by an untrusted key, or a bad signature
     ├── DeploymentAborted (16)       a staged rollout was stopped by its gates or on request
     ├── ServiceFailed (17)           the central service cannot go on (a worker died or stalled)
+    ├── DownloadFailed (1)           an update's bundle could not be downloaded
     ├── BrokerError (18)             the MQTT broker cannot be reached or refused the credentials
     └── AccessDenied (20)            the service refused the REST token: missing, unknown,
                                      revoked (HTTP 401) or of too low a role (HTTP 403)
@@ -170,6 +174,34 @@ class BrokerError(EdgeOpsError):
     """The MQTT broker cannot be reached (TCP, TLS) or refused this client's credentials."""
 
     exit_code = 18
+
+
+class RolloutError(UsageError):
+    """A deployment cannot be created or changed as asked."""
+
+
+class PolicyRefusal(UsageError):
+    """The device's policy refuses an update or a rollback; the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """A short kind: "downgrade", "version", "model", "host", "local api"."""
+
+
+class WireError(InputDataError, ValueError):
+    """A payload that is not a valid message; ``reason`` is one of
+    :data:`edgeops.core.wire.REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class DownloadFailed(EdgeOpsError):
+    """A download did not complete; the message says why (a device reports it in
+    ``update-failed``)."""
 
 
 class AccessDenied(EdgeOpsError):

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal, TypeVar, cast, get_args, overload
 
 import msgspec
 
+from edgeops.core.errors import WireError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1"
@@ -486,15 +488,6 @@ Reason = Literal[
 REASONS: tuple[Reason, ...] = get_args(Reason)
 
 
-class WireError(ValueError):
-    """A payload that is not a valid message; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: Reason = reason
-        self.detail = detail
-
-
 class _Envelope(msgspec.Struct):
     """Only what is needed to pick a decoder; every other field is skipped."""
 
@@ -699,7 +692,7 @@ class WireStats:
         self.accepted += 1
 
     def reject(self, error: WireError) -> None:
-        self.rejected[error.reason] += 1
+        self.rejected[cast("Reason", error.reason)] += 1
 
     @overload
     def decode(

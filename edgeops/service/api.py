@@ -66,7 +66,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from edgeops.core.bodies import spool_capped
-from edgeops.core.errors import BodyTooLarge, EdgeOpsError
+from edgeops.core.errors import BodyTooLarge, EdgeOpsError, RolloutError
 from edgeops.core.latency import merge_wire
 from edgeops.service import api_types as t
 from edgeops.service.api_docs import (
@@ -78,7 +78,6 @@ from edgeops.service.api_docs import (
 )
 from edgeops.service.auth import OPEN, ROLES, Role, allows
 from edgeops.service.rollout_policy import RolloutPolicy
-from edgeops.service.rollouts import RolloutError
 
 if TYPE_CHECKING:
     from edgeops.service.server import Service

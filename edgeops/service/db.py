@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from edgeops.core import wire
-from edgeops.core.errors import UsageError
+from edgeops.core.errors import UsageError, WireError
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
@@ -1219,7 +1219,7 @@ def decode_stored(payload: bytes, row_id: int | None = None) -> wire.Telemetry |
     before the wire's bounds tightened must not make a read fail."""
     try:
         return wire.decode(payload, wire.Telemetry)
-    except wire.WireError as e:
+    except WireError as e:
         _unreadable.warning("unreadable", "stored window %s is left out: %s", row_id, e)
         return None
 

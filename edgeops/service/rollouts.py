@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.core import wire
-from edgeops.core.errors import UsageError
+from edgeops.core.errors import RolloutError
 from edgeops.core.latency import merge_wire
 from edgeops.service import db
 from edgeops.service import rollout_policy as ro
@@ -57,10 +57,6 @@ _SET_DEVICE = (
 
 SendCommands = Callable[[Sequence[Addressed]], object]
 """``send(batch)`` numbers, signs and publishes commands to devices."""
-
-
-class RolloutError(UsageError):
-    """A deployment cannot be created or changed as asked."""
 
 
 class Rollouts:

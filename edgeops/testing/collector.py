@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from edgeops.core import topics, wire
+from edgeops.core.errors import WireError
 from edgeops.testing.pki import TestPki
 
 
@@ -75,7 +76,7 @@ class Collector:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
             m = wire.decode(msg.payload)
-        except wire.WireError as e:
+        except WireError as e:
             with self._changed:
                 self.rejected.append(str(e))
                 self._changed.notify_all()
