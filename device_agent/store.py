@@ -20,6 +20,7 @@ is either complete or absent. The previous model stays on disk, so rollback need
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import Any
 from edgeops.core.bundle import MANIFEST, Bundle, canonical_json
 from edgeops.core.errors import BundleError, OutputError
 from edgeops.core.files import atomic_write
+from edgeops.core.manifest import Manifest
 from edgeops.core.signing import VerifyKey
 
 log = logging.getLogger(__name__)
@@ -48,25 +50,30 @@ class Installed:
     directory: Path
     manifest: dict[str, Any]
 
+    @functools.cached_property
+    def info(self) -> Manifest:
+        """The typed manifest."""
+        return Manifest.parse(self.manifest, f"{self.id}: {MANIFEST}")
+
     @property
     def model_path(self) -> Path:
-        return self.directory / str(self.manifest["model"]["file"])
+        return self.directory / self.info.require_model().file
 
     @property
     def samples_path(self) -> Path:
-        return self.directory / str(self.manifest["samples"]["file"])
+        return self.directory / self.info.require_samples().file
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.info.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.info.version
 
     @property
     def model_sha256(self) -> str:
-        return str(self.manifest["files"][self.manifest["model"]["file"]]["sha256"])
+        return self.info.model_sha256
 
 
 class ModelStore:

@@ -65,6 +65,7 @@ from edgeops.core.bundle import Bundle
 from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
 from edgeops.core.files import atomic_write, sha256_file
 from edgeops.core.latency import LogHistogram
+from edgeops.core.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -444,9 +445,8 @@ class Updater:
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
             with self._verify(path, req) as verified:
-                manifest = verified.manifest
-                rec["entry"] = ModelStore.entry_id(manifest)
-                rec["version"] = manifest["version"]
+                rec["entry"] = ModelStore.entry_id(verified.manifest)
+                rec["version"] = verified.info.version
                 self._enter(rec, "staged", {"entry": rec["entry"]})
                 new, samples = self._stage(verified, rec["entry"])
             old = self.host.model
@@ -538,29 +538,27 @@ class Updater:
             raise _Failed("sha256 differs from the command's")
         b = self.store.verify(path)
         try:
-            self._check_manifest(b.manifest, req)
+            self._check_manifest(b.info, ModelStore.entry_id(b.manifest), req)
         except BaseException:
             b.close()
             raise
         return b
 
-    def _check_manifest(self, manifest: dict[str, Any], req: UpdateRequest) -> None:
-        if (manifest["name"], manifest["version"]) != (req.name, req.version):
+    def _check_manifest(self, manifest: Manifest, entry_id: str, req: UpdateRequest) -> None:
+        if (manifest.name, manifest.version) != (req.name, req.version):
             raise _Failed(
-                f"the bundle is {manifest['name']} {manifest['version']}, "
-                f"not {req.name} {req.version}"
+                f"the bundle is {manifest.name} {manifest.version}, not {req.name} {req.version}"
             )
         current = self.store.current()
         try:  # again, on the signed manifest: the current model may have changed meanwhile
             policy.check_forward(None if current is None else current.version, req.version)
         except PolicyRefusal as e:
             raise _Failed(str(e)) from None
-        fmt = str((manifest.get("min_runtime") or {}).get("format") or "")
-        fmt = fmt or str(manifest.get("model", {}).get("format", ""))
+        fmt = manifest.runtime_format
         if runtime_available(fmt) is None:
             raise _Failed(f"no runtime for {fmt or 'an unknown'} models is installed")
-        if ModelStore.entry_id(manifest) == self.store.pointer()["current"]:
-            raise _Failed(f"{manifest['name']} {manifest['version']} is already current")
+        if entry_id == self.store.pointer()["current"]:
+            raise _Failed(f"{manifest.name} {manifest.version} is already current")
 
     def _stage(self, verified: Bundle, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
         entry = self.store.install(verified)
@@ -570,12 +568,12 @@ class Updater:
         except EdgeOpsError as e:
             raise _Failed(f"the model does not load: {e}") from None
         try:
-            spec = entry.manifest["samples"]
+            spec = entry.info.require_samples()
             with np.load(entry.samples_path) as z:
                 x = z["inputs"].astype(np.float32)
                 expected = [z[f"output_{i}"] for i in range(len(model.runtime.outputs))]
             got = model.run(x)
-            atol, rtol = float(spec["atol"]), float(spec["rtol"])
+            atol, rtol = spec.atol, spec.rtol
             for i, (g, want) in enumerate(zip(got, expected, strict=True)):
                 same_shape = g.shape == want.shape
                 if not same_shape or not np.allclose(g, want, atol=atol, rtol=rtol):

@@ -414,7 +414,7 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
         assert _until(lambda: _known(service, fleet))
         t0 = time.monotonic()
         status = service.deploy(
-            f"{manifest['name']}-{manifest['version']}", FLEET, devices=fleet.ids, policy=policy
+            f"{manifest.name}-{manifest.version}", FLEET, devices=fleet.ids, policy=policy
         )
         status = _finished(service, status["id"])
         _consistent_on_old(service, fleet, status)

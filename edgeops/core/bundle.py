@@ -56,6 +56,7 @@ from edgeops.core.errors import (
     first_line,
 )
 from edgeops.core.files import staged
+from edgeops.core.manifest import Manifest
 from edgeops.core.signing import SigningKey, VerifyKey
 from edgeops.core.terminal import render, render_pairs
 
@@ -182,6 +183,10 @@ def write_bundle(
         "format_version": FORMAT_VERSION,
         "files": {e.name: {"sha256": e.sha256, "size": e.size} for e in entries.values()},
     }
+    try:
+        Manifest.parse(full)
+    except BundleError as e:
+        raise UsageError(str(e)) from None
     try:
         manifest_bytes = canonical_json(full)
     except (TypeError, ValueError) as e:
@@ -317,6 +322,11 @@ class Bundle:
         )
 
     @property
+    def info(self) -> Manifest:
+        """The typed manifest. Not to be trusted before :meth:`verify`."""
+        return self._info
+
+    @property
     def verified(self) -> bool:
         """Whether :meth:`verify` passed on this open bundle."""
         return self._verified
@@ -388,6 +398,7 @@ class Bundle:
         self._name = _nonempty_str(manifest.get("name"), f"{self.path}: manifest name")
         self._version = _nonempty_str(manifest.get("version"), f"{self.path}: manifest version")
         self._entries = _parse_files(manifest.get("files"), self.path)
+        self._info = Manifest.parse(manifest, f"{self.path}: {MANIFEST}")
         self._signature_bytes: bytes | None = None
         self._signature: tuple[str, bytes] | None = None
         if SIGNATURE in self._members:

@@ -404,7 +404,7 @@ def make_app(service: Service) -> Litestar:
                 manifest = await anyio.to_thread.run_sync(service.register_bundle, Path(f.name))
             except EdgeOpsError as e:  # the temporary file's name means nothing to the client
                 raise ClientException(str(e).replace(f.name, "the upload")) from None
-        return t.Registered(name=manifest["name"], version=manifest["version"])
+        return t.Registered(name=manifest.name, version=manifest.version)
 
     @get(
         "/v1/stats",

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from edgeops.core import wire
 from edgeops.core.errors import UsageError, WireError
+from edgeops.core.manifest import Manifest
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
@@ -953,13 +954,13 @@ class Store:
 
     # --- models -------------------------------------------------------------------------------
 
-    def add_model(self, manifest: dict[str, Any]) -> None:
-        model_file = manifest["model"]["file"]
+    def add_model(self, manifest: dict[str, Any], info: Manifest) -> None:
+        """Register a verified bundle's manifest (as signed, and typed)."""
         with self.begin() as conn:
             stmt = self._insert(models).values(
-                name=manifest["name"],
-                version=manifest["version"],
-                model_sha256=manifest["files"][model_file]["sha256"],
+                name=info.name,
+                version=info.version,
+                model_sha256=info.model_sha256,
                 manifest=manifest,
                 registered=time.time(),
             )

@@ -373,8 +373,7 @@ class Engine:
             if alerting:
                 verdicts.append((reference, "dataset", "*", result.dataset_verdict, {}))
 
-        evaluation = manifest.get("evaluation") or {}
-        test = evaluation.get("test") or {}
+        test = {} if manifest.evaluation is None else manifest.evaluation.test
         accuracy = test.get("accuracy")
         count = test.get("count")
         correct = sum(t.feedback.correct for t in tele)
