@@ -501,7 +501,14 @@ def test_the_docs_page_is_served_from_the_package(api: Api) -> None:
 
 
 def test_an_insecure_api_is_open_and_says_so(
-    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Mosquitto() as broker:  # its own: the shared one holds other tests' retained devices
+        _insecure_api_is_open(tmp_path, broker, caplog)
+
+
+def _insecure_api_is_open(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = _config(tmp_path, broker=f"mqtt://127.0.0.1:{broker.port}", insecure_api=True)
     with caplog.at_level(logging.WARNING), Service(cfg) as service:

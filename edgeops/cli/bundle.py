@@ -151,22 +151,19 @@ def package(
     signing_key = _signing_key(key, unsigned)
     cfg = PackageConfig(version=version, name=name, parent=parent, samples=samples).checked()
     run = Run.load(run_dir)
+    report = None
     if model is None:
-        conv = require("converters", "convert")
-        from dataclasses import replace
+        from edgeops.packaging.build import convert_run
 
-        conversion_cfg = replace(
+        converted, model = convert_run(
+            run,
+            run.directory / "converted",
             _conversion_config(**conversion),
-            calibration=run.split("train"),
-            validation=run.split("test"),
-            task=conv.Task(run.task),
-            name=name or run.name,
+            name=name,
+            on_report=lambda r: click.echo(r.table()),
         )
-        report = conv.convert(run.model, run.directory / "converted", conversion_cfg)
-        click.echo(report.table())
-        report.raise_for_status()
-        model = run.directory / "converted" / report.artifact["file"]
-    path = make_bundle(run, model, out, cfg, key=signing_key)
+        report = converted.to_dict()
+    path = make_bundle(run, model, out, cfg, key=signing_key, report=report)
     click.echo(f"wrote {path}" + ("" if signing_key else " (unsigned)"))
 
 

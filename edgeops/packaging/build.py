@@ -28,6 +28,32 @@ class Built:
     bundle: Path
 
 
+def convert_run(
+    run: Run,
+    out: Path,
+    conversion: Any,
+    *,
+    name: str | None = None,
+    on_report: Callable[[Any], None] | None = None,
+) -> tuple[Any, Path]:
+    """Convert ``run``'s model with ``conversion`` (a ``ConversionConfig`` whose calibration and
+    validation data default to the run's training and test splits) into ``out``; the
+    ``ConversionReport`` (given to ``on_report`` before its gates are applied) and the model."""
+    conv = require("converters", "convert")
+    cfg = replace(
+        conversion,
+        calibration=conversion.calibration or run.split("train"),
+        validation=conversion.validation or run.split("test"),
+        task=conv.Task(run.task),
+        name=conversion.name or name or run.name,
+    )
+    report = conv.convert(run.model, out, cfg)
+    if on_report is not None:
+        on_report(report)
+    report.raise_for_status()
+    return report, out / report.artifact["file"]
+
+
 def build(
     data: str | Path,
     out: str | Path,
@@ -38,21 +64,12 @@ def build(
     key: SigningKey | None,
     on_step: Callable[[StepResult], None] | None = None,
 ) -> Built:
-    """Train on ``data``, convert the model with ``conversion`` (a ``ConversionConfig`` whose
-    calibration and validation data default to the run's training and test splits), package."""
-    conv = require("converters", "convert")
+    """Train on ``data``, convert the model with ``conversion`` (:func:`convert_run`), package."""
+    require("converters", "convert")
     out_dir = Path(out)
     package_config.checked()
     run = train(data, out_dir / "run", train_config, on_step=on_step)
-    cfg = replace(
-        conversion,
-        calibration=conversion.calibration or run.split("train"),
-        validation=conversion.validation or run.split("test"),
-        task=conv.Task(run.task),
-        name=conversion.name or train_config.name or Path(data).stem,
-    )
-    report = conv.convert(run.model, out_dir / "models", cfg)
-    report.raise_for_status()
-    model = out_dir / "models" / report.artifact["file"]
-    bundle = package(run, model, out_dir, package_config, key=key)
+    name = train_config.name or Path(data).stem
+    report, model = convert_run(run, out_dir / "models", conversion, name=name)
+    bundle = package(run, model, out_dir, package_config, key=key, report=report.to_dict())
     return Built(run, report, bundle)

@@ -88,8 +88,12 @@ def package(
     config: PackageConfig,
     *,
     key: SigningKey | None,
+    report: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the bundle of ``model`` (a .tflite or .onnx converted from ``run``'s model)."""
+    """Write the bundle of ``model`` (a .tflite or .onnx converted from ``run``'s model).
+
+    ``report`` is the conversion's report (``ConversionReport.to_dict()``) when the caller holds
+    it; otherwise the one ``edgeops convert`` wrote beside the model is read, if any."""
     from device_agent.runtimes import open_runtime, run_float
 
     cfg = config.checked()
@@ -100,7 +104,8 @@ def package(
     fmt = model_path.suffix.lower().lstrip(".")
     if fmt not in ("tflite", "onnx"):
         raise ModelError(f"{model_path}: package a converted .tflite or .onnx model")
-    report = conversion_report(model_path)
+    if report is None:
+        report = conversion_report(model_path)
     pre = r.preprocessing
     with np.load(r.split("test")) as z:
         x_test = z["x"][: cfg.samples]
