@@ -67,10 +67,10 @@ from bench_report import Goal, elapsed, goal_lines, package_versions, say, write
 from bench_smoke import add_mode_options, mode_of
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
+from edgeops.core.terminal import render
 from edgeops.service import db
 from edgeops.service.auth import Tokens
-from edgeops.tables import render
 from edgeops.testing import Mosquitto, free_port
 
 FLEET = service_bench.FLEET

@@ -37,8 +37,8 @@ from starlette.routing import Route
 
 from device_agent.config import HttpConfig
 from device_agent.metrics import CONTENT_TYPE
-from edgeops.bodies import read_capped
-from edgeops.errors import (
+from edgeops.core.bodies import read_capped
+from edgeops.core.errors import (
     BodyTooLarge,
     EdgeOpsError,
     InputDataError,

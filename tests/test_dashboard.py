@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from edgeops.bundle import Bundle
-from edgeops.rollout import RolloutPolicy
-from edgeops.service import Service
+from edgeops.core.bundle import Bundle
 from edgeops.service.config import DEFAULT_THRESHOLDS, ModelPolicy, ServiceConfig
+from edgeops.service.rollout_policy import RolloutPolicy
+from edgeops.service.server import Service
 from edgeops.simulate import Fleet, FleetConfig
 from edgeops.simulate.spec import parse_drift
 from edgeops.testing import Mosquitto

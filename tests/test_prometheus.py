@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from device_agent.agent import Agent
-from edgeops import topics
-from edgeops.errors import InputDataError
-from edgeops.service import Service
+from edgeops.core import topics
+from edgeops.core.errors import InputDataError
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto
 from tests.test_agent import FLEET, make_config
 from tests.test_service import service_config

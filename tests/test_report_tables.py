@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from edgeops import topics, wire
-from edgeops.service import Service
+from edgeops.core import topics, wire
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import (
     alerts_table,
@@ -26,6 +25,7 @@ from edgeops.service.report import (
     fleet_table,
     models_table,
 )
+from edgeops.service.server import Service
 
 TABLES: dict[str, Callable[[Any], str]] = {
     "fleet": fleet_table,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeops import errors, wire
+from edgeops.core import errors, wire
 from edgeops.simulate import Fleet, FleetConfig, Samples, load_samples, parse_drift
 from edgeops.simulate.inject import (
     apply_drift,

@@ -15,11 +15,12 @@ import sqlalchemy as sa
 from litestar.testing import TestClient
 
 from device_agent.agent import Agent
-from edgeops import topics, wire
-from edgeops.latency import merge_wire
-from edgeops.service import Service, db
+from edgeops.core import topics, wire
+from edgeops.core.latency import merge_wire
+from edgeops.service import db
 from edgeops.service.api import make_app
 from edgeops.service.config import ServiceConfig
+from edgeops.service.server import Service
 from edgeops.service.views import MAX_POINTS
 from tests.test_agent import FLEET, make_config
 

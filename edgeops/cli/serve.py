@@ -14,7 +14,7 @@ import click
 
 from edgeops.cli.api_options import api_client, api_options
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
-from edgeops.optional import require
+from edgeops.core.optional import require
 from edgeops.service.report import device_report, drift_report, fleet_table, parse_since
 
 
@@ -110,8 +110,8 @@ def serve(
     Every REST route but /healthz, /readyz and /docs needs a token: make the first with
     `edgeops tokens create --db DB --role admin --name NAME`."""
     require("sqlalchemy", "service")
-    from edgeops.service import Service
     from edgeops.service.config import load_service_config
+    from edgeops.service.server import Service
 
     cfg = load_service_config(
         config_path,
@@ -152,7 +152,7 @@ def serve(
             )
         while not stop.wait(1.0):
             if service.failed is not None:
-                from edgeops.errors import ServiceFailed
+                from edgeops.core.errors import ServiceFailed
 
                 raise ServiceFailed(f"the service stopped: {service.failed}")
     finally:

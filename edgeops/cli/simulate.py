@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
-from edgeops.errors import UsageError
-from edgeops.optional import require
+from edgeops.core.errors import UsageError
+from edgeops.core.optional import require
 
 
 @click.command()
@@ -134,7 +134,7 @@ def simulate(
         raise UsageError("--duration must be a positive number of seconds")
     if every <= 0:
         raise UsageError("--every must be a positive number of seconds")
-    from edgeops.broker import BrokerSettings
+    from edgeops.core.broker import BrokerSettings
 
     given = mqtt_values(mqtt)
     broker = (
@@ -179,7 +179,7 @@ def simulate(
                 err=True,
             )
             if sim.online == 0:
-                from edgeops.errors import BrokerError
+                from edgeops.core.errors import BrokerError
 
                 why = sim.connect_problem or "no answer"
                 raise BrokerError(f"broker {broker.url}: no device could connect ({why})")

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from edgeops import trainer
-from edgeops.metrics import BlessingThresholds
-from edgeops.optional import require
-from edgeops.schema import Task
-from edgeops.trainer import TrainConfig
+from edgeops.core.optional import require
+from edgeops.trainer import run as trainer
+from edgeops.trainer.config import TrainConfig
+from edgeops.trainer.metrics import BlessingThresholds
 from edgeops.trainer.pipeline import StepResult
+from edgeops.trainer.schema import Task
 
 
 def train_options(f: click.decorators.FC) -> click.decorators.FC:
@@ -151,7 +151,7 @@ def train(out: Path, data: Path, **options: Any) -> None:
 @click.option("--schema", required=True, type=click.Path(path_type=Path), help="Schema JSON.")
 def validate(data: Path, schema: Path) -> None:
     """Check DATA (CSV or NPZ) against a schema; list every anomaly."""
-    from edgeops.schema import raise_for_anomalies
+    from edgeops.trainer.schema import raise_for_anomalies
 
     raise_for_anomalies(trainer.validate_file(data, schema), str(data))
     click.echo(f"{data}: conforms to {schema}")

@@ -1,4 +1,4 @@
-"""The central service (``edgeops serve``): :class:`Service` in :mod:`edgeops.service.server`.
+"""The central service (``edgeops serve``): :class:`~edgeops.service.server.Service`.
 
 Modules: ``server`` (the service and its threads), ``intake`` (messages in, checked, stored,
 acknowledged), ``evaluation`` (the drift evaluation queue), ``engine`` (drift verdicts and
@@ -6,10 +6,6 @@ alerts), ``baselines`` (registered baselines), ``limits`` (rate limits), ``worke
 (supervision), ``db`` (storage), ``rollouts`` and ``bundles`` (deployments); the REST API:
 ``api`` (routes), ``api_types`` (their bodies), ``api_docs`` (OpenAPI, ``/docs``), ``api_server``
 (uvicorn), ``auth`` (tokens, signed bundle links); ``report`` (the CLI's client and tables),
-``config``.
+``config``; ``rollout_policy`` (the pure part of staged rollouts) and ``pki`` (a
+small certificate authority for the fleet).
 """
-
-from edgeops.service.config import ServiceConfig
-from edgeops.service.server import Service
-
-__all__ = ["Service", "ServiceConfig"]

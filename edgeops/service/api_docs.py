@@ -30,7 +30,7 @@ from litestar.openapi.spec import (
 from litestar.router import Router
 
 from edgeops import __version__
-from edgeops.errors import MissingExtraError
+from edgeops.core.errors import MissingExtraError
 from edgeops.service import api_types as t
 from edgeops.service.auth import OPEN, Role
 

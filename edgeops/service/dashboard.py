@@ -47,7 +47,7 @@ from edgeops.service.api_docs import refusals, role_options
 from edgeops.service.auth import OPEN
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
+    from edgeops.service.server import Service
 
 FILES = {
     "index.html": "text/html; charset=utf-8",

@@ -41,7 +41,7 @@ from edgeops.service.intake import REASONS
 from edgeops.service.rollouts import STATES
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
+    from edgeops.service.server import Service
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALERT_KINDS = ("input", "output", "concept", "latency", "dataset")

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import sqlalchemy as sa
 
-from edgeops import wire
-from edgeops.latency import merge_wire
+from edgeops.core import wire
+from edgeops.core.latency import merge_wire
 from edgeops.service import api_types as t
 from edgeops.service import db
 from edgeops.service import view_types as v
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
+    from edgeops.service.server import Service
 
 MAX_POINTS = 120
 """Time buckets per chart."""

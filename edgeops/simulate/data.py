@@ -3,7 +3,7 @@
 Tabular models get the raw columns their preprocessing names (the agent encodes them, as it
 does for a real caller); tensor models get their input array, reshaped to the model's sample
 shape. The label column is kept aside for feedback. Without a data file, a bundle trained on
-one of scikit-learn's bundled datasets that :mod:`edgeops.samples` writes (digits, wine,
+one of scikit-learn's bundled datasets that :mod:`edgeops.trainer.samples` writes (digits, wine,
 diabetes) replays that dataset; scikit-learn loads it from its package, without a download.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeops import samples
-from edgeops.errors import InputDataError, UsageError
-from edgeops.preprocessing import Preprocessing
+from edgeops.core.columns import Table, read_table
+from edgeops.core.errors import InputDataError, UsageError
+from edgeops.core.preprocessing import Preprocessing
 from edgeops.simulate.inject import Array, Samples
-from edgeops.table import Table, read_table
+from edgeops.trainer import samples
 
 LABEL_COLUMNS = ("label", "target", "y")
 """Where labels are looked for when neither ``--target`` nor the bundle names a column."""

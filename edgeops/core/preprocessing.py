@@ -1,0 +1,149 @@
+"""How raw features become the model's input tensor, shared by the trainer, bundles and devices.
+
+Callers feed raw values: :meth:`Preprocessing.encode` turns them into the model's input, and the
+parameters it needs travel in the bundle's manifest. What it does is what a full-integer model
+cannot do well itself:
+
+- text: a categorical column becomes its category's index, ``1 + position`` in the vocabulary,
+  ``0`` for a missing or unknown category (the model one-hot encodes the index);
+- missing numbers: replaced by the training mean;
+- scale: a numeric column is standardised with the training mean and std. A tabular model has one
+  input tensor, and full-integer quantization gives an input tensor one scale; raw features of
+  different ranges (a wine's proline near 1,000, its hue near 1) would then lose the small ones.
+  Measured on wine: int8 accuracy 55.6 % with normalisation inside the model, against 96.3 % in
+  float.
+
+Image models keep their per-channel normalisation inside the model: pixels share one range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeops.core.errors import InputDataError
+
+TABULAR_INPUT = "features"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One tabular feature as the model sees it."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    vocabulary: tuple[str, ...] = ()
+    mean: float = 0.0
+    """Training mean; also what a missing number is replaced by."""
+    std: float = 1.0
+    """Training standard deviation (1 for a constant column)."""
+
+    def encode(self, values: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        arr = np.asarray(values)
+        if self.kind == "numeric":
+            if arr.dtype.kind in "biuf":
+                return self._scale(arr.astype(np.float64))
+            out = np.full(len(arr), np.nan, dtype=np.float64)
+            for i, v in enumerate(arr):
+                if v is None or v == "":
+                    continue
+                try:
+                    out[i] = float(v)
+                except (TypeError, ValueError):
+                    raise InputDataError(f"feature '{self.name}': {v!r} is not a number") from None
+            return self._scale(out)
+        index = {v: i + 1 for i, v in enumerate(self.vocabulary)}
+        return np.array([index.get(_text(v), 0) for v in arr], dtype=np.float32)
+
+    def _scale(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        z = (x - self.mean) / (self.std or 1.0)
+        return np.where(np.isnan(z), 0.0, z).astype(np.float32)
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return str(int(v)) if float(v).is_integer() else str(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The model input: tabular columns, or one tensor of a fixed per-sample shape."""
+
+    kind: Literal["tabular", "tensor"]
+    input_name: str
+    columns: tuple[Column, ...] = ()
+    shape: tuple[int, ...] = ()
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def encode(self, data: Mapping[str, Any]) -> npt.NDArray[np.float32]:
+        """Model inputs for a batch given as columns (name -> values), raw values in."""
+        if self.kind == "tensor":
+            if self.input_name not in data:
+                raise InputDataError(f"no input '{self.input_name}'")
+            x = np.asarray(data[self.input_name], dtype=np.float32)
+            if tuple(x.shape[1:]) != self.shape:
+                raise InputDataError(
+                    f"input '{self.input_name}': samples have shape {tuple(x.shape[1:])}, "
+                    f"expected {self.shape}"
+                )
+            return x
+        missing = [c.name for c in self.columns if c.name not in data]
+        if missing:
+            raise InputDataError(f"missing features: {', '.join(missing)}")
+        cols = [c.encode(data[c.name]) for c in self.columns]
+        lengths = {len(c) for c in cols}
+        if len(lengths) > 1:
+            raise InputDataError("features differ in their number of rows")
+        return np.stack(cols, axis=1) if cols else np.empty((0, 0), np.float32)
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
+        """Model inputs for a list of records (dicts of feature -> raw value)."""
+        names = [c.name for c in self.columns] if self.kind == "tabular" else [self.input_name]
+        return self.encode({n: [r.get(n) for r in records] for n in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "input": self.input_name,
+            "columns": [
+                {
+                    "name": c.name,
+                    "kind": c.kind,
+                    "vocabulary": list(c.vocabulary),
+                    "mean": c.mean,
+                    "std": c.std,
+                }
+                for c in self.columns
+            ],
+            "shape": list(self.shape),
+            "categorical_encoding": "1 + index in vocabulary; 0 for missing or unknown",
+            "numeric_encoding": "(value - mean) / std; 0 for missing",
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        kind = d["kind"]
+        if kind not in ("tabular", "tensor"):
+            raise ValueError(f"unknown preprocessing kind {kind!r}")
+        columns = []
+        for c in d.get("columns", ()):
+            if c["kind"] not in ("numeric", "categorical"):
+                raise ValueError(f"column {c['name']!r}: unknown kind {c['kind']!r}")
+            columns.append(
+                Column(
+                    str(c["name"]),
+                    c["kind"],
+                    tuple(str(v) for v in c.get("vocabulary", ())),
+                    float(c.get("mean", 0.0)),
+                    float(c.get("std", 1.0)),
+                )
+            )
+        return cls(kind, str(d["input"]), tuple(columns), tuple(int(s) for s in d.get("shape", ())))
