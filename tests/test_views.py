@@ -146,3 +146,36 @@ def test_views_of_a_quiet_device_and_the_refusals(fed) -> None:  # type: ignore[
     assert client.get("/ui/../api.py").status_code == 404
     assert client.get("/ui/secret.txt").status_code == 404
     assert client.get("/").status_code == 200  # redirected to /ui/
+
+
+def test_merged_latencies_match_merge_wire_per_slot() -> None:
+    """The dashboard's merge of many windows at once gives merge_wire's histogram per slot:
+    same counts, same percentiles; a slot of another accuracy's minority is left out as
+    merge_wire leaves it out; a slot of zeros only or of empty windows works."""
+    import msgspec
+
+    from edgeops.core.latency import LogHistogram
+    from edgeops.service.views import _Latency, merged_latencies
+
+    rng = np.random.default_rng(3)
+
+    def hist(values: np.ndarray, accuracy: float = 0.01) -> wire.LatencyHistogram:
+        h = LogHistogram(accuracy)
+        if len(values):
+            h.add(values)
+        return h.to_wire()
+
+    slots: dict[int, list[wire.LatencyHistogram]] = {
+        0: [hist(rng.lognormal(0, 1, n)) for n in (5, 50, 500)],
+        1: [hist(rng.lognormal(2, 0.5, 40)), hist(rng.lognormal(2, 0.5, 10), accuracy=0.02)],
+        2: [hist(np.zeros(7))],  # every value at or below min_value
+        3: [hist(np.array([]))],  # a window that served nothing
+    }
+    slotted = [(i, _Latency(**msgspec.structs.asdict(h))) for i, hs in slots.items() for h in hs]
+    got = merged_latencies(slotted)
+    assert set(got) == {0, 1, 2}
+    for i in (0, 1, 2):
+        want = merge_wire(slots[i])
+        assert got[i].to_wire() == want.to_wire()
+        for q in (0.0, 0.5, 0.95, 1.0):
+            assert got[i].quantile(q) == want.quantile(q)

@@ -1075,12 +1075,16 @@ class Store:
         q = sa.select(devices).order_by(devices.c.fleet, devices.c.device)
         if fleet is not None:
             q = q.where(devices.c.fleet == fleet)
-        with self.begin() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+        with self.begin() as conn:  # tuples, not row mappings: every dashboard poll reads these
+            result = conn.execute(q)
+            keys = list(result.keys())
+            return [dict(zip(keys, r, strict=True)) for r in result.all()]
 
     def device(self, fleet: str, device: str) -> dict[str, Any] | None:
-        rows = [d for d in self.devices(fleet) if d["device"] == device]
-        return rows[0] if rows else None
+        q = sa.select(devices).where(devices.c.fleet == fleet, devices.c.device == device)
+        with self.begin() as conn:
+            row = conn.execute(q).mappings().first()
+        return None if row is None else dict(row)
 
     def find_device(self, device: str) -> list[dict[str, Any]]:
         with self.begin() as conn:
