@@ -508,6 +508,11 @@ def run(s: Settings) -> None:
             for page, ratio in ratios.items()
         ),
     ]
+    load = os.getloadavg()
+    print(
+        f"Machine load (1, 5, 15 min) at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} "
+        f"on {os.cpu_count()} CPUs (other work on the machine slows every figure)"
+    )
     print(
         f"Database: {filled['windows']:,} windows, {filled['drift_rows']:,} drift rows, "
         f"{filled['alerts']} active alerts, one deployment to every device; "
@@ -527,6 +532,7 @@ def run(s: Settings) -> None:
             "latency": [asdict(r) for r in latencies],
             "intake": [asdict(r) for r in runs],
             "intake_ratio": ratios,
+            "load_average": load,
             "goals": [asdict(g) for g in goals],
             "versions": package_versions(
                 ["litestar", "sqlalchemy", "uvicorn", "prometheus-client"]),
