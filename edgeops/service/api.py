@@ -93,10 +93,6 @@ log = logging.getLogger(__name__)
 
 Need = Role | Literal["open"]
 
-_role = role_options
-_refusals = refusals
-
-
 # --- authentication and authorization ----------------------------------------------------------
 
 
@@ -269,8 +265,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="getFleet",
         summary="The fleet's devices",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def fleet_status(fleet: str | None = None) -> t.Fleet:
         """Every device: presence, model, agent version, last seen, active alerts."""
@@ -293,8 +289,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="getDevice",
         summary="One device",
         sync_to_thread=True,
-        responses=_refusals(400, 404),
-        **_role("read"),
+        responses=refusals(400, 404),
+        **role_options("read"),
     )
     def device_detail(device: str, fleet: str | None = None) -> t.DeviceSummary:
         """One device: its record, latency percentiles, errors, alerts, drift, recent events."""
@@ -313,8 +309,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="getDrift",
         summary="Drift verdicts",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def drift_report(
         model: str | None = None,
@@ -342,8 +338,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="listAlerts",
         summary="Alerts",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def alert_list(
         all: Annotated[bool, Parameter(description="Cleared alerts too")] = False,
@@ -358,8 +354,8 @@ def make_app(service: Service) -> Litestar:
         description="Registered bundles: versions, lineage, the devices running each.",
         summary="Registered bundles",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def model_list() -> t.Models:
         """Registered bundles: versions, lineage, the devices running each."""
@@ -372,8 +368,8 @@ def make_app(service: Service) -> Litestar:
         status_code=201,
         request_max_body_size=None,  # spool_capped applies MAX_BUNDLE_BYTES as the body streams
         operation_class=BundleUpload,
-        responses=_refusals(400, 413),
-        **_role("admin"),
+        responses=refusals(400, 413),
+        **role_options("admin"),
     )
     async def model_register(request: Request[Any, Any, Any]) -> t.Registered:
         """Register a bundle: its signature is verified, its baseline kept for drift and its
@@ -397,8 +393,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="getStats",
         summary="Intake counters",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def stats() -> t.Stats:
         """Messages received, stored, duplicated, rejected by reason; evaluations; queue."""
@@ -409,8 +405,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="listDeadLetters",
         summary="Dead letters",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def dead_letters(
         reason: str | None = None,
@@ -427,7 +423,7 @@ def make_app(service: Service) -> Litestar:
         summary="Alive",
         sync_to_thread=True,
         responses={503: ResponseSpec(t.Health, generate_examples=False)},
-        **_role(OPEN),
+        **role_options(OPEN),
     )
     def healthz() -> Response[t.Health]:
         """200 while no worker has failed for good, else 503."""
@@ -440,7 +436,7 @@ def make_app(service: Service) -> Litestar:
         summary="Ready",
         sync_to_thread=True,
         responses={503: ResponseSpec(t.Health, generate_examples=False)},
-        **_role(OPEN),
+        **role_options(OPEN),
     )
     def readyz() -> Response[t.Health]:
         """200 when alive, connected to the broker, the database answers and no worker is
@@ -453,7 +449,7 @@ def make_app(service: Service) -> Litestar:
         operation_id="downloadBundle",
         summary="A bundle's bytes",
         operation_class=BundleDownload,
-        responses=_refusals(404, 416),
+        responses=refusals(404, 416),
         opt={"role": OPEN},  # checked here: a signed link or a read token
         security=[{"token": []}, {}],
     )
@@ -484,8 +480,8 @@ def make_app(service: Service) -> Litestar:
         description="Deployments, newest first.",
         summary="Deployments",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def deployment_list(
         active: Annotated[bool, Parameter(description="Only running or aborting ones")] = False,
@@ -500,8 +496,8 @@ def make_app(service: Service) -> Litestar:
         summary="Start a deployment",
         status_code=201,
         sync_to_thread=True,
-        responses=_refusals(400),
-        **_role("deploy"),
+        responses=refusals(400),
+        **role_options("deploy"),
     )
     def deployment_start(data: t.DeploymentRequest) -> t.DeploymentStatus:
         """Start a staged deployment of a registered bundle."""
@@ -520,8 +516,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="getDeployment",
         summary="One deployment",
         sync_to_thread=True,
-        responses=_refusals(404),
-        **_role("read"),
+        responses=refusals(404),
+        **role_options("read"),
     )
     def deployment_status(dep_id: str) -> t.DeploymentStatus:
         """One deployment, with every device's state."""
@@ -536,8 +532,8 @@ def make_app(service: Service) -> Litestar:
         summary="Abort a deployment",
         status_code=200,
         sync_to_thread=True,
-        responses=_refusals(404, 409),
-        **_role("deploy"),
+        responses=refusals(404, 409),
+        **role_options("deploy"),
     )
     def deployment_abort(dep_id: str) -> t.DeploymentStatus:
         """Stop a deployment and roll back the devices it updated."""
@@ -553,8 +549,8 @@ def make_app(service: Service) -> Litestar:
         operation_id="whoami",
         summary="The token's name and role",
         sync_to_thread=True,
-        responses=_refusals(),
-        **_role("read"),
+        responses=refusals(),
+        **role_options("read"),
     )
     def whoami(request: Request[Any, Any, Any]) -> vt.Whoami:
         """The name and role of the token this request carries (the dashboard's login)."""
@@ -572,9 +568,9 @@ def make_app(service: Service) -> Litestar:
         operation_id="getMetrics",
         summary="Prometheus metrics",
         sync_to_thread=True,
-        responses=_refusals(),
+        responses=refusals(),
         media_type=metrics.CONTENT_TYPE,
-        **_role("read"),
+        **role_options("read"),
     )
     def prometheus_metrics() -> Response[bytes]:
         """The service's metrics in Prometheus' text format: intake counters, queues, the

@@ -4,7 +4,8 @@ versions (:mod:`edgeops.service.view_types`).
 Reads stay bounded however long the service has run: a device's windows and drift rows are read
 for the view's span only, through the ``(fleet, device, time)`` indexes; latency comes from the
 windows' own ``latency`` column (a few hundred bytes) rather than whole payloads; drift rows are
-thinned in SQL to the newest per feature and time bucket before they are decoded.
+thinned in SQL to the newest evaluation per time bucket (found from the index alone) before
+they are read and decoded.
 """
 
 from __future__ import annotations
