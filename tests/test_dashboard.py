@@ -4,8 +4,9 @@ four devices with brightened images (covariate drift), and a deployment baking o
 
 Each page is loaded as a person would (a token typed into the login form, or given once in the
 address's fragment); the tables must hold the expected devices and alerts, the charts data
-(uPlot's own data arrays) and pixels (the canvas is not blank); screenshots are kept under the
-test's temporary directory (printed at the end of the run with ``-s``)."""
+(uPlot's own data arrays) and pixels (the canvas has pixels in its series' colours, not only
+axes and grid); screenshots are kept under the
+repository's ``build/dashboard-screenshots/`` (not committed), replaced by each run."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "dashboard-screenshots"
+"""Where the screenshots are kept after the run (build/ is not committed)."""
 DRIFTED = ("sim-000", "sim-001")
 CALM = ("sim-002", "sim-003")
 
@@ -130,7 +133,9 @@ def live(
                 return any(d["state"] == "committed" for d in status["device_states"])
 
             _until(committed, 90, "the canary's commit")
-            shots = tmp_path_factory.mktemp("dashboard-screenshots")
+            shots = SCREENSHOTS
+            shutil.rmtree(shots, ignore_errors=True)
+            shots.mkdir(parents=True)
             yield Live(
                 service,
                 fleet,
