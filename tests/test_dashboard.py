@@ -345,6 +345,8 @@ def test_the_deployment_page_shows_progress_and_aborts_for_the_deploy_role(
     assert [r[0] for r in _rows(page, "devices")] == [CALM[1]]
     assert _rows(page, "devices")[0][2] == "committed"
     assert page.text_content("#state") == "running"
+    assert page.text_content("#progress-text").startswith("1 of 1 devices decided: 1 committed")
+    assert page.evaluate("document.getElementById('bar').style.width") == "100%"
     assert page.is_hidden("#abort")  # the read role may not abort
     assert any("stage 1" in r[2] for r in _rows(page, "history"))
     page.screenshot(path=str(live.shots / "deployment.png"), full_page=True)

@@ -15,7 +15,7 @@
       d.reason ? ` (${d.reason})` : "",
       ` · stage ${d.stage + 1} of ${d.stage_sizes.length} · trigger: ${d.trigger}`,
     );
-    const total = d.target.size || 0;
+    const total = d.device_states.length;  // (target.size is the bundle's bytes)
     const done = d.tally.decided;
     const bar = document.getElementById("bar");
     bar.style.width = total ? `${Math.round((100 * done) / total)}%` : "0%";
