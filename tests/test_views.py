@@ -179,3 +179,29 @@ def test_merged_latencies_match_merge_wire_per_slot() -> None:
         assert got[i].to_wire() == want.to_wire()
         for q in (0.0, 0.5, 0.95, 1.0):
             assert got[i].quantile(q) == want.quantile(q)
+
+
+def test_the_model_view_reads_fidelity_from_the_conversion_report(fed) -> None:  # type: ignore[no-untyped-def]
+    """A bundle whose conversion measured fidelity (labelled validation data) shows it: the
+    report's own dictionary (converters.fidelity.Fidelity.to_dict) as the manifest keeps it."""
+    from converters.config import Task
+    from converters.fidelity import Fidelity, OutputError
+
+    service, client, _, _ = fed
+    fid = Fidelity(
+        task=Task.CLASSIFICATION,
+        samples=300,
+        labelled=True,
+        outputs=(OutputError("probs", 0.02, 0.004, 31.5, 0.999),),
+        agreement=0.99,
+        source_accuracy=0.97,
+        converted_accuracy=0.965,
+    ).to_dict()
+    with service.store.begin() as conn:
+        (manifest,) = conn.execute(sa.select(db.models.c.manifest)).scalars()
+        conn.execute(sa.update(db.models).values(manifest={**manifest, "fidelity": fid}))
+    (version,) = client.get("/v1/views/models/digits").json()["versions"]
+    got = version["fidelity"]
+    assert got["agreement"] == 0.99 and got["samples"] == 300
+    assert got["accuracy_drop_points"] == pytest.approx(0.5)
+    assert got["min_snr_db"] == pytest.approx(31.5)
