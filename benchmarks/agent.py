@@ -288,7 +288,8 @@ def prepare_digits(work: Path, s: Settings) -> list[Served]:
         )
         report = convert(run.model, work / "models", cfg)
         model = work / "models" / report.artifact["file"]
-        bundle = package(run, model, work / "bundles", PackageConfig(f"1.0.0-{mode}"), key=None)
+        pkg = PackageConfig("1.0.0", name=f"digits-{mode.value}")
+        bundle = package(run, model, work / "bundles", pkg, key=None)
         served.append(Served("digits", mode.value, model, bundle, x))
     return served
 

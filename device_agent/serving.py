@@ -96,10 +96,20 @@ class ServedModel:
             return Prepared(x, {pre.input_name: x})
         if pre.kind == "tabular":
             names = [c.name for c in pre.columns]
+            if isinstance(data, Mapping) and not _is_columns(data):
+                data = [data]  # one record: {feature: value}
             if isinstance(data, Mapping):
-                columns = {n: np.asarray(data.get(n, [None] * _rows(data))) for n in names}
+                unknown = [str(k) for k in data if k not in names]
+                if unknown:
+                    raise InputDataError(
+                        f"unknown feature{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(unknown[:5])} (the model takes {', '.join(names)})"
+                    )
+                pre.check_present(set(data))
+                rows = _rows(data)
+                columns = {n: np.asarray(data.get(n, [None] * rows)) for n in names}
             elif isinstance(data, Sequence) and data and isinstance(data[0], Mapping):
-                columns = {n: np.asarray([r.get(n) for r in data]) for n in names}
+                columns = {n: np.asarray(v) for n, v in pre.columns_of(data).items()}
             else:
                 arr = _array(data)
                 if arr.ndim == 1:
@@ -168,10 +178,24 @@ class ServedModel:
         }
 
 
+def _is_columns(data: Mapping[str, Any]) -> bool:
+    """Whether a mapping holds columns (name -> sequence of values) rather than one record."""
+    return any(
+        isinstance(v, Sequence | np.ndarray) and not isinstance(v, str | bytes)
+        for v in data.values()
+    )
+
+
 def _rows(data: Mapping[str, Any]) -> int:
-    for v in data.values():
-        return len(v)
-    return 0
+    """The number of rows of columns; a column that is not a sequence is refused."""
+    lengths = set()
+    for name, v in data.items():
+        if not isinstance(v, Sequence | np.ndarray) or isinstance(v, str | bytes):
+            raise InputDataError(f"column '{name}': expected a list of values")
+        lengths.add(len(v))
+    if len(lengths) > 1:
+        raise InputDataError("features differ in their number of rows")
+    return lengths.pop() if lengths else 0
 
 
 def _all_finite(a: npt.NDArray[np.float32]) -> bool:

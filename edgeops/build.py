@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeops.errors import OutputError
 from edgeops.optional import require
-from edgeops.packaging import PackageConfig, package
+from edgeops.packaging import PackageConfig, bundle_path, package
 from edgeops.signing import SigningKey
 from edgeops.trainer import Run, TrainConfig, train
 from edgeops.trainer.pipeline import StepResult
@@ -42,6 +43,10 @@ def build(
     conv = require("converters", "convert")
     out_dir = Path(out)
     package_config.checked()
+    name = package_config.name or train_config.name or Path(data).stem
+    dest = bundle_path(out_dir, name, package_config.version)
+    if dest.exists() and not package_config.force:
+        raise OutputError(f"{dest} exists: pass --force to replace it, or a new --version")
     run = train(data, out_dir / "run", train_config, on_step=on_step)
     cfg = replace(
         conversion,

@@ -29,7 +29,11 @@ from edgeops.trainer import Run
 
 BUNDLE_SUFFIX = ".bundle"
 SAMPLES_FILE = "samples.npz"
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# Semantic versions that are PEP 440 versions too (devices order them with PEP 440):
+# MAJOR.MINOR.PATCH, optionally a pre-release -aN, -bN or -rcN (1.2.0-rc1 is 1.2.0rc1 there).
+_NUMBER = r"(0|[1-9][0-9]{0,8})"
+_VERSION = re.compile(rf"^{_NUMBER}(\.{_NUMBER}){{2}}(-(a|b|rc){_NUMBER})?$")
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,17 @@ class PackageConfig:
     """The version this one replaces, if any."""
     samples: int = 8
     """Test inputs stored with the outputs they must give."""
+    force: bool = False
+    """Replace a bundle file of the same name; otherwise an existing one is refused."""
 
     def checked(self) -> PackageConfig:
         for label, value in (("--version", self.version), ("--parent", self.parent)):
             if value is not None and not _VERSION.match(value):
                 raise UsageError(
-                    f"{label} {value!r}: use letters, digits and . _ + - (at most 64 characters)"
+                    f"{label} {value!r}: not a semantic version; use MAJOR.MINOR.PATCH such as "
+                    "1.0.0, optionally with -aN, -bN or -rcN (devices order versions)"
                 )
-        if self.name is not None and not _VERSION.match(self.name):
+        if self.name is not None and not _NAME.match(self.name):
             raise UsageError(f"--name {self.name!r}: use letters, digits and . _ + -")
         if not 1 <= self.samples <= 256:
             raise UsageError("--samples must be between 1 and 256")
@@ -97,6 +104,9 @@ def package(
     model_path = Path(model)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: no such model file")
+    dest = bundle_path(Path(out), cfg.name or r.name, cfg.version)
+    if dest.exists() and not cfg.force:
+        raise OutputError(f"{dest} exists: pass --force to replace it, or a new --version")
     fmt = model_path.suffix.lower().lstrip(".")
     if fmt not in ("tflite", "onnx"):
         raise ModelError(f"{model_path}: package a converted .tflite or .onnx model")
@@ -183,7 +193,6 @@ def package(
         },
     }
     files = {model_file: model_path.read_bytes(), SAMPLES_FILE: samples.getvalue()}
-    dest = bundle_path(Path(out), name, cfg.version)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -135,7 +135,7 @@ def test_package_refuses_mismatched_or_rejected_models(
             wine_run,
             tmp_path / digits_model.artifact["file"],
             tmp_path,
-            PackageConfig("1"),
+            PackageConfig("1.0.0"),
             key=None,
         )
     # A model that its conversion gate rejected is not packaged.
@@ -145,7 +145,7 @@ def test_package_refuses_mismatched_or_rejected_models(
     report.update(status="rejected", reasons=["accuracy dropped 9 points"])
     Path(str(rejected) + ".report.json").write_text(json.dumps(report))
     with pytest.raises(errors.GateError, match="rejected"):
-        package(wine_run, rejected, tmp_path, PackageConfig("1"), key=None)
+        package(wine_run, rejected, tmp_path, PackageConfig("1.0.0"), key=None)
     with pytest.raises(errors.UsageError):
         package(wine_run, wine_int8, tmp_path, PackageConfig("not a version!"), key=None)
 

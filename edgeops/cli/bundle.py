@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from edgeops.bundle import Bundle
-from edgeops.cli.train import echo_step, train_config, train_options
+from edgeops.cli.train import check_data, echo_step, train_config, train_options
 from edgeops.errors import UsageError
 from edgeops.optional import require
+from edgeops.packaging import PackageConfig
 from edgeops.signing import SigningKey, load_signing_key, load_verify_keys
 
 
@@ -29,7 +30,12 @@ def _signing_key(key: Path | None, unsigned: bool) -> SigningKey | None:
 def package_options(f: click.decorators.FC) -> click.decorators.FC:
     """Options of ``edgeops package`` shared with ``edgeops build``."""
     options = [
-        click.option("--version", "version", required=True, help="The bundle's version."),
+        click.option(
+            "--version",
+            "version",
+            required=True,
+            help="The bundle's version: MAJOR.MINOR.PATCH, optionally -aN, -bN or -rcN.",
+        ),
         click.option("--parent", default=None, help="The version this bundle replaces."),
         click.option(
             "--key",
@@ -38,6 +44,7 @@ def package_options(f: click.decorators.FC) -> click.decorators.FC:
             help="Private key (.key) to sign with; see `edgeops keys generate`.",
         ),
         click.option("--unsigned", is_flag=True, help="Write an unsigned bundle (development)."),
+        click.option("--force", is_flag=True, help="Replace a bundle file that exists."),
         click.option(
             "--samples",
             default=8,
@@ -140,16 +147,18 @@ def package(
     parent: str | None,
     key: Path | None,
     unsigned: bool,
+    force: bool,
     samples: int,
     **conversion: Any,
 ) -> None:
     """Write one signed bundle from a training run and its converted model."""
-    from edgeops.packaging import PackageConfig
     from edgeops.packaging import package as make_bundle
     from edgeops.trainer import Run
 
     signing_key = _signing_key(key, unsigned)
-    cfg = PackageConfig(version=version, name=name, parent=parent, samples=samples).checked()
+    cfg = PackageConfig(
+        version=version, name=name, parent=parent, samples=samples, force=force
+    ).checked()
     run = Run.load(run_dir)
     if model is None:
         conv = require("converters", "convert")
@@ -210,6 +219,7 @@ def build(
     parent: str | None,
     key: Path | None,
     unsigned: bool,
+    force: bool,
     samples: int,
     to: str,
     mode: str | None,
@@ -223,17 +233,21 @@ def build(
     Writes OUT/run (the training run), OUT/models (the converted model and its report) and
     OUT/NAME-VERSION.bundle. An unblessed run or a rejected conversion stops the chain (exit 7).
     """
+    check_data(data)
+    cfg = train_config(**train_opts)
+    pkg = PackageConfig(
+        version=version, name=train_opts.get("name"), parent=parent, samples=samples, force=force
+    ).checked()
     require("keras", "train")
     from edgeops.build import build as run_build
-    from edgeops.packaging import PackageConfig
 
     signing_key = _signing_key(key, unsigned)
     built = run_build(
         data,
         out,
-        train_config(**train_opts),
+        cfg,
         _conversion_config(to, mode, hw_target, max_conversion_drop, min_agreement),
-        PackageConfig(version=version, name=train_opts.get("name"), parent=parent, samples=samples),
+        pkg,
         key=signing_key,
         on_step=echo_step,
     )

@@ -13,7 +13,13 @@ import click
 
 from edgeops.cli.api_options import api_client, api_options
 from edgeops.errors import AccessDenied, DeploymentAborted, EdgeOpsError, UsageError
-from edgeops.rollout import RolloutPolicy, parse_percent, parse_seconds, parse_stages
+from edgeops.rollout import (
+    RolloutPolicy,
+    parse_percent,
+    parse_seconds,
+    parse_selector,
+    parse_stages,
+)
 from edgeops.service.report import (
     ServiceClient,
     deployment_report,
@@ -103,8 +109,6 @@ def start(
 ) -> None:
     """Start a staged deployment of BUNDLE (a bundle file, uploaded first, or a registered
     NAME-VERSION). Needs a deploy token; uploading a file needs an admin token."""
-    from edgeops.service.rollouts import parse_selector
-
     client = api_client(api)
     stage_values, counts = parse_stages(stages)
     policy = RolloutPolicy(

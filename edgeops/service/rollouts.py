@@ -647,16 +647,3 @@ def _serving(payloads: Sequence[bytes]) -> ro.Serving:
     return ro.Serving(
         predictions=sum(t.count for t in tele), errors=sum(t.errors for t in tele), p95_ms=p95
     )
-
-
-def parse_selector(text: str | None) -> dict[str, str] | None:
-    """``"site=lab,tier=canary"`` as a dict."""
-    if not text:
-        return None
-    out = {}
-    for part in text.split(","):
-        k, sep, v = part.partition("=")
-        if not sep or not k.strip():
-            raise RolloutError(f"--selector {text!r}: use LABEL=VALUE[,LABEL=VALUE…]")
-        out[k.strip()] = v.strip()
-    return out

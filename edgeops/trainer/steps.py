@@ -181,7 +181,10 @@ def preprocessing_for(sch: Schema) -> Preprocessing:
                 f"one array input per model is supported; the data has {names} besides the target"
             )
         return Preprocessing("tensor", tensors[0].name, shape=tensors[0].shape)
-    columns = tuple(Column(f.name, f.kind, f.vocabulary) for f in sch.inputs)  # type: ignore[arg-type]
+    columns = tuple(
+        Column(f.name, f.kind, f.vocabulary, fill_missing=f.allow_missing)  # type: ignore[arg-type]
+        for f in sch.inputs
+    )
     return Preprocessing("tabular", TABULAR_INPUT, columns)
 
 
