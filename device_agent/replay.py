@@ -1,7 +1,9 @@
 """``edgeops agent replay``: feed a CSV or NPZ file to a running agent at a steady rate.
 
 Each row becomes one predict call (a record for tabular models, an array for image models). When
-the file has the model's target column, the label is sent back as feedback for that prediction.
+the file has a label column (``--target``; by default the column the model was trained to
+predict, as its bundle records, else ``label``, ``target`` or ``y``), the label is sent back as
+feedback for that prediction.
 """
 
 from __future__ import annotations
@@ -55,10 +57,9 @@ def replay(
     table: Table = read_table(path)
     info = client.model()
     pre = info["preprocessing"]
+    candidates = (info.get("target"), "label", "target", "y")  # the model's own first
     label_col = (
-        target
-        if target is not None
-        else next((c for c in ("label", "target", "y") if c in table), None)
+        target if target is not None else next((c for c in candidates if c and c in table), None)
     )
     if target is not None and target not in table:
         raise UsageError(f"{path}: no column '{target}' for feedback")

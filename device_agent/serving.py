@@ -175,6 +175,7 @@ class ServedModel:
             "inputs": [t.to_dict() for t in self.runtime.inputs],
             "outputs": [t.to_dict() for t in self.runtime.outputs],
             "preprocessing": m["preprocessing"],
+            "target": (m.get("training") or {}).get("target"),
         }
 
 

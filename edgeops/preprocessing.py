@@ -119,19 +119,23 @@ class Preprocessing:
         return np.stack(cols, axis=1) if cols else np.empty((0, 0), np.float32)
 
     def encode_records(self, records: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
-        """Model inputs for a list of records (dicts of feature -> raw value)."""
-        return self.encode(self.columns_of(records))
+        """Model inputs for a list of records (dicts of feature -> raw value; other keys, such as
+        a table row's target, are ignored)."""
+        return self.encode(self.columns_of(records, allow_unknown=True))
 
-    def columns_of(self, records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    def columns_of(
+        self, records: Sequence[Mapping[str, Any]], *, allow_unknown: bool = False
+    ) -> dict[str, list[Any]]:
         """Records (dicts of feature -> raw value) as columns. Raises :class:`InputDataError`
-        for a feature the model does not take, or one left out that may not be."""
+        for a feature the model does not take (unless ``allow_unknown``), or one left out
+        that may not be."""
         if self.kind == "tensor":
             return {self.input_name: [_field(r, self.input_name, i) for i, r in enumerate(records)]}
         known = {c.name for c in self.columns}
         for i, r in enumerate(records):
             if not isinstance(r, Mapping):
                 raise InputDataError(f"record {i}: expected an object of features")
-            unknown = [k for k in r if k not in known]
+            unknown = [] if allow_unknown else [k for k in r if k not in known]
             if unknown:
                 raise InputDataError(
                     f"record {i}: unknown feature{'s' if len(unknown) > 1 else ''} "

@@ -171,9 +171,9 @@ def test_bad_input(
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "out"
     elif case == "float16-on-mcu":
-        extra = ["--to", "tflite", "--quantize", "float16", "--target", "mcu"]
+        extra = ["--to", "tflite", "--quantize", "float16", "--hw-target", "mcu"]
     elif case == "onnx-on-mcu":
-        extra = ["--to", "onnx", "--target", "mcu"]
+        extra = ["--to", "onnx", "--hw-target", "mcu"]
     elif case == "int8-without-data":
         extra = ["--to", "tflite", "--quantize", "int8"]
     elif case == "gate-without-validation":

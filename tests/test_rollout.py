@@ -562,7 +562,7 @@ def test_a_killed_service_resumes_its_deployment(
                 db_url,
                 "--http-port",
                 str(port),
-                "--pubkey",
+                "--trusted-key",
                 str(signing_keys[1]),
                 "--command-key",
                 str(command_keys[0]),

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from edgeops.bundle import Bundle
+from edgeops.cli.aliases import trusted_key_option, trusted_keys
 from edgeops.cli.train import check_data, echo_step, train_config, train_options
 from edgeops.errors import UsageError
 from edgeops.optional import require
@@ -81,7 +82,7 @@ def conversion_options(f: click.decorators.FC) -> click.decorators.FC:
             type=click.Choice(["cpu", "gpu", "npu", "mcu"]),
             default="cpu",
             show_default=True,
-            help="Hardware class, as `edgeops convert --target`.",
+            help="Hardware class, as `edgeops convert --hw-target`.",
         ),
         click.option(
             "--max-conversion-drop",
@@ -181,26 +182,24 @@ def package(
 
 @click.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--pubkey",
-    "pubkeys",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    metavar="KEY",
-    help="A trusted public key (.pub) or a directory of them. Repeatable; required unless "
-    "--allow-unsigned.",
+@trusted_key_option(
+    "A trusted public key (.pub) or a directory of them. Repeatable; required unless "
+    "--allow-unsigned."
 )
 @click.option(
     "--allow-unsigned",
     is_flag=True,
     help="Accept a bundle that carries no signature (development only). A signed bundle is "
-    "still checked against --pubkey.",
+    "still checked against --trusted-key.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle: Path, pubkeys: tuple[Path, ...], allow_unsigned: bool, as_json: bool) -> None:
+def verify(bundle: Path, allow_unsigned: bool, as_json: bool, **keys_given: Any) -> None:
     """Verify BUNDLE: its signature, every file's size and sha256, and the container."""
+    pubkeys = trusted_keys(keys_given)
     if not pubkeys and not allow_unsigned:
-        raise UsageError("verify needs --pubkey (or --allow-unsigned to accept unsigned bundles)")
+        raise UsageError(
+            "verify needs --trusted-key (or --allow-unsigned to accept unsigned bundles)"
+        )
     keys = load_verify_keys(pubkeys)
     with Bundle.open(bundle) as b:
         result = b.verify(keys, allow_unsigned=allow_unsigned)

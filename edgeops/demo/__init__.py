@@ -46,6 +46,7 @@ from edgeops.demo.models import (
     step,
     train_run,
 )
+from edgeops import logstream
 from edgeops.errors import EdgeOpsError
 from edgeops.rollout import RolloutPolicy
 
@@ -86,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.perf_counter()
     try:
-        summary = run_demo(args.out, args.broker, args.devices, args.drifted, args.rate)
+        # TensorFlow's and LiteRT's own lines (absl, oneDNN, XNNPACK) go through logging too.
+        with logstream.route_native_stderr():
+            summary = run_demo(args.out, args.broker, args.devices, args.drifted, args.rate)
     except EdgeOpsError as e:
         print(f"\ndemo FAILED: {e}")
         return 1

@@ -2,9 +2,10 @@
 
 Tabular models get the raw columns their preprocessing names (the agent encodes them, as it
 does for a real caller); tensor models get their input array, reshaped to the model's sample
-shape. The label column is kept aside for feedback. Without a data file, a bundle trained on
-one of scikit-learn's bundled datasets that :mod:`edgeops.samples` writes (digits, wine,
-diabetes) replays that dataset; scikit-learn loads it from its package, without a download.
+shape. The label column is kept aside for feedback. Without a data file, a bundle whose manifest
+records that it was trained on one of the sample files :mod:`edgeops.samples` writes (digits,
+wine, diabetes: the file's sha256) replays that file; scikit-learn loads it from its package,
+without a download. Nothing is guessed from a target's name.
 """
 
 from __future__ import annotations
@@ -19,37 +20,36 @@ from edgeops import samples
 from edgeops.errors import InputDataError, UsageError
 from edgeops.preprocessing import Preprocessing
 from edgeops.simulate.inject import Array, Samples
-from edgeops.table import Table, read_table
+from edgeops.table import Table, read_table, sha256_file
 
 LABEL_COLUMNS = ("label", "target", "y")
 """Where labels are looked for when neither ``--target`` nor the bundle names a column."""
 
-# (preprocessing kind, the training target) -> the sample dataset, its file and its writer
-BUNDLED: Mapping[tuple[str, str], tuple[str, str, Callable[[Path], Path]]] = {
-    ("tensor", "label"): ("digits", "digits.npz", samples.digits_npz),
-    ("tabular", "cultivar"): ("wine", "wine.csv", samples.wine_csv),
-    ("tabular", "progression"): ("diabetes", "diabetes.csv", samples.diabetes_csv),
+# The sample datasets edgeops.samples writes (the same bytes every time): a bundle trained on
+# one of them records that file's sha256 in its manifest (training.data_sha256).
+BUNDLED: Mapping[str, tuple[str, Callable[[Path], Path]]] = {
+    "digits": ("digits.npz", samples.digits_npz),
+    "wine": ("wine.csv", samples.wine_csv),
+    "diabetes": ("diabetes.csv", samples.diabetes_csv),
 }
 
 
-def bundled_sample(manifest: Mapping[str, Any]) -> str | None:
-    """The name of the bundled sample dataset the bundle was trained on, if it looks like one."""
-    target = str((manifest.get("training") or {}).get("target"))
-    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
-    return None if entry is None else entry[0]
-
-
 def sample_file(manifest: Mapping[str, Any], directory: Path) -> Path:
-    """Write the bundled sample dataset the bundle was trained on to ``directory``."""
-    target = str((manifest.get("training") or {}).get("target"))
-    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
-    if entry is None:
-        raise UsageError(
-            f"bundle {manifest.get('name')!r} was not trained on a bundled sample dataset "
-            "(digits, wine or diabetes): give --data FILE (CSV or NPZ) to replay"
-        )
-    _, name, write = entry
-    return write(directory / name)
+    """Write the sample dataset the bundle records it was trained on to ``directory``: the one
+    whose sha256 is the manifest's ``training.data_sha256``. Nothing is guessed from names: a
+    bundle trained on anything else needs its data file."""
+    recorded = (manifest.get("training") or {}).get("data_sha256")
+    directory.mkdir(parents=True, exist_ok=True)
+    for file, write in BUNDLED.values():
+        path = write(directory / file)
+        if recorded is not None and sha256_file(path) == recorded:
+            return path
+        path.unlink()
+    raise UsageError(
+        f"bundle {manifest.get('name')!r} was not trained on one of edgeops' sample datasets "
+        "(digits.npz, wine.csv, diabetes.csv from `edgeops samples`): give --data FILE "
+        "(CSV or NPZ) to replay"
+    )
 
 
 def load_samples(
