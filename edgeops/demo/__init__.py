@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeops import logstream
 from edgeops.demo.models import (
     DemoFailed,
     convert_and_package,
@@ -46,7 +47,6 @@ from edgeops.demo.models import (
     step,
     train_run,
 )
-from edgeops import logstream
 from edgeops.errors import EdgeOpsError
 from edgeops.rollout import RolloutPolicy
 
