@@ -351,3 +351,55 @@ def test_replay_sends_the_models_own_target_as_labels(  # type: ignore[no-untype
         window = agent.flush_window()
         assert window is not None and window.feedback.total == 30
     assert np.isfinite(window.feedback.total)
+
+
+# --- deployment output ----------------------------------------------------------------------
+
+
+def test_deployment_tables_cut_reasons_between_words() -> None:
+    from edgeops.service.report import deployment_report, deployments_table
+    from edgeops.tables import clip_words
+
+    reason = (
+        "health window failed: p95 latency 12.3 ms over the budget of 10 ms against the "
+        "previous model's 8.1 ms"
+    )
+    assert clip_words(reason, 70) == (
+        "health window failed: p95 latency 12.3 ms over the budget of 10 ms…"
+    )
+    assert clip_words("short", 70) == "short"
+    device = {"device": "pi-01", "stage": 0, "state": "rolled-back", "reason": reason}
+    dep = {
+        "id": "d1",
+        "model_name": "digits",
+        "model_version": "1.1.0",
+        "fleet": "lab",
+        "state": "aborted",
+        "reason": reason,
+        "stage": 0,
+        "stage_sizes": [1],
+        "trigger": "cli",
+        "counts": {"rolled-back": 1},
+        "history": [],
+        "device_states": [device],
+        "devices": {"rolled-back": 1},
+        "created": 0.0,
+    }
+    # The table rows (the last line of each); the report's state line shows the whole reason.
+    for text in (deployment_report(dep), deployments_table([dep])):
+        row = text.splitlines()[-1]
+        assert row.endswith("over the budget of 10 ms…"), row
+    assert f"state      aborted ({reason})" in deployment_report(dep)
+
+
+def test_the_abort_note_counts_every_device_that_went_back() -> None:
+    from edgeops.service.rollouts import rolled_back_note
+
+    assert rolled_back_note([{"state": "rolled-back"}, {"state": "failed"}]) == (
+        "1 device rolled back by their own health check"
+    )
+    assert rolled_back_note([{"state": "reverted"}, {"state": "rolled-back"}]) == (
+        "2 devices rolled back (1 by the abort, 1 by their own health check)"
+    )
+    assert rolled_back_note([{"state": "reverted"}] * 3) == "3 devices rolled back"
+    assert rolled_back_note([{"state": "skipped"}]) == "0 devices rolled back"

@@ -99,7 +99,7 @@ def test_readme_blocks_are_marked_few_and_parsed() -> None:
     assert all(len(b.text.splitlines()[0]) > len(NOT_RUN) + 10 for b in skipped)
     assert [b.file for b in blocks if b.lang == "toml" and b.file] == ["agent.toml"]
     joined = commands("a --x \\\n    --y 1   # note\n# comment\n\nb &\n")
-    assert joined == ["a --x     --y 1   # note", "b &"]
+    assert joined == ["a --x      --y 1   # note", "b &"]
 
 
 def _wait_line(command: str, ports: dict[str, str]) -> str:

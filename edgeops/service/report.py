@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeops.broker import read_secret
 from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.tables import render
+from edgeops.tables import clip_words, render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
 TOKEN_ENV = "EDGEOPS_TOKEN"
@@ -333,7 +333,7 @@ def deployments_table(rows: list[dict[str, Any]]) -> str:
             f"{r['stage'] + 1}/{len(r['stage_sizes'])}",
             " ".join(f"{k} {v}" for k, v in sorted(r["devices"].items())),
             _when(r["created"]),
-            r.get("reason") or "",
+            clip_words(r.get("reason") or "", 70),
         )
         for r in rows
     ]
@@ -361,7 +361,7 @@ def deployment_report(d: dict[str, Any]) -> str:
             x.get("from_version") or "-",
             _when(x.get("sent")),
             _when(x.get("decided")),
-            (x.get("reason") or "")[:70],
+            clip_words(x.get("reason") or "", 70),
         )
         for x in d["device_states"]
     ]
