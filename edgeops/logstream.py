@@ -132,6 +132,42 @@ def _writes_to_fd2(stream: TextIO) -> bool:
         return False
 
 
+_capture_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_lines_logged() -> Iterator[None]:
+    """What native code writes to descriptor 2 during the block, logged afterwards line by line
+    on the ``native`` logger (known chatter at debug). For short calls that print on their own
+    (a LiteRT interpreter announcing its XNNPACK delegate); one block at a time per process, as
+    descriptor 2 is the process's. A debug-level root logger leaves descriptor 2 alone."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with _capture_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        import tempfile
+
+        with tempfile.TemporaryFile() as sink:
+            sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "backslashreplace")
+        for line in text.splitlines():
+            if line.strip():
+                level, message = native_level(line.rstrip())
+                log.log(level, "%s", message)
+
+
 @contextlib.contextmanager
 def route_native_stderr() -> Iterator[NativeStderr]:
     """:class:`NativeStderr` for the duration of a ``with`` block."""

@@ -131,6 +131,14 @@ def cli(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+    # Progress of long steps (training epochs, conversions) on stderr, whatever the level.
+    progress = logging.getLogger("edgeops.progress")
+    if not any(isinstance(h, _Stderr) for h in progress.handlers):
+        shown = _Stderr()
+        shown.setFormatter(logging.Formatter("  %(message)s"))
+        progress.addHandler(shown)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
