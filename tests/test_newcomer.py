@@ -173,6 +173,44 @@ def test_a_failed_first_step_leaves_no_run_directory(cli, tmp_path: Path) -> Non
     assert not (tmp_path / "run").exists()
 
 
+def test_a_weak_model_is_not_blessed_without_min_accuracy(  # type: ignore[no-untyped-def]
+    cli, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    # One epoch of the wine MLP is far from 90 % on the test split; with no --min-accuracy
+    # given the run is still judged, and its epochs are shown as they go.
+    r = cli(
+        "train",
+        "--data",
+        data_files["wine"],
+        "--target",
+        "cultivar",
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+    )
+    assert r.code == errors.GateError.exit_code, r.out + r.err
+    assert "train: epoch 1/1: loss" in r.err
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["blessed"] is False and run["metrics"]["accuracy"] < 0.9
+    assert any("0.9" in reason for reason in run["reasons"]), run["reasons"]
+    # The same run with the bar lowered on purpose is blessed.
+    r = cli(
+        "train",
+        "--data",
+        data_files["wine"],
+        "--target",
+        "cultivar",
+        "--out",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--min-accuracy",
+        0,
+    )
+    assert r.code == 0, r.err
+
+
 def test_min_accuracy_has_a_default(cli) -> None:  # type: ignore[no-untyped-def]
     text = " ".join(cli("train", "--help").out.split())
     assert "--min-accuracy FRACTION Bless a classifier only at or above" in text

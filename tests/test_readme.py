@@ -205,3 +205,9 @@ def test_every_readme_example_runs(tmp_path: Path) -> None:
     ):
         assert (work / made).is_file(), made
     assert "labels sent back" in output and "completed" in output
+    # Progress as it goes, and no native library's own line in the output.
+    assert "train: epoch 1/" in output and "convert: checking fidelity on" in output
+    for chatter in ("XNNPACK delegate", "absl::InitializeLog", "oneDNN custom operations"):
+        assert chatter not in output, chatter
+    # ONNX int8 into a relative --out is pre-processed like any other.
+    assert "pre-processing failed" not in output
