@@ -10,10 +10,10 @@ Models, each served from an unsigned bundle by an :class:`~device_agent.agent.Ag
 
 * ``digits``: the small CNN of the training pipeline (``edgeops.trainer.train`` on scikit-learn's
   digits, 5 epochs), converted by ``converters.convert`` to TFLite int8 with float inputs and
-  outputs and to TFLite fp32, and packaged by ``edgeops.packaging.package``.
+  outputs and to TFLite fp32, and packaged by ``edgeops.packaging.package.package``.
 * ``mobilenetv2``: Keras' MobileNetV2 at 224x224x3, 1000 classes, random weights (no download),
   converted to TFLite fp32 and int8 (float I/O, calibrated on random images). A random model has no
-  training run, so its bundle is written here with ``edgeops.bundle.write_bundle``: a tensor
+  training run, so its bundle is written here with ``edgeops.core.bundle.write_bundle``: a tensor
   preprocessing, a baseline profiled on random images and the model's outputs on them, 1000 labels.
 
 Per-call overhead. In one process, per model: an ``Agent(config, mqtt=False, http=False)`` with
@@ -101,14 +101,15 @@ from device_agent.config import (
     TelemetryConfig,
 )
 from device_agent.runtimes import TFLITE_BACKENDS, TFLiteRuntime, tflite_interpreter_class
-from edgeops import samples
-from edgeops.bundle import Bundle, write_bundle
-from edgeops.optional import require
-from edgeops.packaging import PackageConfig, package, runtime_requirements
-from edgeops.preprocessing import Preprocessing
-from edgeops.profile import Profile, profile_class_outputs, profile_tensor
-from edgeops.tables import fmt, render
-from edgeops.trainer import TrainConfig, train
+from edgeops.core.bundle import Bundle, write_bundle
+from edgeops.core.optional import require
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.core.profile import Profile, profile_class_outputs, profile_tensor
+from edgeops.core.terminal import fmt, render
+from edgeops.packaging.package import PackageConfig, package, runtime_requirements
+from edgeops.trainer import samples
+from edgeops.trainer.config import TrainConfig
+from edgeops.trainer.run import train
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -358,9 +359,9 @@ def tensor_bundle(
 ) -> Path:
     """An unsigned bundle of an image classifier that has no training run.
 
-    The manifest carries what ``edgeops.packaging.package`` writes and the agent reads (model,
-    task, labels, signature, preprocessing, baseline, samples), with the baseline profiled here:
-    the input tensor's per-channel mean and std over ``baseline_x``, and the classes and
+    The manifest carries what ``edgeops.packaging.package.package`` writes and the agent reads
+    (model, task, labels, signature, preprocessing, baseline, samples), with the baseline profiled
+    here: the input tensor's per-channel mean and std over ``baseline_x``, and the classes and
     confidences of the model's outputs on them.
     """
     with TFLiteRuntime(model, threads=1) as rt:

@@ -62,10 +62,10 @@ from converters.config import DEFAULT_MIN_SNR_DB
 from converters.fidelity import Fidelity, compare
 from device_agent.benchmark import BenchConfig, benchmark
 from device_agent.runtimes import open_runtime, run_feeds
-from edgeops import datafiles
-from edgeops.errors import EdgeOpsError, cause
-from edgeops.feeds import Feeds
-from edgeops.tables import render
+from edgeops.core import datafiles
+from edgeops.core.errors import EdgeOpsError, cause
+from edgeops.core.feeds import Feeds
+from edgeops.core.terminal import render
 
 EDGEOPS = "edgeops"
 LIBRARY = "onnxruntime"

@@ -27,13 +27,13 @@ that follows another before its ACK waits for the peer's delayed ACK (Nagle's al
 loopback about 40 ms per leg, most of the round trip. The first run shows what a signature costs
 against the path itself.
 
-Per command. ``edgeops.commands.sign`` (on the service: a round trip through the codec, the
+Per command. ``edgeops.core.commands.sign`` (on the service: a round trip through the codec, the
 canonical bytes, an ed25519 signature) against ``wire.encode`` of the same command unsigned (what
 publishing costs without a signature), and on the device ``wire.decode`` then
-``edgeops.commands.check`` of a signed command against the same for an unsigned one (development
-mode): microseconds per command, the median of ``blocks`` blocks of ``calls`` calls each (full:
-20 blocks of 2000; ``--quick``: 10 of 1000; ``--smoke``: 2 of 100), for a ``ping`` and for an
-``update`` (a rollout's command: URL, sha256, size, name, version, a health gate).
+``edgeops.core.commands.check`` of a signed command against the same for an unsigned one
+(development mode): microseconds per command, the median of ``blocks`` blocks of ``calls`` calls
+each (full: 20 blocks of 2000; ``--quick``: 10 of 1000; ``--smoke``: 2 of 100), for a ``ping`` and
+for an ``update`` (a rollout's command: URL, sha256, size, name, version, a health gate).
 
 Also checked, as behaviour: every ping of both kinds was answered with ``ping-done`` (none
 refused), and a signed command changed after signing (its counter) was refused with
@@ -79,11 +79,12 @@ from device_agent.config import (
     ModelConfig,
     MqttConfig,
 )
-from edgeops import commands, topics, wire
-from edgeops.service import Service, ServiceConfig
+from edgeops.core import commands, topics, wire
+from edgeops.core.signing import SigningKey, generate_keypair, load_signing_key
+from edgeops.core.terminal import fmt, render
 from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
-from edgeops.signing import SigningKey, generate_keypair, load_signing_key
-from edgeops.tables import fmt, render
+from edgeops.service.config import ServiceConfig
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto
 
 FLEET = "bench-commands"
@@ -282,7 +283,7 @@ def p95(values: Sequence[float]) -> float:
 
 def nodelay(client: Any, on: bool) -> None:
     """TCP_NODELAY on or off on a connected paho client's socket (the service and the agent set
-    it on when they connect: ``edgeops.broker.no_delay``)."""
+    it on when they connect: ``edgeops.core.broker.no_delay``)."""
     sock = client.socket()
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))

@@ -8,9 +8,9 @@ What it measures
 ----------------
 Two models, each converted every way with ``converters.convert`` ("edgeops" rows):
 
-* ``digits``: the small CNN of ``edgeops.samples`` trained on scikit-learn's digits (8x8 images,
-  held-out test set of 450), to TFLite fp32, dynamic, float16, int8 (float I/O), int8 with int8
-  I/O and int16x8, and to ONNX fp32, float16, dynamic and int8.
+* ``digits``: the small CNN of ``edgeops.trainer.samples`` trained on scikit-learn's digits (8x8
+  images, held-out test set of 450), to TFLite fp32, dynamic, float16, int8 (float I/O), int8 with
+  int8 I/O and int16x8, and to ONNX fp32, float16, dynamic and int8.
 * ``mobilenetv2``: Keras' MobileNetV2 at 224x224 with random weights, for a realistic size, to
   TFLite fp32, float16, dynamic, int8 and ONNX fp32, int8, calibrated on random images. Random
   weights make accuracy meaningless, so only size and latency are shown.
@@ -67,9 +67,9 @@ from bench_smoke import SMOKE_IMAGE_MODEL, RunMode, add_mode_options, mode_of, s
 from converters import ConversionConfig, ConversionReport, Format, IOType, Mode, convert
 from device_agent.benchmark import BenchConfig, benchmark
 from device_agent.runtimes import open_runtime, run_float
-from edgeops import samples
-from edgeops.optional import quiet_native_stderr, require
-from edgeops.tables import fmt, render
+from edgeops.core.optional import quiet_native_stderr, require
+from edgeops.core.terminal import fmt, render
+from edgeops.trainer import samples
 
 # Imported as edgeops does, which hides TensorFlow's native start-up chatter.
 tf = require("tensorflow", "convert")

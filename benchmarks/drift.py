@@ -14,7 +14,7 @@ Data (all real, loaded from installed packages, nothing downloaded): scikit-lear
 statsmodels: the RAND Health Insurance Experiment (``randhie``: 20,190 person-years; a person's
 years and a family's members are consecutive rows, so rows in file order are clustered) and
 Fair's affairs survey (``fair``: 6,366 rows of small integers). The baseline of each run is a
-random sample of rows (a training split), profiled by ``edgeops.profile.profile_numeric``.
+random sample of rows (a training split), profiled by ``edgeops.core.profile.profile_numeric``.
 
 Windows are 500 rows. edgeops sees each as ten telemetry windows of 50 rows (bins and moments of
 each, as the agent sends them) and evaluates the span (``edgeops.drift.evaluate_span``);
@@ -75,6 +75,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 
+from edgeops.core.profile import NumericProfile, Profile, profile_numeric
+from edgeops.core.stats import Moments, bin_counts, quantile_edges
+from edgeops.core.wire import NumericWindow
 from edgeops.drift import (
     DEFAULT_THRESHOLDS,
     AlertState,
@@ -84,9 +87,6 @@ from edgeops.drift import (
     reference_from_windows,
     step,
 )
-from edgeops.profile import NumericProfile, Profile, profile_numeric
-from edgeops.stats import Moments, bin_counts, quantile_edges
-from edgeops.wire import NumericWindow
 
 Array = np.ndarray
 WINDOW = 500

@@ -9,10 +9,10 @@ What it measures
 ----------------
 Bundles: the digits CNN of the training pipeline (``edgeops.trainer.train`` on scikit-learn's
 digits, 5 epochs), converted by ``converters.convert`` to TFLite int8 (float I/O) and to TFLite
-fp32, packaged by ``edgeops.packaging.package`` and signed: ``digits 1.0.0`` (int8, what every
-device starts on) and ``digits 1.1.0`` (fp32: another conversion of the same run, a real update
-that passes). ``edgeops.testing.write_bad_bundles`` makes ``digits 1.1.1`` from 1.1.0 with wrong
-sample outputs, signed by the same key: it downloads and verifies, then fails the device's
+fp32, packaged by ``edgeops.packaging.package.package`` and signed: ``digits 1.0.0`` (int8, what
+every device starts on) and ``digits 1.1.0`` (fp32: another conversion of the same run, a real
+update that passes). ``edgeops.testing.write_bad_bundles`` makes ``digits 1.1.1`` from 1.1.0 with
+wrong sample outputs, signed by the same key: it downloads and verifies, then fails the device's
 sample check before the switch.
 
 One process holds everything but the broker: one ``edgeops.testing.Mosquitto``, one
@@ -108,12 +108,14 @@ import sqlalchemy as sa
 from bench_report import Goal, elapsed, goal_lines, package_versions, say, write_json_atomic
 from bench_smoke import RunMode, add_mode_options, mode_of
 
-from edgeops import rollout as ro
-from edgeops.rollout import RolloutPolicy
-from edgeops.service import Service, ServiceConfig, db
-from edgeops.service.rollouts import RolloutError
+from edgeops.core.errors import RolloutError
+from edgeops.core.terminal import fmt, render
+from edgeops.service import db
+from edgeops.service import rollout_policy as ro
+from edgeops.service.config import ServiceConfig
+from edgeops.service.rollout_policy import RolloutPolicy
+from edgeops.service.server import Service
 from edgeops.simulate import Fleet, FleetConfig
-from edgeops.tables import fmt, render
 from edgeops.testing import Mosquitto, write_bad_bundles
 
 FLEET = "bench"
@@ -212,10 +214,11 @@ def prepare(work: Path, epochs: int) -> Prepared:
     """Train the digits run; 1.0.0 (TFLite int8, float I/O) and 1.1.0 (TFLite fp32), signed;
     1.1.1, 1.1.0 with wrong sample outputs."""
     from converters import ConversionConfig, Format, Mode, convert
-    from edgeops import samples
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import generate_keypair, load_signing_key
-    from edgeops.trainer import TrainConfig, train
+    from edgeops.core.signing import generate_keypair, load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
+    from edgeops.trainer import samples
+    from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.run import train
 
     say("digits: training the run")
     data = samples.digits_npz(work / "digits.npz")

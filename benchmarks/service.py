@@ -132,11 +132,12 @@ from device_agent.config import (
     MqttConfig,
     TelemetryConfig,
 )
-from edgeops import topics, wire
-from edgeops.broker import BrokerSettings
-from edgeops.service import Service, ServiceConfig, db
-from edgeops.service.config import DEFAULT_THRESHOLDS
-from edgeops.tables import fmt, render
+from edgeops.core import topics, wire
+from edgeops.core.broker import BrokerSettings
+from edgeops.core.terminal import fmt, render
+from edgeops.service import db
+from edgeops.service.config import DEFAULT_THRESHOLDS, ServiceConfig
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 FloatArray = npt.NDArray[np.float32]
@@ -317,10 +318,11 @@ def digits_csv(path: Path) -> Path:
 def prepare(work: Path, s: Settings) -> Prepared:
     """Train both runs, convert them to TFLite, package signed bundles."""
     from converters import ConversionConfig, Format, Mode, convert
-    from edgeops import samples
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import generate_keypair, load_signing_key
-    from edgeops.trainer import TrainConfig, train
+    from edgeops.core.signing import generate_keypair, load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
+    from edgeops.trainer import samples
+    from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.run import train
 
     private, public = generate_keypair(work / "keys", "fleet")
     key = load_signing_key(private)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.feeds import Feeds
+from edgeops.core.feeds import Feeds
 
 
 def pick_samples(feeds: Feeds, n: int, seed: int = 0) -> Feeds:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-from edgeops.errors import UsageError
+from edgeops.core.errors import UsageError
 
 
 class Format(StrEnum):

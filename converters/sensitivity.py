@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeops.feeds import Feeds
-from edgeops.optional import require
+from edgeops.core.feeds import Feeds
+from edgeops.core.optional import require
 
 EXACT_DB = 120.0
 """SNR reported for a tensor the quantized model computes exactly (no error at all)."""

@@ -16,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from device_agent.runtimes import Runtime, open_runtime, run_float
-from edgeops.errors import ModelError, first_line
-from edgeops.feeds import Feeds
-from edgeops.optional import require
-from edgeops.tensors import TensorInfo
+from edgeops.core.errors import ModelError, first_line
+from edgeops.core.feeds import Feeds
+from edgeops.core.optional import require
+from edgeops.core.tensors import TensorInfo
 
 
 class SourceKind(StrEnum):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.config import Target
-from edgeops.optional import require
+from edgeops.core.optional import require
 
 GPU_OPS = frozenset(
     [

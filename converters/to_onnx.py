@@ -33,9 +33,9 @@ import numpy as np
 from converters.calibration import OnnxCalibrationReader
 from converters.config import CalibrationMethod, ConversionConfig, Mode, QuantFormat
 from converters.sources import Source, SourceKind
-from edgeops.errors import ConversionError, UsageError, cause
-from edgeops.feeds import Feeds
-from edgeops.optional import require
+from edgeops.core.errors import ConversionError, UsageError, cause
+from edgeops.core.feeds import Feeds
+from edgeops.core.optional import require
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 from converters.calibration import calls
 from converters.config import ConversionConfig, IOType, Mode, Target
 from converters.sources import Source
-from edgeops.errors import ConversionError, UsageError, cause
-from edgeops.feeds import Feeds
-from edgeops.optional import quiet_native_stderr, require
+from edgeops.core.errors import ConversionError, UsageError, cause
+from edgeops.core.feeds import Feeds
+from edgeops.core.optional import quiet_native_stderr, require
 
 log = logging.getLogger(__name__)
 

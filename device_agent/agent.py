@@ -8,8 +8,8 @@ trusted command key, for this device, in time, with a new counter); update comma
 :class:`~device_agent.updater.Updater`, which finishes an interrupted update before the model is
 loaded at start.
 
-Every telemetry window and event becomes a typed message (:mod:`edgeops.wire`) in the disk outbox
-before anything is sent, so a broker outage or an agent restart loses nothing.
+Every telemetry window and event becomes a typed message (:mod:`edgeops.core.wire`) in the disk
+outbox before anything is sent, so a broker outage or an agent restart loses nothing.
 """
 
 from __future__ import annotations
@@ -37,11 +37,18 @@ from device_agent.outbox import Outbox
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
 from device_agent.updater import Updater
-from edgeops import __version__, topics, wire
-from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
-from edgeops.profile import Profile
-from edgeops.signing import load_verify_keys
-from edgeops.window import WindowAccumulator, WindowStats
+from edgeops import __version__
+from edgeops.core import topics, wire
+from edgeops.core.errors import (
+    EdgeOpsError,
+    InputDataError,
+    ModelError,
+    RuntimeBackendError,
+    WireError,
+)
+from edgeops.core.profile import Profile
+from edgeops.core.signing import load_verify_keys
+from edgeops.core.window.accumulator import WindowAccumulator, WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +184,7 @@ class Agent:
         self.updater = Updater(self.store, cfg.update, self, threads=cfg.model.threads)
         self.updater.recover()  # the model loaded below is a committed one
         if self.store.current() is None and cfg.model.bundle is not None:
-            self.store.activate(self.store.install(cfg.model.bundle).id)
+            self.store.activate(self.store.install_file(cfg.model.bundle).id)
         current = self.store.current()
         if current is not None:
             self._swap_model(ServedModel(current, threads=cfg.model.threads))
@@ -530,13 +537,13 @@ class Agent:
     def handle_command(self, payload: bytes) -> None:
         """Carry out one command; anything wrong with it becomes an error event.
 
-        In order: the payload must be a valid command (:mod:`edgeops.wire`); the guard must
+        In order: the payload must be a valid command (:mod:`edgeops.core.wire`); the guard must
         admit it (signature, fleet and device, deadline, counter: ``command-rejected`` with the
         reason otherwise); then its kind is carried out and answered with ``KIND-done`` or
         ``KIND-failed`` (an update with its ``update-<state>`` events)."""
         try:
             cmd = wire.decode(payload, expected=wire.Command)
-        except wire.WireError as e:
+        except WireError as e:
             self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
             return
         assert self.guard is not None

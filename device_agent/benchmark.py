@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops import datafiles
-from edgeops.datafiles import model_feeds
-from edgeops.errors import (
+from edgeops.core import datafiles
+from edgeops.core.datafiles import model_feeds
+from edgeops.core.errors import (
     InputDataError,
     ModelError,
     OutputError,
@@ -34,9 +34,10 @@ from edgeops.errors import (
     cause,
     error_class,
 )
-from edgeops.feeds import parse_shape, random_feeds
-from edgeops.tables import render
-from edgeops.tensors import TensorInfo, quantize
+from edgeops.core.feeds import parse_shape, random_feeds
+from edgeops.core.files import atomic_write
+from edgeops.core.tensors import TensorInfo, quantize
+from edgeops.core.terminal import render
 
 from .runtimes import open_runtime
 
@@ -318,12 +319,9 @@ def table(results: Sequence[BenchResult]) -> str:
 def write_json(results: Sequence[BenchResult], path: str | Path) -> None:
     """Write results atomically (a temporary file renamed into place)."""
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
     try:
-        tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-        os.replace(tmp, p)
+        atomic_write(p, (json.dumps([r.to_dict() for r in results], indent=2) + "\n").encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"{p}: cannot write ({e.strerror})") from None
 
 
@@ -338,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shape", action="append", default=[])
     ap.add_argument("--input", default=None)
     args = ap.parse_args(argv)
-    from edgeops.errors import EdgeOpsError
+    from edgeops.core.errors import EdgeOpsError
 
     try:
         cfg = BenchConfig(

@@ -1,7 +1,7 @@
 """A small client for the agent's local HTTP API (standard library only).
 
 ``AgentClient("http://127.0.0.1:8470")`` or ``AgentClient("unix:/run/edgeops/agent.sock")``.
-Every method raises :class:`edgeops.errors.EdgeOpsError` subclasses with the agent's message.
+Every method raises :class:`edgeops.core.errors.EdgeOpsError` subclasses with the agent's message.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgeops.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
+from edgeops.core.errors import EdgeOpsError, InputDataError, ModelError, RuntimeBackendError
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edgeops.errors import UsageError
+from edgeops.core.errors import UsageError
 
 ENV_PREFIX = "EDGEOPS_AGENT_"
 
@@ -132,7 +132,8 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class CommandsConfig:
-    """Which commands the agent acts on (:mod:`edgeops.commands`, :mod:`device_agent.guard`)."""
+    """Which commands the agent acts on (:mod:`edgeops.core.commands`,
+    :mod:`device_agent.guard`)."""
 
     trusted_keys: tuple[Path, ...] = ()
     """The service's command public keys (``.pub`` files or directories of them). Several may
@@ -207,7 +208,7 @@ class AgentConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def checked(self) -> AgentConfig:
-        from edgeops import topics
+        from edgeops.core import topics
 
         try:
             topics.check_id(self.device.id)

@@ -15,7 +15,7 @@ from typing import Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig, load_config
-from edgeops import logstream
+from edgeops.core import logstream
 
 
 def configure_logging(level: str, json_lines: bool) -> None:

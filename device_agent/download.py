@@ -3,7 +3,6 @@ timeout per network operation, retries with back-off, and a deadline for the who
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import ssl
@@ -16,15 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from edgeops.errors import first_line
+from edgeops.core.errors import DownloadFailed, first_line
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-
-
-class DownloadFailed(Exception):
-    """The download did not complete; the message says why (reported in ``update-failed``)."""
 
 
 def download(
@@ -149,11 +144,3 @@ def _too_large(got: int, size: int, max_bytes: int) -> str:
     if got > max_bytes:
         return f"the download ({got} bytes or more) exceeds the limit of {max_bytes} bytes"
     return f"the download ({got} bytes or more) is larger than the expected {size} bytes"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()

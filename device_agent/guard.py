@@ -1,5 +1,6 @@
-"""The agent's gate for commands: a command is acted on only when :func:`edgeops.commands.check`
-finds nothing wrong with it, and the counter of every command let through is persisted first.
+"""The agent's gate for commands: a command is acted on only when
+:func:`edgeops.core.commands.check` finds nothing wrong with it, and the counter of every command
+let through is persisted first.
 
 The last accepted counter lives in ``STORE/commands.json`` (write, fsync, rename) before the
 command is carried out, so a replay after a restart is refused too. When that file is lost or
@@ -17,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from device_agent.config import CommandsConfig
-from device_agent.store import _write_atomic
-from edgeops import commands, wire
-from edgeops.errors import UsageError
-from edgeops.signing import VerifyKey, load_verify_keys
+from edgeops.core import commands, wire
+from edgeops.core.errors import UsageError
+from edgeops.core.files import atomic_write
+from edgeops.core.signing import VerifyKey, load_verify_keys
 
 log = logging.getLogger(__name__)
 
@@ -121,5 +122,5 @@ class CommandGuard:
 
     def _write(self, counter: int) -> None:
         body = {"fleet": self.fleet, "device": self.device, "counter": counter}
-        _write_atomic(self.path, json.dumps(body).encode())
+        atomic_write(self.path, json.dumps(body).encode())
         self._last = counter

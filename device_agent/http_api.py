@@ -35,8 +35,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from device_agent.config import HttpConfig
-from edgeops.bodies import read_capped
-from edgeops.errors import (
+from edgeops.core.bodies import read_capped
+from edgeops.core.errors import (
     BodyTooLarge,
     EdgeOpsError,
     InputDataError,

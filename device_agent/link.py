@@ -28,8 +28,8 @@ from paho.mqtt.properties import Properties
 
 from device_agent.config import MqttConfig
 from device_agent.outbox import Outbox
-from edgeops.broker import no_delay
-from edgeops.errors import UsageError
+from edgeops.core.broker import no_delay
+from edgeops.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from edgeops.errors import OutputError, first_line
+from edgeops.core.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -30,20 +30,12 @@ from dataclasses import dataclass
 from packaging.version import InvalidVersion, Version
 
 from device_agent.config import UpdateConfig
-from edgeops import wire
+from edgeops.core import wire
+from edgeops.core.errors import PolicyRefusal
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]*:[0-9a-f:.]*")
 """A host name, an IPv4 address, or an IPv6 address (in brackets in an entry)."""
-
-
-class PolicyRefusal(Exception):
-    """The device's policy refuses an update or a rollback; the message says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        """A short kind: "downgrade", "version", "model", "host", "local api"."""
 
 
 # --- versions and names -----------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.client import AgentClient
-from edgeops.errors import EdgeOpsError, UsageError
-from edgeops.table import Table, read_table
+from edgeops.core.columns import Table, read_table
+from edgeops.core.errors import EdgeOpsError, UsageError
 
 
 @dataclass(frozen=True)

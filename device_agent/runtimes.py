@@ -5,7 +5,7 @@ run on ai-edge-litert, else tflite-runtime, else ``tensorflow.lite`` (imported o
 lighter is installed); ``.onnx`` models run on onnxruntime's CPU provider.
 
 ``run`` takes and returns the model's own tensors (integers for a quantized input); callers that
-want float in and float out use :func:`edgeops.tensors.quantize` and ``dequantize`` with the
+want float in and float out use :func:`edgeops.core.tensors.quantize` and ``dequantize`` with the
 tensor's scale and zero point, as :func:`run_float` does.
 """
 
@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.errors import ModelError, RuntimeBackendError, first_line
-from edgeops.feeds import Feeds
-from edgeops.logstream import native_lines_logged
-from edgeops.tensors import TensorInfo, dequantize, quantize
+from edgeops.core.errors import ModelError, RuntimeBackendError, first_line
+from edgeops.core.feeds import Feeds
+from edgeops.core.logstream import native_lines_logged
+from edgeops.core.tensors import TensorInfo, dequantize, quantize
 
 log = logging.getLogger(__name__)
 

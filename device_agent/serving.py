@@ -19,11 +19,11 @@ import numpy.typing as npt
 
 from device_agent.runtimes import Runtime, open_runtime
 from device_agent.store import Installed
-from edgeops.errors import InputDataError, ModelError
-from edgeops.preprocessing import Preprocessing
-from edgeops.profile import Profile
-from edgeops.tensors import dequantize, quantize
-from edgeops.wire import ModelRef
+from edgeops.core.errors import BundleError, InputDataError, ModelError
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.core.profile import Profile
+from edgeops.core.tensors import dequantize, quantize
+from edgeops.core.wire import ModelRef
 
 _SUM_CHECK_ELEMENTS = 4096
 """Up to this many elements a sample's NaN check is a float64 sum (see :func:`_all_finite`)."""
@@ -44,12 +44,14 @@ class ServedModel:
     """An installed bundle with an open runtime. Thread-safe: one inference at a time."""
 
     def __init__(self, entry: Installed, *, threads: int = 1) -> None:
-        m = entry.manifest
+        m = entry.info
         self.entry = entry
-        self.task: str = str(m["task"])
-        self.labels: tuple[str, ...] = tuple(m.get("labels", ()))
-        self.preprocessing = Preprocessing.from_dict(m["preprocessing"])
-        self.baseline = Profile.from_dict(m["baseline"])
+        if m.task is None:
+            raise BundleError(f"{entry.id}: the manifest names no task")
+        self.task: str = m.task
+        self.labels: tuple[str | int, ...] = m.labels
+        self.preprocessing = Preprocessing.from_dict(m.require("preprocessing"))
+        self.baseline = Profile.from_dict(m.require("baseline"))
         self.ref = ModelRef(name=entry.name, version=entry.version, sha256=entry.model_sha256)
         self.runtime: Runtime = open_runtime(entry.model_path, threads=threads)
         if len(self.runtime.inputs) != 1:
@@ -163,19 +165,19 @@ class ServedModel:
         return [float(v) for v in first.reshape(len(first), -1)[:, 0]]
 
     def info(self) -> dict[str, Any]:
-        m = self.entry.manifest
+        m = self.entry.info
         return {
             "id": self.entry.id,
             "name": self.ref.name,
             "version": self.ref.version,
             "sha256": self.ref.sha256,
-            "format": m["model"]["format"],
+            "format": m.require_model().format,
             "task": self.task,
             "labels": list(self.labels),
             "inputs": [t.to_dict() for t in self.runtime.inputs],
             "outputs": [t.to_dict() for t in self.runtime.outputs],
-            "preprocessing": m["preprocessing"],
-            "target": (m.get("training") or {}).get("target"),
+            "preprocessing": m.preprocessing,
+            "target": None if m.training is None else m.training.target,
         }
 
 

@@ -10,13 +10,17 @@
       downloads/                    bundles being downloaded by the updater
       update.json                   the updater's state (see device_agent.updater)
 
-A bundle is verified (signature, hashes, container) before anything is extracted, and extracted
-into a staging directory that is renamed into place, so a model directory is either complete or
-absent. The previous model stays on disk, so rollback needs no download.
+A bundle is verified once (signature, hashes, container: :meth:`ModelStore.verify`), and the open,
+verified handle is what :meth:`ModelStore.install` takes, so nothing is installed unverified and
+nothing is verified twice; each file is extracted
+(its sha256 checked again as it is copied, in case the file
+changed on disk since) into a staging directory that is renamed into place, so a model directory
+is either complete or absent. The previous model stays on disk, so rollback needs no download.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeops.bundle import MANIFEST, Bundle, canonical_json
-from edgeops.errors import BundleError, OutputError
-from edgeops.signing import VerifyKey
+from edgeops.core.bundle import MANIFEST, Bundle, canonical_json
+from edgeops.core.errors import BundleError, OutputError
+from edgeops.core.files import atomic_write
+from edgeops.core.manifest import Manifest
+from edgeops.core.signing import VerifyKey
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +50,30 @@ class Installed:
     directory: Path
     manifest: dict[str, Any]
 
+    @functools.cached_property
+    def info(self) -> Manifest:
+        """The typed manifest."""
+        return Manifest.parse(self.manifest, f"{self.id}: {MANIFEST}")
+
     @property
     def model_path(self) -> Path:
-        return self.directory / str(self.manifest["model"]["file"])
+        return self.directory / self.info.require_model().file
 
     @property
     def samples_path(self) -> Path:
-        return self.directory / str(self.manifest["samples"]["file"])
+        return self.directory / self.info.require_samples().file
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.info.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.info.version
 
     @property
     def model_sha256(self) -> str:
-        return str(self.manifest["files"][self.manifest["model"]["file"]]["sha256"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return self.info.model_sha256
 
 
 class ModelStore:
@@ -107,7 +104,7 @@ class ModelStore:
 
     def _set_pointer(self, current: str | None, previous: str | None) -> None:
         body = json.dumps({"current": current, "previous": previous}, indent=2).encode()
-        _write_atomic(self.root / POINTER, body)
+        atomic_write(self.root / POINTER, body)
 
     def _entry(self, entry_id: str | None) -> Installed | None:
         if entry_id is None:
@@ -138,25 +135,42 @@ class ModelStore:
 
     # --- changes ------------------------------------------------------------------------------
 
-    def install(self, bundle: Path) -> Installed:
-        """Verify ``bundle`` and extract it into the store (not yet current)."""
-        with Bundle.open(bundle) as b:
+    def verify(self, path: Path) -> Bundle:
+        """Open ``path`` and verify it against this store's trusted keys; the caller closes it
+        (a context manager). :class:`BundleError` if it fails."""
+        b = Bundle.open(path)
+        try:
             b.verify(self.keys, allow_unsigned=self.allow_unsigned)
-            manifest = b.manifest
-            entry_id = self.entry_id(manifest)
-            final = self.root / "models" / entry_id
-            if (final / MANIFEST).is_file():
-                return Installed(entry_id, final, manifest)
-            staging = self.root / "models" / f".{entry_id}.partial"
+        except BaseException:
+            b.close()
+            raise
+        return b
+
+    def install_file(self, path: Path) -> Installed:
+        """:meth:`verify` then :meth:`install`."""
+        with self.verify(path) as b:
+            return self.install(b)
+
+    def install(self, b: Bundle) -> Installed:
+        """Extract a bundle that :meth:`verify` opened into the store (not yet current)."""
+        if not b.verified:
+            raise BundleError(f"{b.path}: not verified; open it with ModelStore.verify")
+        bundle = b.path
+        manifest = b.manifest
+        entry_id = self.entry_id(manifest)
+        final = self.root / "models" / entry_id
+        if (final / MANIFEST).is_file():
+            return Installed(entry_id, final, manifest)
+        staging = self.root / "models" / f".{entry_id}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir(parents=True)
+            b.extract(staging)
+            atomic_write(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
+            os.replace(staging, final)
+        except OSError as e:
             shutil.rmtree(staging, ignore_errors=True)
-            try:
-                staging.mkdir(parents=True)
-                b.extract(staging)
-                _write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2).encode())
-                os.replace(staging, final)
-            except OSError as e:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise OutputError(f"{self.root}: cannot install {bundle.name} ({e})") from None
+            raise OutputError(f"{self.root}: cannot install {bundle.name} ({e})") from None
         log.info("installed %s", entry_id)
         return Installed(entry_id, final, manifest)
 

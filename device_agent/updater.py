@@ -33,10 +33,10 @@ The state file::
      "history": [["downloading", 1700000000.0], ...]}
 
 The health window counts the new model's predictions and inference errors and its latency
-(:class:`~edgeops.latency.LogHistogram`). The p95 budget is checked against the window's traffic
-(or, with fewer than :data:`MIN_TRAFFIC` predictions, the new model's p95 on the bundle's sample
-inputs); the ratio against the previous model compares the traffic of the telemetry window before
-the switch with the health window's, or, where either saw too little traffic, both models'
+(:class:`~edgeops.core.latency.LogHistogram`). The p95 budget is checked against the window's
+traffic (or, with fewer than :data:`MIN_TRAFFIC` predictions, the new model's p95 on the bundle's
+sample inputs); the ratio against the previous model compares the traffic of the telemetry window
+before the switch with the health window's, or, where either saw too little traffic, both models'
 latency on the sample inputs, measured one after the other while staging.
 """
 
@@ -56,14 +56,16 @@ import numpy as np
 
 from device_agent import policy
 from device_agent.config import UpdateConfig
-from device_agent.download import DownloadFailed, download, sha256_file
-from device_agent.policy import HealthGate, PolicyRefusal
+from device_agent.download import download
+from device_agent.policy import HealthGate
 from device_agent.serving import ServedModel
-from device_agent.store import ModelStore, _write_atomic
-from edgeops import wire
-from edgeops.bundle import Bundle
-from edgeops.errors import EdgeOpsError, first_line
-from edgeops.latency import LogHistogram
+from device_agent.store import ModelStore
+from edgeops.core import wire
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
+from edgeops.core.files import atomic_write, sha256_file
+from edgeops.core.latency import LogHistogram
+from edgeops.core.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -442,11 +444,11 @@ class Updater:
                 check=self._check_redirect,
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
-            manifest = self._verify(path, req)
-            rec["entry"] = ModelStore.entry_id(manifest)
-            rec["version"] = manifest["version"]
-            self._enter(rec, "staged", {"entry": rec["entry"]})
-            new, samples = self._stage(path, rec["entry"])
+            with self._verify(path, req) as verified:
+                rec["entry"] = ModelStore.entry_id(verified.manifest)
+                rec["version"] = verified.info.version
+                self._enter(rec, "staged", {"entry": rec["entry"]})
+                new, samples = self._stage(verified, rec["entry"])
             old = self.host.model
             old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
             new_bench = bench(new, samples, self.config.bench_runs)
@@ -526,47 +528,52 @@ class Updater:
         except PolicyRefusal as e:
             raise DownloadFailed(f"redirected: {e}") from None
 
-    def _verify(self, path: Path, req: UpdateRequest) -> dict[str, Any]:
+    def _verify(self, path: Path, req: UpdateRequest) -> Bundle:
+        """The downloaded bundle, open and verified by the store, if it is the one the command
+        named and the device may run it; the caller closes it."""
         got = path.stat().st_size
         if got != req.size:
             raise _Failed(f"size {got} differs from the expected {req.size} bytes")
         if sha256_file(path) != req.sha256:
             raise _Failed("sha256 differs from the command's")
-        with Bundle.open(path) as b:
-            b.verify(self.store.keys, allow_unsigned=self.store.allow_unsigned)
-            manifest = b.manifest
-        if (manifest["name"], manifest["version"]) != (req.name, req.version):
+        b = self.store.verify(path)
+        try:
+            self._check_manifest(b.info, ModelStore.entry_id(b.manifest), req)
+        except BaseException:
+            b.close()
+            raise
+        return b
+
+    def _check_manifest(self, manifest: Manifest, entry_id: str, req: UpdateRequest) -> None:
+        if (manifest.name, manifest.version) != (req.name, req.version):
             raise _Failed(
-                f"the bundle is {manifest['name']} {manifest['version']}, "
-                f"not {req.name} {req.version}"
+                f"the bundle is {manifest.name} {manifest.version}, not {req.name} {req.version}"
             )
         current = self.store.current()
         try:  # again, on the signed manifest: the current model may have changed meanwhile
             policy.check_forward(None if current is None else current.version, req.version)
         except PolicyRefusal as e:
             raise _Failed(str(e)) from None
-        fmt = str((manifest.get("min_runtime") or {}).get("format") or "")
-        fmt = fmt or str(manifest.get("model", {}).get("format", ""))
+        fmt = manifest.runtime_format
         if runtime_available(fmt) is None:
             raise _Failed(f"no runtime for {fmt or 'an unknown'} models is installed")
-        if ModelStore.entry_id(manifest) == self.store.pointer()["current"]:
-            raise _Failed(f"{manifest['name']} {manifest['version']} is already current")
-        return manifest
+        if entry_id == self.store.pointer()["current"]:
+            raise _Failed(f"{manifest.name} {manifest.version} is already current")
 
-    def _stage(self, path: Path, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
-        entry = self.store.install(path)
+    def _stage(self, verified: Bundle, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
+        entry = self.store.install(verified)
         assert entry.id == entry_id
         try:
             model = ServedModel(entry, threads=self.threads)
         except EdgeOpsError as e:
             raise _Failed(f"the model does not load: {e}") from None
         try:
-            spec = entry.manifest["samples"]
+            spec = entry.info.require_samples()
             with np.load(entry.samples_path) as z:
                 x = z["inputs"].astype(np.float32)
                 expected = [z[f"output_{i}"] for i in range(len(model.runtime.outputs))]
             got = model.run(x)
-            atol, rtol = float(spec["atol"]), float(spec["rtol"])
+            atol, rtol = spec.atol, spec.rtol
             for i, (g, want) in enumerate(zip(got, expected, strict=True)):
                 same_shape = g.shape == want.shape
                 if not same_shape or not np.allclose(g, want, atol=atol, rtol=rtol):
@@ -617,7 +624,7 @@ class Updater:
 
     def _persist(self, rec: dict[str, Any]) -> None:
         rec["updated"] = time.time()
-        _write_atomic(self.state_path, json.dumps(rec, indent=2).encode())
+        atomic_write(self.state_path, json.dumps(rec, indent=2).encode())
 
     def _enter(self, rec: dict[str, Any], state: str, data: dict[str, Any]) -> None:
         """Persist ``state``, then publish it; the caller acts on it after."""

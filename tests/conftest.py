@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgeops import samples
+from edgeops.trainer import samples
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,9 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def wine_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A finished classification run on wine (text and missing values included)."""
-    from edgeops.metrics import BlessingThresholds
-    from edgeops.trainer import TrainConfig, train
+    from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.metrics import BlessingThresholds
+    from edgeops.trainer.run import train
 
     # The bar edgeops train sets by default, so that the CLI reuses this run's steps.
     bar = BlessingThresholds(min_accuracy=0.9)
@@ -149,8 +150,8 @@ def wine_bundle(  # type: ignore[no-untyped-def]
     signing_keys: tuple[Path, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import load_signing_key
+    from edgeops.core.signing import load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
 
     key = load_signing_key(signing_keys[0])
     out = tmp_path_factory.mktemp("bundles")
@@ -160,7 +161,8 @@ def wine_bundle(  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def digits_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A finished image classification run on digits (a small CNN)."""
-    from edgeops.trainer import TrainConfig, train
+    from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.run import train
 
     cfg = TrainConfig(target="label", epochs=10)
     return train(data_files["digits"], tmp_path_factory.mktemp("runs") / "digits", cfg)
@@ -169,7 +171,7 @@ def digits_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An ed25519 key pair: (private .key, public .pub)."""
-    from edgeops.signing import generate_keypair
+    from edgeops.core.signing import generate_keypair
 
     return generate_keypair(tmp_path_factory.mktemp("keys"), "fleet")
 
@@ -177,7 +179,7 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def command_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The service's command key pair (private .key, public .pub): not a bundle key."""
-    from edgeops.signing import generate_keypair
+    from edgeops.core.signing import generate_keypair
 
     return generate_keypair(tmp_path_factory.mktemp("command-keys"), "command")
 
@@ -201,8 +203,8 @@ def digits_bundles(  # type: ignore[no-untyped-def]
     """Two signed bundles of the digits model: int8 TFLite with int8 inputs and outputs (1.0.0)
     and fp32 ONNX (1.1.0)."""
     from converters import ConversionConfig, Format, IOType, Mode, convert
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import load_signing_key
+    from edgeops.core.signing import load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
 
     out = tmp_path_factory.mktemp("agent-bundles")
     key = load_signing_key(signing_keys[0])

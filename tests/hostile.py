@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
 
 
 @dataclass(frozen=True)

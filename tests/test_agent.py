@@ -34,11 +34,11 @@ from device_agent.config import (
     load_config,
 )
 from device_agent.serving import ServedModel
-from edgeops import errors, wire
-from edgeops.errors import EdgeOpsError
-from edgeops.signing import load_signing_key
+from edgeops.core import errors, wire
+from edgeops.core.errors import EdgeOpsError
+from edgeops.core.signing import load_signing_key
 from edgeops.testing import Collector, Mosquitto, command, send_command, window_order_problems
-from edgeops.trainer import Run
+from edgeops.trainer.run import Run
 
 FLEET = "test"
 
@@ -269,7 +269,7 @@ def test_commands(
         assert "no previous model" in nothing.message
         # Install and switch to 1.1.0, then roll back to 1.0.0 by command.
         assert agent.store is not None
-        newer = agent.store.install(digits_bundles[1])
+        newer = agent.store.install_file(digits_bundles[1])
         agent.store.activate(newer.id)
         # A conditional rollback (a rollout's) of a model that is not current changes nothing.
         skip = reply("rollback-done", cmd(wire.RollbackArgs(version="1.0.0", from_sha256="0" * 64)))
@@ -470,7 +470,7 @@ def test_a_model_switch_under_load_counts_every_prediction_once(
         for t in threads:
             t.start()
         assert agent.store is not None and agent.model is not None
-        entries = [agent.store.current(), agent.store.install(digits_bundles[1])]
+        entries = [agent.store.current(), agent.store.install_file(digits_bundles[1])]
         for k in range(20):
             entry = entries[(k + 1) % 2]
             assert entry is not None
@@ -509,7 +509,7 @@ def test_a_switch_and_the_timer_close_windows_in_seq_order(
         return run(x, raw=raw)
 
     old.run = slow_run  # type: ignore[method-assign]
-    newer = ServedModel(agent.store.install(digits_bundles[1]))
+    newer = ServedModel(agent.store.install_file(digits_bundles[1]))
     x = np.zeros((8, 8), dtype=np.float32)
     threads = [
         threading.Thread(target=agent.predict, args=(x,)),

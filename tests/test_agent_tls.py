@@ -15,7 +15,7 @@ import pytest
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig, TlsConfig, load_config
 from edgeops.testing import Collector, Mosquitto, TestPki, make_test_pki
-from edgeops.trainer import Run
+from edgeops.trainer.run import Run
 from tests.test_agent import make_config
 
 OPS_PASSWORDS = {"ops": "ops-pw"}

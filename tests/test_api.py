@@ -23,13 +23,14 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
-from device_agent.download import DownloadFailed, download
-from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.service import Service, db
+from device_agent.download import download
+from edgeops.core.errors import AccessDenied, DownloadFailed, EdgeOpsError, UsageError
+from edgeops.service import db
 from edgeops.service.api import make_app
 from edgeops.service.auth import ROLES, BundleLinks, Tokens
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import ServiceClient
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 NEEDS: dict[tuple[str, str], str] = {
@@ -472,9 +473,9 @@ def test_the_request_policy_names_every_rollout_setting() -> None:
     """A setting added to RolloutPolicy must be added to the request and response bodies."""
     from dataclasses import fields
 
-    from edgeops.rollout import RolloutPolicy
     from edgeops.service import api_types as t
     from edgeops.service.intake import Counters
+    from edgeops.service.rollout_policy import RolloutPolicy
 
     names = [f.name for f in fields(RolloutPolicy)]
     assert list(t.PolicyRequest.__struct_fields__) == names
@@ -500,7 +501,14 @@ def test_the_docs_page_is_served_from_the_package(api: Api) -> None:
 
 
 def test_an_insecure_api_is_open_and_says_so(
-    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Mosquitto() as broker:  # its own: the shared one holds other tests' retained devices
+        _insecure_api_is_open(tmp_path, broker, caplog)
+
+
+def _insecure_api_is_open(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = _config(tmp_path, broker=f"mqtt://127.0.0.1:{broker.port}", insecure_api=True)
     with caplog.at_level(logging.WARNING), Service(cfg) as service:

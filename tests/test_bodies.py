@@ -29,8 +29,8 @@ from device_agent.agent import Agent
 from device_agent.client import AgentClient
 from device_agent.config import HttpConfig
 from device_agent.http_api import MAX_BODY_BYTES
-from edgeops.bodies import read_capped, spool_capped
-from edgeops.errors import BodyTooLarge
+from edgeops.core.bodies import read_capped, spool_capped
+from edgeops.core.errors import BodyTooLarge
 from edgeops.service.api import MAX_BUNDLE_BYTES
 from edgeops.testing import Mosquitto, free_port, make_api_token
 from tests.test_agent import make_config

@@ -1,22 +1,123 @@
-"""Package boundaries: the device side and the CLI's help stay free of TensorFlow."""
+"""Package boundaries, as prefixes: a device imports ``edgeops.core`` and nothing else of
+``edgeops``; ``edgeops.core`` imports only itself; neither loads TensorFlow or the server side;
+the CLI's help stays free of TensorFlow."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 HEAVY = ("tensorflow", "keras", "converters", "tf2onnx", "onnx")
+SERVER = (
+    "sqlalchemy",
+    "sklearn",
+    "litestar",
+    "edgeops.service",
+    "edgeops.trainer",
+    "edgeops.drift",
+)
+"""Packages that belong on the server or a developer's machine, never on a device."""
 
 
-def _loaded_after(code: str) -> list[str]:
-    probe = f"import sys\n{code}\nprint('LOADED:', *[m for m in {HEAVY!r} if m in sys.modules])"
+def _loaded_after(code: str, watch: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of ``watch`` (packages, by prefix) are in ``sys.modules`` after running ``code``."""
+    probe = (
+        f"import sys\n{code}\nwatch = {watch!r}\n"
+        "print('LOADED:', *sorted({w for w in watch for m in sys.modules"
+        " if m == w or m.startswith(w + '.')}))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1].split()[1:]
 
 
+def _modules(package: str) -> list[str]:
+    base = ROOT / package.replace(".", "/")
+    names = []
+    for path in sorted(base.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] in ("__init__", "__main__"):
+            parts = parts[:-1] if parts[-1] == "__init__" else []
+        if parts:
+            names.append(".".join(parts))
+    return names
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def _outside(package: str, allowed: tuple[str, ...]) -> list[str]:
+    """``file:line module`` for each import of ``edgeops`` outside the allowed prefixes."""
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, name in _imports(path):
+            if not (name == "edgeops" or name.startswith("edgeops.")):
+                continue
+            if name in ("edgeops", "edgeops.__version__"):
+                continue
+            if not any(name == a or name.startswith(a + ".") for a in allowed):
+                bad.append(f"{path.relative_to(ROOT)}:{line} {name}")
+    return bad
+
+
+def test_device_agent_imports_only_core() -> None:
+    assert _outside("device_agent", ("edgeops.core",)) == []
+
+
+def test_core_imports_only_itself() -> None:
+    assert _outside("edgeops/core", ("edgeops.core",)) == []
+
+
+def test_prefix_check_catches_a_device_import_of_the_server(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from edgeops.service.db import Store\n    import edgeops.drift\n")
+    names = [name for _, name in _imports(bad)]
+    assert "edgeops.service.db" in names and "edgeops.drift" in names
+
+
 def test_device_agent_import_stays_light() -> None:
-    assert _loaded_after("import device_agent, device_agent.runtimes, device_agent.benchmark") == []
+    code = "\n".join(f"import {m}" for m in _modules("device_agent"))
+    assert _loaded_after(code, HEAVY + SERVER) == []
+
+
+def test_device_agent_loads_only_core_of_edgeops() -> None:
+    code = "\n".join(f"import {m}" for m in _modules("device_agent"))
+    probe = code + "\nprint('LOADED:', *sorted(m for m in sys.modules if m.startswith('edgeops')))"
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + probe], capture_output=True, text=True, check=True
+    )
+    loaded = out.stdout.strip().splitlines()[-1].split()[1:]
+    assert loaded and all(m == "edgeops" or m.startswith("edgeops.core") for m in loaded), loaded
+
+
+def test_core_stays_light() -> None:
+    code = "\n".join(f"import {m}" for m in _modules("edgeops/core"))
+    assert _loaded_after(code, HEAVY + SERVER) == []
+
+
+def test_drift_maths_stays_light() -> None:
+    """The service imports the drift maths; so do benchmarks that compare it with other tools."""
+    code = "\n".join(f"import {m}" for m in _modules("edgeops/drift"))
+    watch = (*HEAVY, "sqlalchemy", "sklearn", "litestar", "edgeops.service", "edgeops.trainer")
+    assert _loaded_after(code, watch) == []
+
+
+def test_trainer_data_modules_stay_light() -> None:
+    code = "import edgeops.trainer.schema, edgeops.trainer.metrics, edgeops.packaging.modelinfo"
+    assert _loaded_after(code, (*HEAVY, "sqlalchemy", "edgeops.service")) == []
 
 
 def test_cli_help_does_not_import_tensorflow() -> None:
@@ -28,18 +129,10 @@ def test_cli_help_does_not_import_tensorflow() -> None:
     assert _loaded_after(code) == []
 
 
-def test_core_modules_stay_light() -> None:
-    code = "import edgeops.bundle, edgeops.signing, edgeops.profile, edgeops.stats, edgeops.metrics"
-    code += ", edgeops.preprocessing, edgeops.schema, edgeops.table, edgeops.modelinfo"
-    code += ", edgeops.wire, edgeops.topics, edgeops.latency, edgeops.window, edgeops.drift"
-    code += ", edgeops.window_merge, edgeops.bodies"
-    assert _loaded_after(code) == []
-
-
 def test_benchmark_runner_runs_without_tensorflow(converted: dict[str, Path]) -> None:
     code = (
         "from device_agent.benchmark import benchmark, BenchConfig\n"
         f"benchmark({str(converted['tflite-int8'])!r}, BenchConfig(runs=3, warmup=1))\n"
         f"benchmark({str(converted['onnx-fp32'])!r}, BenchConfig(runs=3, warmup=1))"
     )
-    assert _loaded_after(code) == []
+    assert _loaded_after(code, HEAVY + SERVER) == []

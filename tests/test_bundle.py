@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgeops import bundle as bundle_mod
-from edgeops import errors
-from edgeops.bundle import (
+from edgeops.core import bundle as bundle_mod
+from edgeops.core import errors
+from edgeops.core.bundle import (
     BUNDLE_FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -26,7 +26,7 @@ from edgeops.bundle import (
     canonical_json,
     write_bundle,
 )
-from edgeops.signing import (
+from edgeops.core.signing import (
     SigningKey,
     VerifyKey,
     generate_keypair,
@@ -565,8 +565,37 @@ def test_cli_verify_errors(cli, signed: Path, keypair, tmp_path: Path) -> None: 
 def test_bundle_and_signing_stay_light() -> None:
     heavy = ("tensorflow", "keras", "converters", "tf2onnx", "onnx", "numpy")
     probe = (
-        "import sys\nimport edgeops.bundle, edgeops.signing\n"
+        "import sys\nimport edgeops.core.bundle, edgeops.core.signing\n"
         f"print(*[m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+# -- the device's store ----------------------------------------------------------------------
+
+
+def test_the_store_installs_only_a_handle_it_verified(
+    signed: Path, vkey: VerifyKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent.store import ModelStore
+
+    store = ModelStore(tmp_path / "store", trusted_keys=[vkey])
+    with Bundle.open(signed) as b, pytest.raises(errors.BundleError, match="not verified"):
+        store.install(b)
+    other = ModelStore(tmp_path / "other", trusted_keys=[])
+    with pytest.raises(errors.BundleError):
+        other.verify(signed)
+
+    calls: list[Path] = []
+    real = Bundle.verify
+
+    def counted(self: Bundle, *args: object, **kwargs: object) -> object:
+        calls.append(self.path)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Bundle, "verify", counted)
+    entry = store.install_file(signed)
+    assert len(calls) == 1, "a bundle is verified once on its way into the store"
+    assert (entry.directory / "model.tflite").read_bytes() == MODEL
+    assert store.current() is None, "installed, not yet current"

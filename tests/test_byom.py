@@ -27,7 +27,7 @@ from converters import (
     convert,
 )
 from device_agent.runtimes import open_runtime
-from edgeops import errors
+from edgeops.core import errors
 from tests.conftest import Corpus
 
 STAGING = ".edgeops-staging"
@@ -305,7 +305,7 @@ def test_agent_serves_a_fixed_batch_model_sample_by_sample(digits_run, tmp_path:
 
     from device_agent.serving import ServedModel
     from device_agent.store import ModelStore
-    from edgeops.packaging import PackageConfig, package
+    from edgeops.packaging.package import PackageConfig, package
 
     report = convert(
         digits_run.model, tmp_path, ConversionConfig(to=Format.ONNX, latency_runs=2, name="d")
@@ -318,7 +318,7 @@ def test_agent_serves_a_fixed_batch_model_sample_by_sample(digits_run, tmp_path:
     onnx.save(model, str(fixed))
     bundle = package(digits_run, fixed, tmp_path / "dist", PackageConfig(version="1.0.0"), key=None)
     store = ModelStore(tmp_path / "store", trusted_keys=[], allow_unsigned=True)
-    entry = store.install(bundle)
+    entry = store.install_file(bundle)
     with np.load(digits_run.split("test")) as z:
         x = z["x"][:5].astype(np.float32)
     with ServedModel(entry) as served:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeops import errors
+from edgeops.core import errors
 from tests.conftest import Trained
 
 

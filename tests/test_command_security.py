@@ -27,9 +27,9 @@ from device_agent.config import (
     TelemetryConfig,
     TlsConfig,
 )
-from edgeops import wire
-from edgeops.errors import UsageError
-from edgeops.signing import generate_keypair, load_signing_key
+from edgeops.core import wire
+from edgeops.core.errors import UsageError
+from edgeops.core.signing import generate_keypair, load_signing_key
 from edgeops.testing import (
     SERVICE_ACCOUNT,
     Collector,

@@ -13,8 +13,9 @@ import pytest
 
 from device_agent import policy
 from device_agent.config import UpdateConfig
-from edgeops import commands, wire
-from edgeops.signing import SigningKey
+from edgeops.core import commands, wire
+from edgeops.core.errors import WireError
+from edgeops.core.signing import SigningKey
 from edgeops.testing import command
 
 KEY = SigningKey.generate()
@@ -91,7 +92,7 @@ UPDATE = wire.UpdateArgs(
 def test_command_arguments_are_typed_and_bounded(args: dict[str, Any], where: str) -> None:
     data = json.loads(wire.encode(ping()))
     data["args"] = args
-    with pytest.raises(wire.WireError) as info:
+    with pytest.raises(WireError) as info:
         wire.decode(json.dumps(data).encode(), wire.Command)
     assert info.value.reason == "bad field"
     assert where in str(info.value), str(info.value)
@@ -110,12 +111,12 @@ def test_command_envelopes_are_bounded() -> None:
         ({"signature": "x"}, "$.signature"),
         ({"priority": "urgent"}, "unknown field"),  # what a signature cannot cover is refused
     ]:
-        with pytest.raises(wire.WireError, match=r"bad field") as info:
+        with pytest.raises(WireError, match=r"bad field") as info:
             wire.decode(payload(good, **changes), wire.Command)
         assert needle in str(info.value), (changes, str(info.value))
     # A command as 1.0 sent it: kind at the top, no fleet, device, counter or signature.
     old = b'{"type":"command","schema":"1.0","id":"c1","kind":"ping","issued":1.0,"args":{}}'
-    with pytest.raises(wire.WireError, match="bad field"):
+    with pytest.raises(WireError, match="bad field"):
         wire.decode(old, wire.Command)
 
 
@@ -293,7 +294,7 @@ def test_downloads_come_only_from_allowed_hosts() -> None:
 
 def test_agent_config_reads_commands_and_policy(tmp_path: Any) -> None:
     from device_agent.config import load_config
-    from edgeops.errors import UsageError
+    from edgeops.core.errors import UsageError
 
     f = tmp_path / "agent.toml"
     f.write_text(
@@ -333,7 +334,7 @@ def test_time_checks_use_the_devices_clock() -> None:
 
 
 def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -> None:
-    from edgeops.errors import UsageError
+    from edgeops.core.errors import UsageError
     from edgeops.service import db
     from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
 
@@ -379,7 +380,7 @@ def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -
 def test_serve_says_in_one_line_what_is_wrong_with_its_command_key(
     cli: Any, signing_keys: tuple[Any, Any], command_keys: tuple[Any, Any], tmp_path: Any
 ) -> None:
-    from edgeops import errors
+    from edgeops.core import errors
 
     base = ["serve", "--db", f"sqlite:///{tmp_path / 's.db'}", "--http-port", 0]
     for key, code, message in [
@@ -397,7 +398,7 @@ def test_the_guard_keeps_its_counter_and_distrusts_what_came_before_a_lost_recor
 ) -> None:
     from device_agent.config import CommandsConfig
     from device_agent.guard import STATE_FILE, CommandGuard
-    from edgeops.signing import generate_keypair, load_signing_key
+    from edgeops.core.signing import generate_keypair, load_signing_key
 
     private, public = generate_keypair(tmp_path / "keys", "command")
     key = load_signing_key(private)

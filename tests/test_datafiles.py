@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeops import datafiles
-from edgeops.errors import InputDataError
-from edgeops.tensors import TensorInfo
+from edgeops.core import datafiles
+from edgeops.core.errors import InputDataError
+from edgeops.core.tensors import TensorInfo
 
 IMAGE = TensorInfo("image", (-1, 8, 8, 1), "float32")
 

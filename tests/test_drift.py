@@ -20,6 +20,25 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import binom, binomtest, wasserstein_distance
 from sklearn.datasets import load_diabetes, load_digits, load_wine
 
+from edgeops.core.latency import LogHistogram
+from edgeops.core.profile import (
+    ClassOutputProfile,
+    NumericProfile,
+    Profile,
+    profile_categorical,
+    profile_class_outputs,
+    profile_numeric,
+    profile_tensor,
+)
+from edgeops.core.stats import Moments, bin_counts
+from edgeops.core.window.accumulator import WindowAccumulator
+from edgeops.core.wire import (
+    CategoricalWindow,
+    ClassOutputWindow,
+    InputWindow,
+    NumericWindow,
+    OutputWindow,
+)
 from edgeops.drift import (
     DEFAULT_THRESHOLDS,
     AlertState,
@@ -38,25 +57,6 @@ from edgeops.drift import (
     step,
     wasserstein_binned,
     wilson_interval,
-)
-from edgeops.latency import LogHistogram
-from edgeops.profile import (
-    ClassOutputProfile,
-    NumericProfile,
-    Profile,
-    profile_categorical,
-    profile_class_outputs,
-    profile_numeric,
-    profile_tensor,
-)
-from edgeops.stats import Moments, bin_counts
-from edgeops.window import WindowAccumulator
-from edgeops.wire import (
-    CategoricalWindow,
-    ClassOutputWindow,
-    InputWindow,
-    NumericWindow,
-    OutputWindow,
 )
 
 Floats = npt.NDArray[np.float64]

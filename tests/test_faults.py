@@ -29,11 +29,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from edgeops import topics, wire
-from edgeops.rollout import RolloutPolicy
-from edgeops.service import Service, db
+from edgeops.core import topics, wire
+from edgeops.service import db
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import get, post
+from edgeops.service.rollout_policy import RolloutPolicy
+from edgeops.service.server import Service
 from edgeops.simulate import Fleet, FleetConfig
 from edgeops.testing import (
     Mosquitto,

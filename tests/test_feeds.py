@@ -1,4 +1,5 @@
-"""Model inputs for many samples (edgeops.feeds) and task-aware fidelity (converters.fidelity)."""
+"""Model inputs for many samples (edgeops.core.feeds) and task-aware fidelity
+(converters.fidelity)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 
 from converters.config import Task
 from converters.fidelity import compare, cosine, infer_task, iou, snr_db
-from edgeops.errors import InputDataError
-from edgeops.feeds import bind, parse_shape, random_feeds
-from edgeops.tensors import TensorInfo
+from edgeops.core.errors import InputDataError
+from edgeops.core.feeds import bind, parse_shape, random_feeds
+from edgeops.core.tensors import TensorInfo
 
 VAD = (
     TensorInfo("input", (-1, -1), "float32"),

@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeops import topics, wire
-from edgeops.broker import BrokerSettings, probe
+from edgeops.core import topics, wire
+from edgeops.core.broker import BrokerSettings, probe
 from edgeops.testing import SERVICE_ACCOUNT, FleetBroker, find_mosquitto, make_test_pki
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
@@ -222,8 +222,8 @@ def test_the_service_and_a_simulated_fleet_run_over_tls(
     signing_keys: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
-    from edgeops.service import Service
     from edgeops.service.config import ServiceConfig
+    from edgeops.service.server import Service
     from edgeops.simulate import Fleet, FleetConfig
 
     ids = FleetConfig(devices=3, bundle=digits_bundles[0], prefix="sec").device_ids()

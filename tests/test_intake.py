@@ -28,11 +28,12 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.agent import Agent
-from edgeops import topics, wire
-from edgeops.service import Service, db
+from edgeops.core import topics, wire
+from edgeops.service import db
 from edgeops.service.config import IntakeLimits, Retention, ServiceConfig
 from edgeops.service.evaluation import EvaluationQueue
 from edgeops.service.report import ServiceClient
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, Postgres, free_port, make_api_token
 from tests.hostile import Hostile, hostile_messages
 from tests.test_agent import make_config

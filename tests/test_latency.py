@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edgeops.latency import LogHistogram, merge_wire
-from edgeops.wire import LatencyHistogram
+from edgeops.core.latency import LogHistogram, merge_wire
+from edgeops.core.wire import LatencyHistogram
 
 QS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 Draw = Callable[[np.random.Generator, int], npt.NDArray[np.float64]]

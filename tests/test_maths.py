@@ -10,7 +10,7 @@ import pytest
 from converters.config import Task
 from converters.fidelity import compare, infer_task, snr_db
 from device_agent.benchmark import LatencySummary
-from edgeops.tensors import TensorInfo, dequantize, quantize
+from edgeops.core.tensors import TensorInfo, dequantize, quantize
 
 
 def test_quantize_round_trip_within_half_a_step() -> None:

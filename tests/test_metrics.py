@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 from sklearn.naive_bayes import GaussianNB
 
-from edgeops.metrics import (
+from edgeops.trainer.metrics import (
     MISSING_SLICE,
     NO_BASELINE,
     Blessing,

@@ -21,12 +21,12 @@ from device_agent.config import (
     HttpConfig,
     ModelConfig,
 )
-from edgeops import errors
-from edgeops.logstream import native_level
-from edgeops.packaging import PackageConfig
-from edgeops.preprocessing import Preprocessing
-from edgeops.schema import infer_schema
-from edgeops.table import read_table
+from edgeops.core import errors
+from edgeops.core.columns import read_table
+from edgeops.core.logstream import native_level
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.packaging.package import PackageConfig
+from edgeops.trainer.schema import infer_schema
 
 # Runs the CLI as if the service extra were not installed: its packages cannot be imported.
 NO_SERVICE_EXTRA = textwrap.dedent(
@@ -346,7 +346,7 @@ def test_native_stderr_goes_through_logging_as_json_lines(tmp_path: Path) -> Non
     code = textwrap.dedent(
         """
         import logging, os, sys
-        from edgeops import logstream
+        from edgeops.core import logstream
         logstream.configure(logging.INFO, json_lines=True)
         with logstream.route_native_stderr():
             os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
@@ -395,8 +395,8 @@ def test_replay_sends_the_models_own_target_as_labels(  # type: ignore[no-untype
 
 
 def test_deployment_tables_cut_reasons_between_words() -> None:
+    from edgeops.core.terminal import clip_words
     from edgeops.service.report import deployment_report, deployments_table
-    from edgeops.tables import clip_words
 
     reason = (
         "health window failed: p95 latency 12.3 ms over the budget of 10 ms against the "

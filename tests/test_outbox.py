@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.outbox import Outbox, OutboxStats
-from edgeops.errors import OutputError
+from edgeops.core.errors import OutputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

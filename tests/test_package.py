@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeops import errors
-from edgeops.bundle import Bundle
-from edgeops.packaging import PackageConfig, package
-from edgeops.signing import load_verify_key
-from edgeops.trainer import Run
+from edgeops.core import errors
+from edgeops.core.bundle import Bundle
+from edgeops.core.signing import load_verify_key
+from edgeops.packaging.package import PackageConfig, package
+from edgeops.trainer.run import Run
 
 
 def test_manifest_carries_everything(
@@ -67,7 +67,7 @@ def test_samples_reproduce_on_the_device_runtime(
 def test_verify_cli(
     cli, wine_bundle: Path, signing_keys: tuple[Path, Path], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from edgeops.signing import generate_keypair
+    from edgeops.core.signing import generate_keypair
 
     r = cli("verify", wine_bundle, "--trusted-key", signing_keys[1])
     assert r.code == 0 and "wine" in r.out
@@ -217,10 +217,10 @@ def test_reading_a_bundle_needs_no_tensorflow(
 ) -> None:
     code = f"""
 import io, sys, numpy as np
-from edgeops.bundle import Bundle
-from edgeops.signing import load_verify_key
-from edgeops.preprocessing import Preprocessing
-from edgeops.profile import Profile
+from edgeops.core.bundle import Bundle
+from edgeops.core.signing import load_verify_key
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.core.profile import Profile
 from device_agent.runtimes import open_runtime, run_float
 import tempfile, pathlib
 with Bundle.open({str(wine_bundle)!r}) as b:

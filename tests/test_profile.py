@@ -14,7 +14,7 @@ import pytest
 from sklearn.datasets import load_diabetes, load_digits, load_wine
 from sklearn.naive_bayes import GaussianNB
 
-from edgeops.profile import (
+from edgeops.core.profile import (
     CategoricalProfile,
     ClassOutputProfile,
     NumericProfile,
@@ -26,7 +26,7 @@ from edgeops.profile import (
     profile_regression_outputs,
     profile_tensor,
 )
-from edgeops.stats import (
+from edgeops.core.stats import (
     CONFIDENCE_EDGES,
     Moments,
     bin_counts,

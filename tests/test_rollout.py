@@ -21,10 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 from device_agent.agent import Agent
-from edgeops import rollout as ro
-from edgeops.errors import AccessDenied, UsageError
-from edgeops.service import Service, db
+from edgeops.core.errors import AccessDenied, UsageError
+from edgeops.service import db
+from edgeops.service import rollout_policy as ro
 from edgeops.service.config import ServiceConfig
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, write_bad_bundles
 from tests.test_agent import FLEET, make_config
 
@@ -103,8 +104,8 @@ def bundles(  # type: ignore[no-untyped-def]
     import keras
 
     from converters import ConversionConfig, Format, Mode, convert
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import load_signing_key
+    from edgeops.core.signing import load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
 
     d = tmp_path_factory.mktemp("rollout-bundles")
     keys_dir = tmp_path_factory.mktemp("rogue-key")
@@ -413,7 +414,7 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
         assert _until(lambda: _known(service, fleet))
         t0 = time.monotonic()
         status = service.deploy(
-            f"{manifest['name']}-{manifest['version']}", FLEET, devices=fleet.ids, policy=policy
+            f"{manifest.name}-{manifest.version}", FLEET, devices=fleet.ids, policy=policy
         )
         status = _finished(service, status["id"])
         _consistent_on_old(service, fleet, status)
@@ -775,7 +776,7 @@ def test_a_service_without_its_rest_api_refuses_to_deploy(
 ) -> None:  # type: ignore[no-untyped-def]
     """Devices download bundles from the REST API (or ``public_url``): without either, a
     deployment is refused at once rather than stalling."""
-    from edgeops.errors import EdgeOpsError
+    from edgeops.core.errors import EdgeOpsError
 
     with Service(_config(tmp_path, broker.port, signing_keys, command_keys), http=False) as service:
         service.register_bundle(bundles["good"])

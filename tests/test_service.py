@@ -13,10 +13,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.agent import Agent
-from edgeops import topics, wire
-from edgeops.errors import AccessDenied
-from edgeops.service import Service
+from edgeops.core import topics, wire
+from edgeops.core.errors import AccessDenied
 from edgeops.service.config import ServiceConfig
+from edgeops.service.server import Service
 from edgeops.testing import Mosquitto, Postgres
 from tests.test_agent import FLEET, make_config
 

@@ -20,10 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from device_agent.agent import Agent
-from edgeops import wire
-from edgeops.service import Service, db
+from edgeops.core import wire
+from edgeops.service import db
 from edgeops.service.config import ModelPolicy, ReferencePolicy, ServiceConfig
 from edgeops.service.report import drift_report
+from edgeops.service.server import Service
 from tests.test_agent import make_config
 
 FLEET = "refs"
@@ -237,7 +238,7 @@ def test_a_database_made_before_the_new_columns_gets_them(tmp_path: Path) -> Non
 
 
 def test_reference_policy_from_the_config_file(tmp_path: Path) -> None:
-    from edgeops.errors import UsageError
+    from edgeops.core.errors import UsageError
     from edgeops.service.config import load_service_config
 
     path = tmp_path / "serve.toml"

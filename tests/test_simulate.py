@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeops import errors, wire
+from edgeops.core import errors, wire
+from edgeops.core.files import sha256_file
 from edgeops.simulate import Fleet, FleetConfig, Samples, load_samples, parse_drift
 from edgeops.simulate.inject import (
     apply_drift,
@@ -27,7 +28,6 @@ from edgeops.simulate.inject import (
 )
 from edgeops.simulate.pollselect import poll_select
 from edgeops.simulate.spec import DriftSpec, parse_devices, parse_labels
-from edgeops.table import sha256_file
 from edgeops.testing import Collector, Mosquitto
 
 HEAVY = ("tensorflow", "keras", "converters", "tf2onnx", "onnx")

@@ -1,4 +1,4 @@
-"""Tensor statistics from a fixed subset of pixels (``edgeops.stats.TENSOR_SAMPLE``): on real
+"""Tensor statistics from a fixed subset of pixels (``edgeops.core.stats.TENSOR_SAMPLE``): on real
 photographs (scikit-learn's bundled sample images, cut into 224x224 crops) the subset's
 per-image mean and std track the whole image's, and the drift verdicts of a stream of crops are
 the same with and without it: no false alarm on crops like the baseline's, the same detection
@@ -12,10 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edgeops.core.profile import Profile, profile_class_outputs, profile_tensor
+from edgeops.core.stats import TENSOR_SAMPLE, reduce_tensor, sample_indices
+from edgeops.core.window.accumulator import WindowAccumulator
 from edgeops.drift import DEFAULT_THRESHOLDS, evaluate
-from edgeops.profile import Profile, profile_class_outputs, profile_tensor
-from edgeops.stats import TENSOR_SAMPLE, reduce_tensor, sample_indices
-from edgeops.window import WindowAccumulator
 
 SIZE = 224
 THRESHOLDS = replace(DEFAULT_THRESHOLDS, min_samples=50)

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeops import errors
-from edgeops.preprocessing import Preprocessing
-from edgeops.profile import CategoricalProfile, NumericProfile, Profile, TensorProfile
-from edgeops.schema import Schema, infer_schema, validate
-from edgeops.table import Table, read_csv
-from edgeops.trainer import Run, TrainConfig, train
+from edgeops.core import errors
+from edgeops.core.columns import Table, read_csv
+from edgeops.core.preprocessing import Preprocessing
+from edgeops.core.profile import CategoricalProfile, NumericProfile, Profile, TensorProfile
+from edgeops.trainer.config import TrainConfig
 from edgeops.trainer.pipeline import StepResult
+from edgeops.trainer.run import Run, train
+from edgeops.trainer.schema import Schema, infer_schema, validate
 
 STEPS = ["ingest", "schema", "profile", "transform", "train", "evaluate"]
 

@@ -27,8 +27,8 @@ import pytest
 from device_agent.agent import Agent
 from device_agent.client import AgentClient
 from device_agent.updater import HealthGate, HealthReport, judge
-from edgeops import wire
-from edgeops.bundle import Bundle
+from edgeops.core import wire
+from edgeops.core.bundle import Bundle
 from edgeops.testing import Collector, Mosquitto, write_bad_bundles
 from tests.test_agent import FLEET, Signer, _send, make_config
 

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edgeops.profile import (
+from edgeops.core.profile import (
     CategoricalProfile,
     NumericProfile,
     Profile,
@@ -28,9 +28,9 @@ from edgeops.profile import (
     profile_regression_outputs,
     profile_tensor,
 )
-from edgeops.stats import reduce_tensor
-from edgeops.window import Moment, WindowAccumulator, WindowStats, input_baselines
-from edgeops.window_merge import (
+from edgeops.core.stats import reduce_tensor
+from edgeops.core.window.accumulator import Moment, WindowAccumulator, WindowStats, input_baselines
+from edgeops.core.window.merge import (
     class_output_probs,
     merge_categorical,
     merge_class_output,
@@ -39,7 +39,7 @@ from edgeops.window_merge import (
     window_moments,
     window_probs,
 )
-from edgeops.wire import (
+from edgeops.core.wire import (
     CategoricalWindow,
     ClassOutputWindow,
     ModelRef,

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
+from edgeops.core.errors import WireError
 
 MODEL = wire.ModelRef(name="digits", version="3", sha256="ab" * 32)
 
@@ -107,8 +108,8 @@ def messages() -> list[wire.Message]:
     ]
 
 
-def raises(payload: bytes, expected: type[Any] | None = None) -> wire.WireError:
-    with pytest.raises(wire.WireError) as info:
+def raises(payload: bytes, expected: type[Any] | None = None) -> WireError:
+    with pytest.raises(WireError) as info:
         wire.decode(payload, expected)
     return info.value
 
@@ -287,19 +288,19 @@ def test_encode_refuses_oversized_and_invalid_messages() -> None:
     big = wire.Event(**header(), kind="log", data={"blob": ["x" * 4000] * 100})
     with pytest.raises(ValueError, match="oversized") as info:
         wire.encode(big)
-    assert isinstance(info.value, wire.WireError) and info.value.reason == "oversized"
-    with pytest.raises(wire.WireError, match=r"\$\.count"):
+    assert isinstance(info.value, WireError) and info.value.reason == "oversized"
+    with pytest.raises(WireError, match=r"\$\.count"):
         wire.encode(telemetry(count=-1))
-    with pytest.raises(wire.WireError, match=r"\$\.device"):
+    with pytest.raises(WireError, match=r"\$\.device"):
         wire.encode(wire.Status(**header(device=""), online=True))
-    with pytest.raises(wire.WireError, match=r"\$\.latency\.sum"):
+    with pytest.raises(WireError, match=r"\$\.latency\.sum"):
         # JSON has no NaN: msgspec writes null, which a required float refuses.
         wire.encode(
             telemetry(
                 latency=wire.LatencyHistogram(relative_accuracy=0.01, buckets={}, sum=float("nan"))
             )
         )
-    with pytest.raises(wire.WireError, match="unknown major version"):
+    with pytest.raises(WireError, match="unknown major version"):
         wire.encode(msgspec.structs.replace(telemetry(), schema="2.0"))
 
 
@@ -369,7 +370,7 @@ def test_fuzz_only_wire_errors() -> None:
             payload = mutate_json(rng, base)
         try:
             msg = wire.decode(payload)
-        except wire.WireError as e:
+        except WireError as e:
             assert e.reason in wire.REASONS
             outcomes["refused"] += 1
             continue
@@ -437,7 +438,7 @@ def test_dedup_memory_is_bounded() -> None:
 def test_stats_count_and_log(caplog: pytest.LogCaptureFixture) -> None:
     stats = wire.WireStats()
     good = wire.encode(telemetry())
-    with caplog.at_level(logging.WARNING, logger="edgeops.wire"):
+    with caplog.at_level(logging.WARNING, logger="edgeops.core.wire"):
         assert stats.decode(good, wire.Telemetry) == telemetry()
         assert stats.decode(good) == telemetry()
         assert stats.decode(b"nope", topic="edgeops/v1/f/d/telemetry") is None
@@ -449,7 +450,7 @@ def test_stats_count_and_log(caplog: pytest.LogCaptureFixture) -> None:
     assert stats.as_dict()["accepted"] == 2
     assert len(caplog.records) == 3
     assert "edgeops/v1/f/d/telemetry" in caplog.records[0].getMessage()
-    stats.reject(wire.WireError("oversized", "x"))
+    stats.reject(WireError("oversized", "x"))
     assert stats.rejected["oversized"] == 1
 
 

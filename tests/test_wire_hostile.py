@@ -1,7 +1,7 @@
 """Property-based fuzzing of the wire decoder with well-formed but hostile values.
 
-Whatever bytes arrive, :func:`edgeops.wire.decode` raises :class:`~edgeops.wire.WireError` or
-returns a message that every consumer can store and evaluate: strings within their database
+Whatever bytes arrive, :func:`edgeops.core.wire.decode` raises :class:`~edgeops.core.WireError`
+or returns a message that every consumer can store and evaluate: strings within their database
 columns and free of NUL, event data shallow enough to serialise, counts whose sums stay exact,
 latency histograms whose counts add up and whose buckets are in range, windows that merge.
 """
@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeops import wire
-from edgeops.latency import merge_wire
+from edgeops.core import wire
+from edgeops.core.errors import WireError
+from edgeops.core.latency import merge_wire
+from edgeops.core.window.merge import merge_windows
 from edgeops.service import db
-from edgeops.window_merge import merge_windows
 from tests.test_wire import MODEL, header, messages, telemetry
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,7 +120,7 @@ def assert_storable(msg: wire.Message) -> None:
 def test_any_bytes_give_a_message_or_a_wire_error(payload: bytes) -> None:
     try:
         msg = wire.decode(payload)
-    except wire.WireError as e:
+    except WireError as e:
         assert e.reason in wire.REASONS
         return
     assert_storable(msg)
@@ -139,7 +140,7 @@ def test_a_hostile_value_anywhere_is_refused_or_harmless(
         return  # not expressible as JSON bytes: nothing a broker could carry
     try:
         msg = wire.decode(payload)
-    except wire.WireError as e:
+    except WireError as e:
         assert e.reason in wire.REASONS
         return
     assert_storable(msg)
@@ -150,7 +151,7 @@ def test_deeply_nested_event_data_is_refused_at_decode(depth: int) -> None:
     event = {"type": "event", "schema": "1.0", **header(), "kind": "log", "data": "@"}
     payload = json.dumps(event).replace('"@"', '{"x":' + deep(depth) + "}").encode()
     assert len(payload) < wire.MAX_PAYLOAD_BYTES
-    with pytest.raises(wire.WireError) as info:
+    with pytest.raises(WireError) as info:
         wire.decode(payload, wire.Event)
     assert info.value.reason in ("bad field", "not json")
 
@@ -171,7 +172,7 @@ def test_deeply_nested_event_data_is_refused_at_decode(depth: int) -> None:
 def test_well_formed_hostile_telemetry_is_refused(change: dict[str, Any], where: str) -> None:
     data = msgspec.to_builtins(telemetry())
     data.update(change)
-    with pytest.raises(wire.WireError, match=where):
+    with pytest.raises(WireError, match=where):
         wire.decode(msgspec.json.encode(data), wire.Telemetry)
 
 
@@ -194,7 +195,7 @@ def test_inconsistent_histograms_and_windows_are_refused() -> None:
     ]
     for change, where in cases:
         data = {**base, **change}
-        with pytest.raises(wire.WireError, match=where):
+        with pytest.raises(WireError, match=where):
             wire.decode(msgspec.json.encode(data), wire.Telemetry)
 
 
@@ -233,7 +234,7 @@ def test_every_string_fits_its_database_column() -> None:
         data = msgspec.json.encode(m)
         for at in (data.index(b'"schema":"') + 10, len(data) - 2):
             hostile = data[:at] + b"\\u0000" + data[at:]
-            with pytest.raises(wire.WireError, match="NUL"):
+            with pytest.raises(WireError, match="NUL"):
                 wire.decode(hostile)
 
 
@@ -242,5 +243,5 @@ def test_hostile_models_cannot_stay_in_a_span() -> None:
     # issue this guards against: window_end 1e15, count 1e6, skewed bins
     data = msgspec.to_builtins(telemetry(model=MODEL))
     data.update(window_end=1e15, count=10**6)
-    with pytest.raises(wire.WireError):
+    with pytest.raises(WireError):
         wire.decode(msgspec.json.encode(data), wire.Telemetry)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from edgeops import __version__
-from edgeops.errors import EdgeOpsError, MissingExtraError
+from edgeops.core.errors import EdgeOpsError, MissingExtraError
 
 # name -> (module, attribute, one-line help shown by --help without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {

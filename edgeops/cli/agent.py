@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgeops.optional import require
+from edgeops.core.optional import require
 
 
 @click.group()

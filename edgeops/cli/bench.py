@@ -52,7 +52,7 @@ def bench(
     batch needs --shape or --input, so that what is timed is the size the model really runs at.
     """
     from device_agent.benchmark import BenchConfig, bench_models, table, write_json
-    from edgeops.feeds import parse_shape
+    from edgeops.core.feeds import parse_shape
 
     cfg = BenchConfig(
         threads=threads,

@@ -1,7 +1,7 @@
 """Bundle commands: ``edgeops package``, ``edgeops verify`` and ``edgeops build``.
 
-Each command parses options and calls :mod:`edgeops.bundle`; errors propagate as
-:class:`~edgeops.errors.EdgeOpsError` and :func:`edgeops.cli.main` prints them.
+Each command parses options and calls :mod:`edgeops.core.bundle`; errors propagate as
+:class:`~edgeops.core.errors.EdgeOpsError` and :func:`edgeops.cli.main` prints them.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 
 import click
 
-from edgeops.bundle import Bundle
 from edgeops.cli.aliases import trusted_key_option, trusted_keys
 from edgeops.cli.train import check_data, echo_step, train_config, train_options
-from edgeops.errors import UsageError
-from edgeops.optional import require
-from edgeops.packaging import PackageConfig
-from edgeops.signing import SigningKey, load_signing_key, load_verify_keys
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import UsageError
+from edgeops.core.optional import require
+from edgeops.core.signing import SigningKey, load_signing_key, load_verify_keys
+from edgeops.packaging.package import PackageConfig
 
 
 def _signing_key(key: Path | None, unsigned: bool) -> SigningKey | None:
@@ -153,30 +153,27 @@ def package(
     **conversion: Any,
 ) -> None:
     """Write one signed bundle from a training run and its converted model."""
-    from edgeops.packaging import package as make_bundle
-    from edgeops.trainer import Run
+    from edgeops.packaging.package import package as make_bundle
+    from edgeops.trainer.run import Run
 
     signing_key = _signing_key(key, unsigned)
     cfg = PackageConfig(
         version=version, name=name, parent=parent, samples=samples, force=force
     ).checked()
     run = Run.load(run_dir)
+    report = None
     if model is None:
-        conv = require("converters", "convert")
-        from dataclasses import replace
+        from edgeops.packaging.build import convert_run
 
-        conversion_cfg = replace(
+        converted, model = convert_run(
+            run,
+            run.directory / "converted",
             _conversion_config(**conversion),
-            calibration=run.split("train"),
-            validation=run.split("test"),
-            task=conv.Task(run.task),
-            name=name or run.name,
+            name=name,
+            on_report=lambda r: click.echo(r.table()),
         )
-        report = conv.convert(run.model, run.directory / "converted", conversion_cfg)
-        click.echo(report.table())
-        report.raise_for_status()
-        model = run.directory / "converted" / report.artifact["file"]
-    path = make_bundle(run, model, out, cfg, key=signing_key)
+        report = converted.to_dict()
+    path = make_bundle(run, model, out, cfg, key=signing_key, report=report)
     click.echo(f"wrote {path}" + ("" if signing_key else " (unsigned)"))
 
 
@@ -238,7 +235,7 @@ def build(
         version=version, name=train_opts.get("name"), parent=parent, samples=samples, force=force
     ).checked()
     require("keras", "train")
-    from edgeops.build import build as run_build
+    from edgeops.packaging.build import build as run_build
 
     signing_key = _signing_key(key, unsigned)
     built = run_build(

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from edgeops.cli.aliases import deprecated
-from edgeops.errors import UsageError
-from edgeops.feeds import parse_shape
-from edgeops.optional import require
+from edgeops.core.errors import UsageError
+from edgeops.core.feeds import parse_shape
+from edgeops.core.optional import require
 
 DEFAULT_MIN_SNR_DB = 12.0
 """converters.config.DEFAULT_MIN_SNR_DB, repeated so that --help does not import converters."""

@@ -12,19 +12,19 @@ from urllib.parse import quote
 import click
 
 from edgeops.cli.api_options import api_client, api_options
-from edgeops.errors import AccessDenied, DeploymentAborted, EdgeOpsError, UsageError
-from edgeops.rollout import (
-    RolloutPolicy,
-    parse_percent,
-    parse_seconds,
-    parse_selector,
-    parse_stages,
-)
+from edgeops.core.errors import AccessDenied, DeploymentAborted, EdgeOpsError, UsageError
 from edgeops.service.report import (
     ServiceClient,
     deployment_report,
     deployments_table,
     models_table,
+)
+from edgeops.service.rollout_policy import (
+    RolloutPolicy,
+    parse_percent,
+    parse_seconds,
+    parse_selector,
+    parse_stages,
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgeops.signing import generate_keypair, load_verify_key
-from edgeops.tables import render_pairs
+from edgeops.core.signing import generate_keypair, load_verify_key
+from edgeops.core.terminal import render_pairs
 
 
 @click.group()

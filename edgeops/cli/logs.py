@@ -1,6 +1,6 @@
 """``--json-logs`` for the long-running commands (``serve``, ``simulate``, ``agent run``): their
 progress lines and every library's log records, native libraries' lines included, as JSON lines
-on stderr (:mod:`edgeops.logstream`); without it, progress lines as plain text."""
+on stderr (:mod:`edgeops.core.logstream`); without it, progress lines as plain text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from edgeops import logstream
+from edgeops.core import logstream
 
 json_logs_option = click.option(
     "--json-logs", is_flag=True, help="Log JSON lines to stderr (progress and library logs)."

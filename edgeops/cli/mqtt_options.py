@@ -1,7 +1,7 @@
 """The broker options every command that talks to MQTT takes (``serve``, ``simulate``): the URL,
 the account and TLS. Secrets never need the command line: a password comes from a file
 (``--mqtt-password-file``), the config file or ``EDGEOPS_MQTT_PASSWORD``
-(:mod:`edgeops.broker`)."""
+(:mod:`edgeops.core.broker`)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def mqtt_options(*, account: bool = True) -> Callable[[F], F]:
 
 def mqtt_values(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the options :func:`mqtt_options` added; what they say, as
-    :class:`~edgeops.broker.BrokerSettings` field names (None: not given)."""
+    :class:`~edgeops.core.broker.BrokerSettings` field names (None: not given)."""
     return {
         "url": kwargs.pop("broker", None),
         "ca": kwargs.pop("mqtt_ca", None),

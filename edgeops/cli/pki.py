@@ -1,5 +1,5 @@
 """``edgeops pki``: a small CA for the fleet's broker: the CA, the broker's certificate, and client
-certificates named by device id or service account (:mod:`edgeops.pki`)."""
+certificates named by device id or service account (:mod:`edgeops.service.pki`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgeops.errors import UsageError
-from edgeops.tables import render_pairs
+from edgeops.core.errors import UsageError
+from edgeops.core.terminal import render_pairs
 
 
 @click.group()
@@ -28,7 +28,7 @@ def pki() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing CA in --out.")
 def ca(out: Path, name: str, days: int, force: bool) -> None:
     """Make the fleet's CA."""
-    from edgeops import pki as lib
+    from edgeops.service import pki as lib
 
     if (out / "ca.key").exists() and not force:
         raise UsageError(
@@ -66,7 +66,7 @@ def ca(out: Path, name: str, days: int, force: bool) -> None:
 def issue(name: str, ca_dir: Path, out: Path, hosts: tuple[str, ...], days: int) -> None:
     """Issue a certificate: the broker's (--server HOST) or a client's named NAME (a device id,
     or edgeops-service)."""
-    from edgeops import pki as lib
+    from edgeops.service import pki as lib
 
     made = lib.issue(lib.ca_in(ca_dir), out, name, server_hosts=hosts, days=days)
     click.echo(render_pairs([("certificate", made.cert), ("key (secret)", made.key)]))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from edgeops.errors import OutputError
-from edgeops.optional import require
-from edgeops.tables import render
+from edgeops.core.errors import OutputError
+from edgeops.core.optional import require
+from edgeops.core.terminal import render
 
 
 @click.command()
@@ -30,7 +30,7 @@ def samples(out: Path, force: bool) -> None:
     digits.npz    1,797 8x8 images under image, labels under label
     """
     require("sklearn.datasets", "train")
-    from edgeops import samples as data
+    from edgeops.trainer import samples as data
 
     writers = {
         "wine.csv": (data.wine_csv, "scikit-learn wine; target cultivar"),

@@ -17,7 +17,7 @@ from edgeops.cli.aliases import trusted_key_option, trusted_keys
 from edgeops.cli.api_options import api_client, api_options
 from edgeops.cli.logs import json_logs_option, log_output
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
-from edgeops.optional import require
+from edgeops.core.optional import require
 from edgeops.service.report import device_report, drift_report, fleet_table, parse_since
 
 
@@ -110,8 +110,8 @@ def serve(
     pubkeys = trusted_keys(broker)
     require("sqlalchemy", "service")
     require("litestar", "service")
-    from edgeops.service import Service
     from edgeops.service.config import load_service_config
+    from edgeops.service.server import Service
 
     cfg = load_service_config(
         config_path,
@@ -150,7 +150,7 @@ def serve(
                 )
             while not stop.wait(1.0):
                 if service.failed is not None:
-                    from edgeops.errors import ServiceFailed
+                    from edgeops.core.errors import ServiceFailed
 
                     raise ServiceFailed(f"the service stopped: {service.failed}")
         finally:

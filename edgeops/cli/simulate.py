@@ -13,8 +13,8 @@ import click
 
 from edgeops.cli.logs import json_logs_option, log_output
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
-from edgeops.errors import InputDataError, UsageError
-from edgeops.optional import require
+from edgeops.core.errors import InputDataError, UsageError
+from edgeops.core.optional import require
 
 
 @click.command()
@@ -143,7 +143,7 @@ def simulate(
             raise UsageError("--duration must be a positive number of seconds")
         if every <= 0:
             raise UsageError("--every must be a positive number of seconds")
-        from edgeops.broker import BrokerSettings
+        from edgeops.core.broker import BrokerSettings
 
         given = mqtt_values(mqtt)
         broker = (
@@ -187,7 +187,7 @@ def simulate(
                     f"{sim.startup_seconds or 0:.1f} s"
                 )
                 if sim.online == 0:
-                    from edgeops.errors import BrokerError
+                    from edgeops.core.errors import BrokerError
 
                     why = sim.connect_problem or "no answer"
                     raise BrokerError(f"broker {broker.url}: no device could connect ({why})")

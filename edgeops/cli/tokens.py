@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeops.errors import OutputError
-from edgeops.optional import require
+from edgeops.core.errors import OutputError
+from edgeops.core.optional import require
 
 if TYPE_CHECKING:  # the service's modules need its extra: imported when a command runs
     from edgeops.service.auth import Tokens
@@ -109,7 +109,7 @@ def create(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_tokens(config_path: Path | None, db: str | None, as_json: bool) -> None:
     """Every token: name, role, when it was made and last used (never the token)."""
-    from edgeops.tables import render
+    from edgeops.core.terminal import render
 
     with _Tokens(config_path, db) as store:
         rows = store.list()

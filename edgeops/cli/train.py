@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from edgeops import trainer
-from edgeops.metrics import BlessingThresholds
-from edgeops.optional import require
-from edgeops.schema import Task
-from edgeops.trainer import TrainConfig
+from edgeops.core.optional import require
+from edgeops.trainer import run as trainer
+from edgeops.trainer.config import TrainConfig
+from edgeops.trainer.metrics import BlessingThresholds
 from edgeops.trainer.pipeline import StepResult
+from edgeops.trainer.schema import Task
 
 DEFAULT_MIN_ACCURACY = 0.9
 """Without a bar, any classifier would be blessed (a 78 % wine model was). 0.9 passes the
@@ -23,7 +23,7 @@ with another bar passes it, and ``--min-accuracy 0`` blesses any."""
 def check_data(data: Path) -> None:
     """Refuse a data file that is not there, before anything heavy (TensorFlow) is imported."""
     if not data.is_file():
-        from edgeops.errors import InputDataError
+        from edgeops.core.errors import InputDataError
 
         what = "is a directory, not a file" if data.is_dir() else "no such file"
         raise InputDataError(f"{data}: {what}")
@@ -167,7 +167,7 @@ def train(out: Path, data: Path, **options: Any) -> None:
 @click.option("--schema", required=True, type=click.Path(path_type=Path), help="Schema JSON.")
 def validate(data: Path, schema: Path) -> None:
     """Check DATA (CSV or NPZ) against a schema; list every anomaly."""
-    from edgeops.schema import raise_for_anomalies
+    from edgeops.trainer.schema import raise_for_anomalies
 
     raise_for_anomalies(trainer.validate_file(data, schema), str(data))
     click.echo(f"{data}: conforms to {schema}")

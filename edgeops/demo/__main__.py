@@ -1,5 +1,5 @@
 import sys
 
-from edgeops.demo import main
+from edgeops.demo.run import main
 
 sys.exit(main())

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeops.errors import EdgeOpsError
+from edgeops.core.errors import EdgeOpsError
 
 
 class DemoFailed(EdgeOpsError):
@@ -35,7 +35,7 @@ class Keys:
 
 def make_keys(out: Path) -> Keys:
     """Throwaway keys, new each run: one pair signs the bundles, another the commands."""
-    from edgeops.signing import generate_keypair
+    from edgeops.core.signing import generate_keypair
 
     private, public = generate_keypair(out / "keys", "demo", overwrite=True)
     command_private, command_public = generate_keypair(out / "keys", "command", overwrite=True)
@@ -44,7 +44,8 @@ def make_keys(out: Path) -> Keys:
 
 def train_run(data: Path, out: Path, epochs: int = 30) -> Any:
     """Train a run (the six pipeline steps); a blessed run or DemoFailed."""
-    from edgeops.trainer import TrainConfig, train
+    from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.run import train
 
     run = train(
         data,
@@ -64,9 +65,9 @@ def convert_and_package(
     shown as rejected; only the deployed model must pass); sign and verify the bundle."""
     from converters import ConversionConfig, Format, Gates, Mode, Status, convert
     from converters.report import comparison_table
-    from edgeops.bundle import Bundle
-    from edgeops.packaging import PackageConfig, package
-    from edgeops.signing import load_signing_key, load_verify_key
+    from edgeops.core.bundle import Bundle
+    from edgeops.core.signing import load_signing_key, load_verify_key
+    from edgeops.packaging.package import PackageConfig, package
 
     plan = [(Format.TFLITE, Mode.INT8)]
     if compare:

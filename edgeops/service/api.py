@@ -65,10 +65,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from edgeops.bodies import spool_capped
-from edgeops.errors import BodyTooLarge, EdgeOpsError
-from edgeops.latency import merge_wire
-from edgeops.rollout import RolloutPolicy
+from edgeops.core.bodies import spool_capped
+from edgeops.core.errors import BodyTooLarge, EdgeOpsError, RolloutError
+from edgeops.core.latency import merge_wire
 from edgeops.service import api_types as t
 from edgeops.service.api_docs import (
     MAX_BUNDLE_BYTES,
@@ -78,11 +77,10 @@ from edgeops.service.api_docs import (
     openapi_config,
 )
 from edgeops.service.auth import OPEN, ROLES, Role, allows
-from edgeops.service.rollouts import RolloutError
+from edgeops.service.rollout_policy import RolloutPolicy
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
-
+    from edgeops.service.server import Service
 log = logging.getLogger(__name__)
 
 Need = Role | Literal["open"]
@@ -235,7 +233,7 @@ def device_summary(service: Service, fleet: str, device: str) -> t.DeviceSummary
 
 def blind_spots(service: Service, rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Per model version in ``rows`` ("NAME VERSION"): the baseline's features whose drift
-    cannot fully show, and why (:meth:`edgeops.profile.Profile.blind_spots`)."""
+    cannot fully show, and why (:meth:`edgeops.core.profile.Profile.blind_spots`)."""
     out: dict[str, dict[str, str]] = {}
     for name, version in sorted({(r["model_name"], r["model_version"]) for r in rows}):
         base = service.baselines.get(name, version)
@@ -406,7 +404,7 @@ def make_app(service: Service) -> Litestar:
                 manifest = await anyio.to_thread.run_sync(service.register_bundle, Path(f.name))
             except EdgeOpsError as e:  # the temporary file's name means nothing to the client
                 raise ClientException(str(e).replace(f.name, "the upload")) from None
-        return t.Registered(name=manifest["name"], version=manifest["version"])
+        return t.Registered(name=manifest.name, version=manifest.version)
 
     @get(
         "/v1/stats",

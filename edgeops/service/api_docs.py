@@ -29,7 +29,7 @@ from litestar.openapi.spec import (
 from litestar.router import Router
 
 from edgeops import __version__
-from edgeops.errors import MissingExtraError
+from edgeops.core.errors import MissingExtraError
 from edgeops.service.auth import OPEN
 
 MAX_BUNDLE_BYTES = 512 * 2**20

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeops.errors import EdgeOpsError, UsageError, first_line
+from edgeops.core.errors import EdgeOpsError, UsageError, first_line
 
 if TYPE_CHECKING:
-    from edgeops.service import Service
+    from edgeops.service.server import Service
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

@@ -3,7 +3,7 @@ describes them and every answer is checked against its type before it is sent.
 
 The store's rows become these records at the API's edge (:func:`typed`). Three fields are
 free-form JSON objects because they are free-form where they come from: an event's ``data`` and
-a deployment device's ``health`` (what the device reported, see :class:`edgeops.wire.Event`),
+a deployment device's ``health`` (what the device reported, see :class:`edgeops.core.wire.Event`),
 and an alert's ``detail`` (the distances of its kind of check).
 """
 
@@ -299,7 +299,7 @@ class Health(msgspec.Struct):
 
 class PolicyRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A rollout policy in a request; a field left out takes
-    :class:`edgeops.rollout.RolloutPolicy`'s default."""
+    :class:`edgeops.service.rollout_policy.RolloutPolicy`'s default."""
 
     stages: list[float] | msgspec.UnsetType = msgspec.UNSET
     stage_counts: bool | msgspec.UnsetType = msgspec.UNSET
@@ -336,7 +336,7 @@ class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Policy(msgspec.Struct):
-    """A deployment's rollout policy (:class:`edgeops.rollout.RolloutPolicy`)."""
+    """A deployment's rollout policy (:class:`edgeops.service.rollout_policy.RolloutPolicy`)."""
 
     stages: list[float]
     stage_counts: bool

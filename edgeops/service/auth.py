@@ -33,7 +33,7 @@ from typing import Literal, get_args
 
 import sqlalchemy as sa
 
-from edgeops.errors import UsageError
+from edgeops.core.errors import UsageError
 from edgeops.service import db
 
 Role = Literal["read", "deploy", "admin"]

@@ -18,15 +18,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from edgeops import wire
-from edgeops.profile import (
+from edgeops.core import wire
+from edgeops.core.manifest import Manifest
+from edgeops.core.profile import (
     CategoricalProfile,
     ClassOutputProfile,
     NumericProfile,
     Profile,
 )
+from edgeops.core.window.accumulator import input_baselines
 from edgeops.service.logs import SafeLog
-from edgeops.window import input_baselines
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,15 @@ class Baseline:
     """A registered model's baseline profile, its manifest, and the window shapes it expects."""
 
     profile: Profile
-    manifest: dict[str, Any]
+    manifest: Manifest
     inputs: dict[str, Shape]
     outputs: dict[str, Shape]
 
     @classmethod
-    def of(cls, manifest: dict[str, Any]) -> Baseline:
-        profile = Profile.from_dict(manifest["baseline"])
+    def of(cls, stored: dict[str, Any]) -> Baseline:
+        """The baseline of a registered model's stored manifest."""
+        manifest = Manifest.parse(stored)
+        profile = Profile.from_dict(manifest.require("baseline"))
         return cls(
             profile,
             manifest,

@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgeops.errors import BundleError
+from edgeops.core.errors import BundleError
+from edgeops.core.manifest import Manifest
 from edgeops.service import db
 
 CACHED = 4
@@ -25,10 +26,10 @@ class BundleStore:
         self._cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def add(self, data: bytes, manifest: dict[str, Any], sha256: str) -> None:
+    def add(self, data: bytes, manifest: Manifest, sha256: str) -> None:
         """Keep a verified bundle's bytes for devices to download; refuse a second, different
         bundle under a name and version already registered."""
-        name, version = manifest["name"], manifest["version"]
+        name, version = manifest.name, manifest.version
         with self.store.begin() as conn:
             row = conn.execute(
                 sa.select(db.bundles.c.sha256).where(

@@ -1,10 +1,10 @@
 """Commands as the service sends them: each one numbered for its device and signed.
 
 A :class:`CommandDraft` says what to tell a device (its arguments, when it was issued, until
-when it holds); :meth:`CommandSigner.issue` turns drafts into :class:`edgeops.wire.Command`
+when it holds); :meth:`CommandSigner.issue` turns drafts into :class:`edgeops.core.wire.Command`
 messages: a counter per device from the database (:meth:`edgeops.service.db.Store.next_counters`,
 shared by every service process) and a signature by the command key
-(:func:`edgeops.commands.sign`). Without a command key the commands go out unsigned, which
+(:func:`edgeops.core.commands.sign`). Without a command key the commands go out unsigned, which
 devices refuse unless they are in development mode; the service says so loudly at start.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeops import commands, topics, wire
-from edgeops.errors import UsageError
+from edgeops.core import commands, topics, wire
+from edgeops.core.errors import UsageError
+from edgeops.core.signing import SigningKey, load_signing_key
 from edgeops.service import db
-from edgeops.signing import SigningKey, load_signing_key
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
     group = "edgeops-service"            # processes in one group split the fleet's load
     command_key = "/etc/edgeops/command.key"   # signs commands; devices trust command.pub
 
-    [mqtt]                               # the service's broker account (edgeops.broker)
+    [mqtt]                               # the service's broker account (edgeops.core.broker)
     username = "edgeops-service"
     password_file = "/etc/edgeops/service.mqtt-password"   # or EDGEOPS_MQTT_PASSWORD
     ca = "/etc/edgeops/ca.crt"
@@ -48,10 +48,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
-from edgeops.broker import BrokerSettings, read_secret
+from edgeops.core.broker import BrokerSettings, read_secret
+from edgeops.core.errors import UsageError
 from edgeops.drift import DriftThresholds
-from edgeops.errors import UsageError
-from edgeops.rollout import RolloutPolicy
+from edgeops.service.rollout_policy import RolloutPolicy
 
 T = TypeVar("T")
 

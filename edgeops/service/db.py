@@ -24,8 +24,9 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from edgeops import wire
-from edgeops.errors import UsageError
+from edgeops.core import wire
+from edgeops.core.errors import UsageError, WireError
+from edgeops.core.manifest import Manifest
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
@@ -973,13 +974,13 @@ class Store:
 
     # --- models -------------------------------------------------------------------------------
 
-    def add_model(self, manifest: dict[str, Any]) -> None:
-        model_file = manifest["model"]["file"]
+    def add_model(self, manifest: dict[str, Any], info: Manifest) -> None:
+        """Register a verified bundle's manifest (as signed, and typed)."""
         with self.begin() as conn:
             stmt = self._insert(models).values(
-                name=manifest["name"],
-                version=manifest["version"],
-                model_sha256=manifest["files"][model_file]["sha256"],
+                name=info.name,
+                version=info.version,
+                model_sha256=info.model_sha256,
                 manifest=manifest,
                 registered=time.time(),
             )
@@ -1239,7 +1240,7 @@ def decode_stored(payload: bytes, row_id: int | None = None) -> wire.Telemetry |
     before the wire's bounds tightened must not make a read fail."""
     try:
         return wire.decode(payload, wire.Telemetry)
-    except wire.WireError as e:
+    except WireError as e:
         _unreadable.warning("unreadable", "stored window %s is left out: %s", row_id, e)
         return None
 

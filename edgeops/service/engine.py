@@ -41,12 +41,12 @@ from dataclasses import replace
 from typing import Any
 
 from edgeops import drift as d
-from edgeops import topics, wire
+from edgeops.core import topics, wire
+from edgeops.core.window.merge import merge_windows
 from edgeops.service import db
 from edgeops.service.baselines import Baseline, Baselines
 from edgeops.service.config import ReferencePolicy, ServiceConfig
 from edgeops.service.logs import SafeLog
-from edgeops.window_merge import merge_windows
 
 log = logging.getLogger(__name__)
 
@@ -373,8 +373,7 @@ class Engine:
             if alerting:
                 verdicts.append((reference, "dataset", "*", result.dataset_verdict, {}))
 
-        evaluation = manifest.get("evaluation") or {}
-        test = evaluation.get("test") or {}
+        test = {} if manifest.evaluation is None else manifest.evaluation.test
         accuracy = test.get("accuracy")
         count = test.get("count")
         correct = sum(t.feedback.correct for t in tele)

@@ -8,7 +8,7 @@ span is read from memory where it can be). Storing therefore runs at the broker'
 evaluating at its own; while the intake has a backlog (``busy()``), a worker pauses after each
 evaluation for ``BACKLOG_SHARE``'s complement of its time, so that evaluations take at most that
 share of one interpreter (threads share one) and the backlog drains first. The lag from a
-window's arrival to its verdict is measured (a :class:`~edgeops.latency.LogHistogram` of
+window's arrival to its verdict is measured (a :class:`~edgeops.core.latency.LogHistogram` of
 seconds) and reported.
 """
 
@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from edgeops.errors import EdgeOpsError
-from edgeops.latency import LogHistogram
+from edgeops.core.errors import EdgeOpsError
+from edgeops.core.latency import LogHistogram
 from edgeops.service import db
 from edgeops.service.logs import SafeLog
 

@@ -36,7 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeops import topics, wire
+from edgeops.core import topics, wire
+from edgeops.core.errors import WireError
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
 from edgeops.service.config import ServiceConfig
@@ -109,7 +110,7 @@ class Outcome:
     dead_letters: int = 0
 
 
-class Stopping(Exception):
+class _Stopping(Exception):
     """The service stopped while a batch waited for the database; it is not acknowledged."""
 
 
@@ -204,13 +205,13 @@ class Intake:
             if batch:
                 try:
                     self.process(batch)
-                except Stopping:
+                except _Stopping:
                     return
 
     # --- one batch ----------------------------------------------------------------------------
 
     def process(self, batch: Sequence[Delivery]) -> Outcome:
-        """Check, store and acknowledge one batch; raises :class:`Stopping` (nothing acked)
+        """Check, store and acknowledge one batch; raises :class:`_Stopping` (nothing acked)
         when the service stops while the database is away."""
         self.counters.received += len(batch)
         now = time.monotonic()
@@ -263,7 +264,7 @@ class Intake:
             return self._refuse(d, "topic", f"not a device topic: {t.kind}") or _Item(d)
         try:
             m = wire.decode(d.payload, expected)
-        except wire.WireError as e:
+        except WireError as e:
             self.decoded.reject(e)
             return self._refuse(d, e.reason, e.detail) or _Item(d)
         self.decoded.accept()
@@ -344,7 +345,7 @@ class Intake:
                 return out
             except Exception as e:
                 if self.stop.is_set():
-                    raise Stopping from None
+                    raise _Stopping from None
                 problem = clip(f"{type(e).__name__}: {e}")
                 if not self.store.answers():
                     self.database_ok = False
@@ -413,7 +414,7 @@ class Intake:
     def _wait(self, seconds: float) -> None:
         self.heartbeat = time.monotonic()
         if self.stop.wait(seconds):
-            raise Stopping
+            raise _Stopping
 
 
 def _add(a: Outcome, b: Outcome) -> Outcome:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeops.broker import read_secret
-from edgeops.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.tables import clip_words, render
+from edgeops.core.broker import read_secret
+from edgeops.core.errors import AccessDenied, EdgeOpsError, UsageError
+from edgeops.core.terminal import clip_words, render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
 TOKEN_ENV = "EDGEOPS_TOKEN"

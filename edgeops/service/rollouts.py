@@ -5,8 +5,8 @@ devices' answers are the ``update-<state>`` and ``rollback-*`` events the servic
 found by their command ids (``DEPLOYMENT/DEVICE/u`` for the update, ``DEPLOYMENT/DEVICE/r`` for a
 rollback). :meth:`Rollouts.tick` steps every active deployment: it reads the events that arrived
 since its cursor, updates device states, times out the silent, applies the verdicts of
-:mod:`edgeops.rollout`, and writes all of it in one transaction *before* it publishes the commands
-that follow from it. A command that never reached its device is published again after
+:mod:`edgeops.service.rollout_policy`, and writes all of it in one transaction *before* it publishes
+the commands that follow from it. A command that never reached its device is published again after
 ``resend`` seconds (a device ignores a command id it has already handled), so a crash between the
 commit and the publish delays a device but never loses it.
 
@@ -34,11 +34,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgeops import rollout as ro
-from edgeops import wire
-from edgeops.errors import UsageError
-from edgeops.latency import merge_wire
+from edgeops.core import wire
+from edgeops.core.errors import RolloutError
+from edgeops.core.latency import merge_wire
 from edgeops.service import db
+from edgeops.service import rollout_policy as ro
 from edgeops.service.bundles import find_bundle
 from edgeops.service.commands import Addressed, CommandDraft
 
@@ -57,10 +57,6 @@ _SET_DEVICE = (
 
 SendCommands = Callable[[Sequence[Addressed]], object]
 """``send(batch)`` numbers, signs and publishes commands to devices."""
-
-
-class RolloutError(UsageError):
-    """A deployment cannot be created or changed as asked."""
 
 
 class Rollouts:

@@ -34,11 +34,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeops import topics, wire
-from edgeops.broker import connack_problem, connect_problem, no_delay
-from edgeops.bundle import Bundle
-from edgeops.errors import BrokerError, BundleError, EdgeOpsError
-from edgeops.rollout import RolloutPolicy
+from edgeops.core import topics, wire
+from edgeops.core.broker import connack_problem, connect_problem, no_delay
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import BrokerError, BundleError, EdgeOpsError
+from edgeops.core.manifest import Manifest
+from edgeops.core.signing import load_verify_keys
 from edgeops.service import db
 from edgeops.service.auth import BundleLinks, Tokens
 from edgeops.service.baselines import Baselines
@@ -49,9 +50,9 @@ from edgeops.service.engine import Engine
 from edgeops.service.evaluation import EvaluationQueue, Evaluator
 from edgeops.service.intake import Counters, Delivery, Intake, Outcome
 from edgeops.service.logs import SafeLog
+from edgeops.service.rollout_policy import RolloutPolicy
 from edgeops.service.rollouts import Rollouts
 from edgeops.service.workers import Workers
-from edgeops.signing import load_verify_keys
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Service:
 
     # --- bundles and deployments --------------------------------------------------------------
 
-    def register_bundle(self, source: Path | bytes) -> dict[str, Any]:
+    def register_bundle(self, source: Path | bytes) -> Manifest:
         """Verify a bundle, store its manifest (baseline, evaluation) for drift and its bytes
         for devices to download in a deployment."""
         keys = load_verify_keys(self.config.trusted_keys) if self.config.trusted_keys else []
@@ -343,17 +344,17 @@ class Service:
             try:
                 with Bundle.open(Path(f.name)) as b:
                     b.verify(keys, allow_unsigned=self.config.allow_unsigned)
-                    manifest = b.manifest
+                    manifest, info = b.manifest, b.info
             except EdgeOpsError as e:  # name what was given, not the copy
                 e.message = e.message.replace(
                     f.name, str(source) if isinstance(source, Path) else "the bundle"
                 )
                 raise
-        self.bundles.add(data, manifest, hashlib.sha256(data).hexdigest())
-        self.store.add_model(manifest)
-        self.baselines.forget_missing(manifest["name"], manifest["version"])
-        log.info("registered %s %s", manifest["name"], manifest["version"])
-        return manifest
+        self.bundles.add(data, info, hashlib.sha256(data).hexdigest())
+        self.store.add_model(manifest, info)
+        self.baselines.forget_missing(info.name, info.version)
+        log.info("registered %s %s", info.name, info.version)
+        return info
 
     def public_url(self) -> str:
         """The REST API's address as devices reach it (``public_url``, else where it listens)."""

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgeops import topics
-from edgeops.broker import BrokerSettings
-from edgeops.errors import UsageError
+from edgeops.core import topics
+from edgeops.core.broker import BrokerSettings
+from edgeops.core.errors import UsageError
 from edgeops.simulate.spec import DriftSpec
 
 

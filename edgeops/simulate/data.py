@@ -3,9 +3,9 @@
 Tabular models get the raw columns their preprocessing names (the agent encodes them, as it
 does for a real caller); tensor models get their input array, reshaped to the model's sample
 shape. The label column is kept aside for feedback. Without a data file, a bundle whose manifest
-records that it was trained on one of the sample files :mod:`edgeops.samples` writes (digits,
-wine, diabetes: the file's sha256) replays that file; scikit-learn loads it from its package,
-without a download. Nothing is guessed from a target's name.
+records that it was trained on one of the sample files :mod:`edgeops.trainer.samples` writes
+(digits, wine, diabetes: the file's sha256) replays that file; scikit-learn loads it from its
+package, without a download. Nothing is guessed from a target's name.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeops import samples
-from edgeops.errors import InputDataError, UsageError
-from edgeops.preprocessing import Preprocessing
+from edgeops.core.columns import Table, read_table
+from edgeops.core.errors import InputDataError, UsageError
+from edgeops.core.files import sha256_file
+from edgeops.core.preprocessing import Preprocessing
 from edgeops.simulate.inject import Array, Samples
-from edgeops.table import Table, read_table, sha256_file
+from edgeops.trainer import samples
 
 LABEL_COLUMNS = ("label", "target", "y")
 """Where labels are looked for when neither ``--target`` nor the bundle names a column."""

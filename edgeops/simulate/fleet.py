@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.bundle import Bundle
-from edgeops.errors import EdgeOpsError, UsageError
-from edgeops.latency import LogHistogram
-from edgeops.optional import require
-from edgeops.signing import load_verify_keys
+from edgeops.core.bundle import Bundle
+from edgeops.core.errors import EdgeOpsError, UsageError
+from edgeops.core.latency import LogHistogram
+from edgeops.core.optional import require
+from edgeops.core.signing import load_verify_keys
 from edgeops.simulate import pollselect
 from edgeops.simulate.config import FleetConfig
 from edgeops.simulate.data import load_samples

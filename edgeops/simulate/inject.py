@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from edgeops.errors import UsageError
+from edgeops.core.errors import UsageError
 from edgeops.simulate.spec import DriftSpec
 
 Array = npt.NDArray[Any]

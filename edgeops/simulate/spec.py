@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from edgeops.errors import UsageError
+from edgeops.core.errors import UsageError
 
 DriftKind = Literal["covariate", "noise", "missing", "label"]
 KINDS: tuple[DriftKind, ...] = get_args(DriftKind)

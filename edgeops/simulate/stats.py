@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edgeops.tables import render
+from edgeops.core.terminal import render
 
 
 @dataclass(frozen=True)

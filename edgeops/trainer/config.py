@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeops.errors import UsageError
-from edgeops.metrics import BlessingThresholds
-from edgeops.schema import Task
+from edgeops.core.errors import UsageError
+from edgeops.trainer.metrics import BlessingThresholds
+from edgeops.trainer.schema import Task
 
 
 @dataclass(frozen=True)

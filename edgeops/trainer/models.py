@@ -1,7 +1,7 @@
 """Default architectures, with the transform baked in so devices feed raw features.
 
 - Tabular: categorical indices are one-hot encoded, then an MLP. Numeric columns arrive
-  standardised and missing numbers filled (see :mod:`edgeops.preprocessing` for why).
+  standardised and missing numbers filled (see :mod:`edgeops.core.preprocessing` for why).
 - Tensors (images): per-channel normalisation, then a small CNN (an MLP for 1-D samples).
 
 Only operators that TFLite and ONNX run natively are used (GATHER, ONE_HOT, CONV_2D, ...).
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeops.preprocessing import Preprocessing
+from edgeops.core.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

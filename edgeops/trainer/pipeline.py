@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeops.errors import EdgeOpsError, OutputError, PipelineError
-from edgeops.table import sha256_file
+from edgeops.core.errors import EdgeOpsError, OutputError, PipelineError
+from edgeops.core.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeops import metrics as m
-from edgeops import profile as prof
-from edgeops.errors import InputDataError, SchemaError
-from edgeops.preprocessing import TABULAR_INPUT, Column, Preprocessing
-from edgeops.schema import Schema, class_name, infer_schema, infer_task
-from edgeops.schema import validate as validate_table
-from edgeops.table import Table, read_npz, read_table
+from edgeops.core import profile as prof
+from edgeops.core.columns import Table, read_npz, read_table
+from edgeops.core.errors import InputDataError, SchemaError
+from edgeops.core.preprocessing import TABULAR_INPUT, Column, Preprocessing
+from edgeops.trainer import metrics as m
 from edgeops.trainer.models import TransformStats, build_model
 from edgeops.trainer.pipeline import StepContext
+from edgeops.trainer.schema import Schema, class_name, infer_schema, infer_task
+from edgeops.trainer.schema import validate as validate_table
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("edgeops.progress")
