@@ -76,6 +76,11 @@ class CliResult:
     out: str
     err: str
 
+    @property
+    def error(self) -> str:
+        """stderr without the progress lines (indented) long commands print as they go."""
+        return "".join(ln for ln in self.err.splitlines(True) if not ln.startswith("  "))
+
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
