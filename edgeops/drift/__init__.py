@@ -65,12 +65,14 @@ from edgeops.drift.hysteresis import AlertState, Transition, step
 from edgeops.drift.latency import LatencyCheck, latency_p95_over_budget
 from edgeops.drift.span import (
     Reference,
+    Span,
     SpanDrift,
     SpanWindow,
     dataset_drift,
     design_effect,
     evaluate,
     evaluate_span,
+    judge,
     reference_from_windows,
 )
 
@@ -85,6 +87,7 @@ __all__ = [
     "LatencyCheck",
     "Metric",
     "Reference",
+    "Span",
     "SpanDrift",
     "SpanWindow",
     "Transition",
@@ -96,6 +99,7 @@ __all__ = [
     "evaluate_span",
     "feature_drift",
     "js_distance",
+    "judge",
     "latency_p95_over_budget",
     "linf_distance",
     "newcombe_interval",

@@ -298,9 +298,10 @@ class Engine:
         th = policy.drift
         tele = [r.telemetry for r in span]
         if scope == "device":  # the span, newest first: each feature takes what it needs
+            merged = d.Span.of(profile, tele, th.min_samples)  # merged once, judged up to 3 times
             ref = self._references.get((fleet, device, name, version))
             effects = None if ref is None else ref.design_effects
-            training = d.evaluate_span(profile, tele, th, design_effects=effects)
+            training = d.judge(profile, merged, th, design_effects=effects)
             if ref is None:
                 # A span is healthy unless the training verdicts alert and one of them drifts,
                 # judged without the design effect: drift that begins inside a span widens its
@@ -310,15 +311,15 @@ class Engine:
                 if "training" in policy.alert_on:
                     strict = training
                     if any(f.design_effect > 1 for f in judged):
-                        strict = d.evaluate_span(profile, tele, replace(th, design_effect=False))
+                        strict = d.judge(profile, merged, replace(th, design_effect=False))
                     healthy = not any(f.drifted for f in (*strict.features, *strict.outputs))
                 ref = self._reference(fleet, device, name, version, span, base, healthy)
                 if ref is not None:
                     effects = ref.design_effects
-                    training = d.evaluate_span(profile, tele, th, design_effects=effects)
+                    training = d.judge(profile, merged, th, design_effects=effects)
             results = {"training": training}
             if ref is not None:
-                results["deploy"] = d.evaluate_span(ref.profile, tele, th, design_effects=effects)
+                results["deploy"] = d.judge(ref.profile, merged, th, design_effects=effects)
         else:  # a fleet: every device's span, merged
             inputs = merge_windows([t.inputs for t in tele])
             outputs = merge_windows([t.outputs for t in tele])
