@@ -75,6 +75,7 @@ from edgeops.drift.span import (
     judge,
     reference_from_windows,
 )
+from edgeops.drift.verdict import Verdict, VerdictKind, span_verdicts
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -91,6 +92,8 @@ __all__ = [
     "SpanDrift",
     "SpanWindow",
     "Transition",
+    "Verdict",
+    "VerdictKind",
     "accuracy_drop",
     "bin_points",
     "dataset_drift",
@@ -105,6 +108,7 @@ __all__ = [
     "newcombe_interval",
     "psi",
     "reference_from_windows",
+    "span_verdicts",
     "step",
     "wasserstein_binned",
     "wilson_interval",

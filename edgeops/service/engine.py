@@ -324,101 +324,47 @@ class Engine:
             inputs = merge_windows([t.inputs for t in tele])
             outputs = merge_windows([t.outputs for t in tele])
             results = {"training": d.evaluate(profile, inputs, outputs, th)}
-        now = time.time()
-        samples = sum(t.count for t in tele)
-        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]] = []
-        records: list[dict[str, Any]] = []
-
-        def record(reference: str, kind: str, feature: str, **values: Any) -> None:
-            records.append(
-                {
-                    "evaluated": now,
-                    "scope": scope,
-                    "fleet": fleet,
-                    "device": device,
-                    "model_name": name,
-                    "model_version": version,
-                    "feature": feature,
-                    "kind": kind,
-                    "samples": samples,
-                    **dict.fromkeys(("js", "psi", "wasserstein", "linf", "value", "drifted")),
-                    "reason": None,
-                    "checks": None,
-                    "reference": reference,
-                    **values,
-                }
-            )
-
-        for reference, result in results.items():
-            alerting = reference in policy.alert_on
-            for f, kind in [(f, "input") for f in result.features] + [
-                (f, "output") for f in result.outputs
-            ]:
-                record(
-                    reference,
-                    kind,
-                    f.feature,
-                    samples=f.samples,
-                    js=f.js,
-                    psi=f.psi,
-                    wasserstein=f.wasserstein,
-                    linf=f.linf,
-                    value=f.missing_rate,
-                    drifted=f.verdict,
-                    reason=f.reason,
-                    checks=[c.to_dict() for c in f.checks],
-                )
-                if alerting:
-                    verdicts.append((reference, kind, f.feature, f.verdict, _detail(f)))
-            record(reference, "dataset", "*", drifted=result.dataset_verdict)
-            if alerting:
-                verdicts.append((reference, "dataset", "*", result.dataset_verdict, {}))
-
+        stored = d.span_verdicts(results)  # every verdict is stored; those alerted on step
+        verdicts = [v for v in stored if v.reference in policy.alert_on]
         test = {} if manifest.evaluation is None else manifest.evaluation.test
         accuracy = test.get("accuracy")
         count = test.get("count")
         correct = sum(t.feedback.correct for t in tele)
         total = sum(t.feedback.total for t in tele)
         if accuracy is not None and total > 0:
-            c = d.accuracy_drop(
-                correct,
-                total,
-                float(accuracy),
-                th.accuracy_confidence,
-                min_feedback=th.min_feedback,
-                reference_count=int(count) if isinstance(count, int) and count > 0 else None,
-            )
-            record(
-                "",
-                "concept",
-                "accuracy",
-                samples=total,
-                value=c.accuracy,
-                drifted=c.verdict,
-                reason=c.reason,
-            )
-            verdicts.append(
-                (
-                    "",
-                    "concept",
-                    "accuracy",
-                    c.verdict,
-                    {
-                        "accuracy": c.accuracy,
-                        "upper": c.upper,
-                        "reference": accuracy,
-                        "test_rows": c.reference_count,
-                        "reason": c.reason,
-                    },
+            concept = d.Verdict.of_concept(
+                d.accuracy_drop(
+                    correct,
+                    total,
+                    float(accuracy),
+                    th.accuracy_confidence,
+                    min_feedback=th.min_feedback,
+                    reference_count=int(count) if isinstance(count, int) and count > 0 else None,
                 )
             )
+            stored.append(concept)
+            verdicts.append(concept)
         if policy.latency_budget_ms is not None:
-            lat = d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
-            why = f"p95 {lat.p95} ms against a budget of {lat.budget} ms"
-            record("", "latency", "p95", value=lat.p95, drifted=lat.over, reason=why)
-            verdicts.append(
-                ("", "latency", "p95", lat.over, {"p95_ms": lat.p95, "budget_ms": lat.budget})
+            latency = d.Verdict.of_latency(
+                d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
             )
+            stored.append(latency)
+            verdicts.append(latency)
+        now = time.time()
+        samples = sum(t.count for t in tele)
+        records = [
+            {
+                "evaluated": now,
+                "scope": scope,
+                "fleet": fleet,
+                "device": device,
+                "model_name": name,
+                "model_version": version,
+                "samples": samples if v.samples is None else v.samples,
+                **v.columns(),
+            }
+            for v in stored
+        ]
 
         changed = self._store_and_step(
             scope, fleet, device, name, version, window_id, records, verdicts, th
@@ -438,28 +384,24 @@ class Engine:
         version: str,
         window_id: int,
         records: list[dict[str, Any]],
-        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]],
+        verdicts: list[d.Verdict],
         th: d.DriftThresholds,
     ) -> list[tuple[str, str, str, dict[str, Any]]]:
         changed: list[tuple[str, str, str, dict[str, Any]]] = []
         now = time.time()
-        keys = [
-            "|".join((scope, fleet, device, name, version, r, k, f)) for r, k, f, _, _ in verdicts
-        ]
+        keys = [v.key(scope, fleet, device, name, version) for v in verdicts]
         with self.store.begin() as conn:
             self.store.add_drift(conn, records)
             states = self.store.lock_alert_states(conn, keys, now)
             updates: list[dict[str, Any]] = []
             raised: list[dict[str, Any]] = []
             cleared: list[str] = []
-            for key, (reference, kind, feature, verdict, detail) in zip(
-                keys, verdicts, strict=True
-            ):
+            for key, v in zip(keys, verdicts, strict=True):
                 row = states[key]
                 if row.last_window >= window_id:
                     continue  # another process already accounted for this window
                 new, transition = d.step(
-                    d.AlertState(row.active, row.over, row.under), verdict, th.k_raise, th.k_clear
+                    d.AlertState(row.active, row.over, row.under), v.drifted, th.k_raise, th.k_clear
                 )
                 updates.append(
                     {
@@ -480,17 +422,17 @@ class Engine:
                             "device": device,
                             "model_name": name,
                             "model_version": version,
-                            "feature": feature,
-                            "kind": kind,
-                            "reference": reference,
+                            "feature": v.feature,
+                            "kind": v.kind,
+                            "reference": v.reference,
                             "raised": now,
-                            "detail": detail,
+                            "detail": dict(v.detail),
                         }
                     )
                 elif transition == "cleared":
                     cleared.append(key)
                 if transition != "none":
-                    changed.append((kind, feature, transition, detail))
+                    changed.append((v.kind, v.feature, transition, dict(v.detail)))
             self.store.save_alert_states(conn, updates)
             self.store.raise_alerts(conn, raised)
             self.store.clear_alerts(conn, cleared, now)
@@ -562,20 +504,6 @@ class Engine:
                 log.error("alert action: deploy %s: no deployer configured", action.deploy)
             else:
                 self.deploy(action.deploy, fleet, alert)
-
-
-def _detail(f: d.FeatureDrift) -> dict[str, Any]:
-    """What an alert carries: the distances, the sample size and why."""
-    out: dict[str, Any] = {
-        "js": f.js,
-        "psi": f.psi,
-        "wasserstein": f.wasserstein,
-        "linf": f.linf,
-        "samples": f.samples,
-        "missing_rate": f.missing_rate,
-        "reason": f.reason,
-    }
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def _rows_needed(t: wire.Telemetry, min_samples: int) -> int:
