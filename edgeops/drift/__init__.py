@@ -73,6 +73,7 @@ from edgeops.drift.span import (
     evaluate,
     evaluate_span,
     judge,
+    newest_span,
     reference_from_windows,
 )
 from edgeops.drift.verdict import Verdict, VerdictKind, span_verdicts
@@ -106,6 +107,7 @@ __all__ = [
     "latency_p95_over_budget",
     "linf_distance",
     "newcombe_interval",
+    "newest_span",
     "psi",
     "reference_from_windows",
     "span_verdicts",

@@ -26,9 +26,9 @@ deploy" is judged against what this device saw, on data as clustered as its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -69,9 +69,12 @@ __all__ = [
     "evaluate",
     "evaluate_span",
     "judge",
+    "newest_span",
     "reference_from_windows",
 ]
 
+
+T = TypeVar("T")
 
 UPPER = 0.9
 """The design effect is the upper end of its one-sided ``UPPER`` confidence interval
@@ -156,6 +159,22 @@ def dataset_drift(
     if not judged:
         return False
     return sum(f.drifted for f in judged) >= thresholds.dataset_share * len(judged)
+
+
+def newest_span(
+    windows: Iterable[T], rows: Callable[[T], int], *, min_samples: int, limit: int
+) -> list[T]:
+    """The rule that chooses a span, wherever its windows come from: of ``windows`` given
+    NEWEST FIRST, the newest ones that together hold ``min_samples`` rows (``rows(w)`` each),
+    at most ``limit``."""
+    span: list[T] = []
+    total = 0
+    for w in windows:
+        span.append(w)
+        total += rows(w)
+        if total >= min_samples or len(span) >= limit:
+            break
+    return span
 
 
 @dataclass(frozen=True)

@@ -84,16 +84,6 @@ class Engine:
 
     # --- spans --------------------------------------------------------------------------------
 
-    def _span(self, rows: Sequence[db.StoredWindow], min_samples: int) -> list[db.StoredWindow]:
-        span: list[db.StoredWindow] = []
-        samples = 0
-        for r in rows:
-            span.append(r)
-            samples += r.telemetry.count
-            if samples >= min_samples or len(span) >= self.config.span_windows:
-                break
-        return span
-
     def evaluate_device(
         self, newest: db.StoredWindow, known: Mapping[int, db.StoredWindow] | None = None
     ) -> None:
@@ -177,7 +167,12 @@ class Engine:
                 span = [
                     w
                     for ws in per_device.values()
-                    for w in self._span(ws, policy.drift.min_samples)
+                    for w in d.newest_span(
+                        ws,
+                        lambda r: r.telemetry.count,
+                        min_samples=policy.drift.min_samples,
+                        limit=self.config.span_windows,
+                    )
                 ]
                 newest = max(r.id for r in rows)
                 self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
