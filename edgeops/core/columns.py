@@ -106,6 +106,8 @@ def read_table(path: str | Path) -> Table:
 
 
 def read_csv(p: Path) -> Table:
+    """The one CSV reader: a header row of unique names, then rows of as many fields; a column
+    is numeric (NaN where missing) when every present cell is a finite number, else text."""
     try:
         with p.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -144,13 +146,19 @@ def _column(cells: tuple[str, ...]) -> npt.NDArray[Any]:
     return np.array(["" if c.lower() in MISSING_TOKENS else c for c in stripped], dtype=str)
 
 
-def read_npz(p: Path) -> Table:
-    """Arrays of an .npz file as columns. 2-D numeric arrays become one column per feature."""
+def load_npz(p: Path) -> dict[str, npt.NDArray[Any]]:
+    """Every array of an .npz file (no pickles); :class:`InputDataError` when it cannot be
+    read. The one NPZ reader: :func:`read_npz` and :mod:`edgeops.core.datafiles` view it."""
     try:
         with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputDataError(f"{p}: not a readable .npz file ({e})") from None
+
+
+def read_npz(p: Path) -> Table:
+    """Arrays of an .npz file as columns. 2-D numeric arrays become one column per feature."""
+    arrays = load_npz(p)
     if not arrays:
         raise InputDataError(f"{p}: the .npz file holds no arrays")
     columns: dict[str, npt.NDArray[Any]] = {}

@@ -12,6 +12,7 @@ hot paths (batch inserts, span reads, alert state locks and updates) are built o
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from edgeops.core import wire
 from edgeops.core.errors import UsageError, WireError
 from edgeops.core.manifest import Manifest
+from edgeops.drift.span import newest_span
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
@@ -747,15 +749,15 @@ class Store:
             "limit": limit,
         }
         with self.begin() as conn:
-            ids: list[int] = []
-            samples = 0
-            for wid, count, received in conn.execute(self._sql.span_counts, params):
-                if received < since:
-                    break
-                ids.append(int(wid))
-                samples += count
-                if samples >= min_samples:
-                    break
+            recent = itertools.takewhile(
+                lambda row: row[2] >= since, conn.execute(self._sql.span_counts, params)
+            )
+            ids = [
+                int(wid)
+                for wid, _, _ in newest_span(
+                    recent, lambda row: int(row[1]), min_samples=min_samples, limit=limit
+                )
+            ]
             missing = [i for i in ids if i not in known]
             rows = conn.execute(self._sql.payloads, {"ids": missing}).all() if missing else []
         found = dict(known)
