@@ -20,6 +20,7 @@ from device_agent.config import (
     DeviceConfig,
     HttpConfig,
     ModelConfig,
+    MqttConfig,
 )
 from edgeops.core import errors
 from edgeops.core.columns import read_table
@@ -81,6 +82,7 @@ def _wine_agent(tmp_path: Path, bundle: Path, keys: tuple[Path, Path]) -> AgentC
     return AgentConfig(
         device=DeviceConfig(id="newcomer", fleet="test"),
         model=ModelConfig(store=tmp_path / "store", bundle=bundle, trusted_keys=(keys[1],)),
+        mqtt=MqttConfig(outbox=tmp_path / "outbox.db"),
         http=HttpConfig(enabled=True, port=0),
     )
 
