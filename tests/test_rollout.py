@@ -683,9 +683,16 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
             for a in agents:
                 _serve_windows(a, images, 2, rng)
             assert service.rollouts.deployments() == []
-            for _ in range(2):
-                _serve_windows(agents[1], images, 1, rng, shift=5.0)  # drift on one device
-            assert _until(lambda: len(service.rollouts.deployments()) == 1, 120)  # a loaded host
+            for _ in range(2):  # drift on one device: two evaluations raise the alert
+                stored = service.counters.stored_windows
+                _serve_windows(agents[1], images, 1, rng, shift=5.0)
+                assert _until(  # stored and evaluated before the next (not coalesced)
+                    lambda s=stored: (
+                        service.counters.stored_windows > s and service.evaluations.idle()
+                    ),
+                    120,
+                )
+            assert _until(lambda: len(service.rollouts.deployments()) == 1, 120)
             dep = service.rollouts.deployments()[0]
             assert dep["trigger"].startswith("alert ") and f"alert{tag}-1" in dep["trigger"]
             status = _finished(service, dep["id"])
