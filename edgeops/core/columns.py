@@ -86,20 +86,25 @@ def missing_mask(col: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     return np.zeros(len(col), dtype=bool)
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a .csv or .npz file; raise :class:`InputDataError` naming the problem."""
+def data_file(path: str | Path, kinds: tuple[str, ...]) -> tuple[Path, str]:
+    """A data file that exists and is of one of ``kinds`` (suffixes such as ``.csv``), and its
+    suffix; :class:`InputDataError` naming the problem otherwise."""
     p = Path(path)
+    names = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
     if not p.exists():
         raise InputDataError(f"{p}: no such file")
     if p.is_dir():
-        raise InputDataError(f"{p}: is a directory, expected a .csv or .npz file")
+        raise InputDataError(f"{p}: is a directory, expected a {names} file")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        table = read_csv(p)
-    elif suffix == ".npz":
-        table = read_npz(p)
-    else:
-        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use .csv or .npz)")
+    if suffix not in kinds:
+        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use {names})")
+    return p, suffix
+
+
+def read_table(path: str | Path) -> Table:
+    """Read a .csv or .npz file; raise :class:`InputDataError` naming the problem."""
+    p, suffix = data_file(path, (".csv", ".npz"))
+    table = read_csv(p) if suffix == ".csv" else read_npz(p)
     if len(table) == 0:
         raise InputDataError(f"{p}: holds no rows")
     return table

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeops.core import feeds
-from edgeops.core.columns import load_npz, read_csv
+from edgeops.core.columns import data_file, load_npz, read_csv
 from edgeops.core.errors import InputDataError
 from edgeops.core.feeds import Feeds
 from edgeops.core.tensors import TensorInfo, shape_matches
@@ -55,20 +55,13 @@ class Dataset:
 
 def load(path: str | Path) -> Dataset:
     """Load a dataset file; raise :class:`InputDataError` naming the problem."""
-    p = Path(path)
-    if not p.exists():
-        raise InputDataError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputDataError(f"{p}: is a directory, expected a .npz, .npy or .csv file")
-    suffix = p.suffix.lower()
+    p, suffix = data_file(path, (".npz", ".npy", ".csv"))
     if suffix == ".npz":
         ds = _load_npz(p)
     elif suffix == ".npy":
         ds = Dataset(_np_load(p), None, str(p))
-    elif suffix == ".csv":
-        ds = _load_csv(p)
     else:
-        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use .npz, .npy or .csv)")
+        ds = _load_csv(p)
     if (ds.x.ndim == 0 and not ds.named) or len(ds) == 0:
         raise InputDataError(f"{p}: holds no samples")
     if ds.y is not None and ds.y.shape[0] != ds.x.shape[0]:
