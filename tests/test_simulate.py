@@ -18,6 +18,7 @@ import pytest
 
 from edgeops.core import errors, wire
 from edgeops.core.files import sha256_file
+from edgeops.core.manifest import Manifest
 from edgeops.simulate import Fleet, FleetConfig, Samples, load_samples, parse_drift
 from edgeops.simulate.inject import (
     apply_drift,
@@ -203,12 +204,14 @@ def test_tabular_rows_keep_labels_aside(data_files: dict[str, Path], tmp_path: P
         {"name": "magnesium", "kind": "numeric", "mean": 99.0, "std": 14.0},
         {"name": "hue_band", "kind": "categorical", "vocabulary": ["high", "low", "mid"]},
     ]
-    manifest: dict[str, Any] = {
+    plain: dict[str, Any] = {
         "name": "wine",
+        "version": "1.0.0",
         "task": "classification",
         "preprocessing": {"kind": "tabular", "input": "features", "columns": columns},
         "training": {"target": "cultivar"},
     }
+    manifest = Manifest.parse(plain)
     rows = load_samples(manifest, data_files["wine"], directory=tmp_path)
     assert rows.kind == "tabular" and list(rows.features) == ["alcohol", "magnesium", "hue_band"]
     assert len(rows) == 178 and np.isnan(rows.features["magnesium"]).sum() == 6
@@ -218,17 +221,19 @@ def test_tabular_rows_keep_labels_aside(data_files: dict[str, Path], tmp_path: P
         "class_2",
     }
     # No data file: the sample the manifest records (by its sha256), never a guess by name.
-    recorded = {
-        **manifest,
-        "training": {"target": "cultivar", "data_sha256": sha256_file(data_files["wine"])},
-    }
+    recorded = Manifest.parse(
+        {
+            **plain,
+            "training": {"target": "cultivar", "data_sha256": sha256_file(data_files["wine"])},
+        }
+    )
     again = load_samples(recorded, directory=tmp_path / "s")
     assert (tmp_path / "s" / "wine.csv").is_file() and len(again) == 178
     with pytest.raises(errors.UsageError, match="--target nope"):
         load_samples(manifest, data_files["wine"], target="nope", directory=tmp_path)
     with pytest.raises(errors.UsageError, match="give --data"):
         load_samples(manifest, directory=tmp_path / "t")  # the target's name says wine: no
-    other = {**manifest, "training": {"target": "cultivar", "data_sha256": "0" * 64}}
+    other = Manifest.parse({**plain, "training": {"target": "cultivar", "data_sha256": "0" * 64}})
     with pytest.raises(errors.UsageError, match="give --data"):
         load_samples(other, directory=tmp_path / "u")
     assert not list((tmp_path / "u").iterdir())

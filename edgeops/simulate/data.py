@@ -19,6 +19,7 @@ import numpy as np
 from edgeops.core.columns import Table, read_table
 from edgeops.core.errors import InputDataError, UsageError
 from edgeops.core.files import sha256_file
+from edgeops.core.manifest import Manifest
 from edgeops.core.preprocessing import Preprocessing
 from edgeops.simulate.inject import Array, Samples
 from edgeops.trainer import samples
@@ -35,11 +36,11 @@ BUNDLED: Mapping[str, tuple[str, Callable[[Path], Path]]] = {
 }
 
 
-def sample_file(manifest: Mapping[str, Any], directory: Path) -> Path:
+def sample_file(manifest: Manifest, directory: Path) -> Path:
     """Write the sample dataset the bundle records it was trained on to ``directory``: the one
     whose sha256 is the manifest's ``training.data_sha256``. Nothing is guessed from names: a
     bundle trained on anything else needs its data file."""
-    recorded = (manifest.get("training") or {}).get("data_sha256")
+    recorded = None if manifest.training is None else manifest.training.data_sha256
     directory.mkdir(parents=True, exist_ok=True)
     for file, write in BUNDLED.values():
         path = write(directory / file)
@@ -47,14 +48,14 @@ def sample_file(manifest: Mapping[str, Any], directory: Path) -> Path:
             return path
         path.unlink()
     raise UsageError(
-        f"bundle {manifest.get('name')!r} was not trained on one of edgeops' sample datasets "
+        f"bundle {manifest.name!r} was not trained on one of edgeops' sample datasets "
         "(digits.npz, wine.csv, diabetes.csv from `edgeops samples`): give --data FILE "
         "(CSV or NPZ) to replay"
     )
 
 
 def load_samples(
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     data: Path | None = None,
     *,
     target: str | None = None,
@@ -63,17 +64,18 @@ def load_samples(
 ) -> Samples:
     """The rows of ``data`` (or of the bundle's sample dataset, written to ``directory``) as
     the bundle's model takes them, shuffled with ``seed``, labels aside."""
-    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    pre = Preprocessing.from_dict(manifest.require("preprocessing"))
     path = data if data is not None else sample_file(manifest, directory)
     table = read_table(path)
     label_name = _label_column(table, manifest, target)
     features = _tabular(table, pre) if pre.kind == "tabular" else _tensor(table, pre, label_name)
-    labels = None if label_name is None else _labels(table[label_name], str(manifest["task"]))
+    task = manifest.task or "classification"
+    labels = None if label_name is None else _labels(table[label_name], task)
     out = Samples(pre.kind, features, labels)
     return out.take(np.random.default_rng(seed).permutation(len(out)).astype(np.intp))
 
 
-def _label_column(table: Table, manifest: Mapping[str, Any], target: str | None) -> str | None:
+def _label_column(table: Table, manifest: Manifest, target: str | None) -> str | None:
     if target is not None:
         if target not in table:
             raise UsageError(
@@ -81,7 +83,7 @@ def _label_column(table: Table, manifest: Mapping[str, Any], target: str | None)
                 f"(columns: {', '.join(table.names)})"
             )
         return target
-    trained = (manifest.get("training") or {}).get("target")
+    trained = manifest.training_target
     candidates = ([str(trained)] if trained else []) + list(LABEL_COLUMNS)
     return next((c for c in candidates if c in table), None)
 
