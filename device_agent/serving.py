@@ -6,8 +6,8 @@ runtime. Quantized inputs and outputs are converted with the manifest's scale an
 callers send and receive floats, unless they ask for raw tensors.
 
 A model with several inputs (preprocessing kind ``tensors``) takes a mapping of input name to
-array: samples along axis 0, or one sample without that axis; a scalar input may be one value for
-every sample. The inputs are checked (:func:`edgeops.core.feeds.bind`) into a
+array: samples along axis 0, or one sample without that axis, each of the sample shape the
+preprocessing lists (the packaged data's); a scalar input may be one value for every sample. The inputs are checked (:func:`edgeops.core.feeds.bind`) into a
 :class:`~edgeops.core.feeds.Feeds`, which runs one call per sample when the model fixes its batch
 at one or takes a whole tensor (a recurrent state) per call, else batches.
 """
@@ -162,12 +162,14 @@ class ServedModel:
         arrays: dict[str, npt.NDArray[Any]] = {}
         for t in self.preprocessing.tensors:
             a = _array(data[t.name], t.name)
-            if a.ndim == len(t.shape) and not (a.ndim == 0 and t.shape == ()):
+            if a.ndim == 0 and t.shape == ():  # one value for every sample
+                arrays[t.name] = a
+                continue
+            if a.ndim == len(t.shape):
                 a = a[None]  # one sample
-            elif a.ndim != len(t.shape) + 1 and not (a.ndim == 0 and t.shape == ()):
-                dims = "(" + ", ".join("?" if s < 0 else str(s) for s in t.shape) + ")"
+            if a.shape[1:] != t.shape:
                 raise InputDataError(
-                    f"input '{t.name}' takes samples of shape {dims} (or a batch of them), "
+                    f"input '{t.name}' takes samples of shape {t.shape} (or a batch of them), "
                     f"got shape {a.shape}"
                 )
             arrays[t.name] = a

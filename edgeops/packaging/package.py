@@ -255,16 +255,17 @@ def package_model(
         _input_profiles(feeds),
         _output_profiles(task, names, first, outputs_info[0].name),
     )
-    fixed_sample = min(inputs_info[0].shape[1:], default=0) >= 0
-    if len(inputs_info) == 1 and not feeds.whole[0] and fixed_sample:
-        pre = Preprocessing("tensor", inputs_info[0].name, shape=inputs_info[0].shape[1:])
+    # The data's sample shapes are the ones served: the baseline's tensor statistics are of
+    # those, and a dimension the model leaves free is fixed at the data's size.
+    if len(inputs_info) == 1 and not feeds.whole[0]:
+        pre = Preprocessing("tensor", inputs_info[0].name, shape=kept.arrays[0].shape[1:])
         arrays = {"inputs": kept.arrays[0].astype(np.float32)}
     else:
-        shapes = [
-            NamedInput(i.name, i.shape if whole else i.shape[1:])
-            for i, whole in zip(inputs_info, feeds.whole, strict=True)
-        ]
-        pre = Preprocessing("tensors", inputs_info[0].name, tensors=tuple(shapes))
+        shapes = tuple(
+            NamedInput(n, tuple(int(d) for d in a.shape[1:]))
+            for n, a in zip(feeds.names, feeds.arrays, strict=True)
+        )
+        pre = Preprocessing("tensors", inputs_info[0].name, tensors=shapes)
         arrays = {f"input_{k}": a for k, a in enumerate(kept.arrays)}
     samples = _samples(arrays, sample_outputs)
     name = cfg.name or model_path.stem
