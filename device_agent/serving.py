@@ -7,9 +7,10 @@ callers send and receive floats, unless they ask for raw tensors.
 
 A model with several inputs (preprocessing kind ``tensors``) takes a mapping of input name to
 array: samples along axis 0, or one sample without that axis, each of the sample shape the
-preprocessing lists (the packaged data's); a scalar input may be one value for every sample. The inputs are checked (:func:`edgeops.core.feeds.bind`) into a
-:class:`~edgeops.core.feeds.Feeds`, which runs one call per sample when the model fixes its batch
-at one or takes a whole tensor (a recurrent state) per call, else batches.
+preprocessing lists (the packaged data's); a scalar input may be one value for every sample. The
+inputs are checked (:func:`edgeops.core.feeds.bind`) into a :class:`~edgeops.core.feeds.Feeds`,
+which runs one call per sample when the model fixes its batch at one or takes a whole tensor (a
+recurrent state) per call, else batches.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ import numpy.typing as npt
 import pytest
 
 from device_agent.agent import Agent
+from device_agent.client import AgentClient
+from device_agent.replay import replay
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
 from edgeops.core import errors, wire
@@ -158,8 +160,17 @@ def test_the_agent_serves_it_as_onnxruntime_runs_it(
         with pytest.raises(errors.InputDataError, match="missing input 'state'"):
             agent.predict({"input": serve["input"][:2], "sr": 16000})
         window = agent.flush_window()
+        # `edgeops agent replay` sends a file of named arrays one sample a call, labels as feedback.
+        labelled = tmp_path / "labelled.npz"
+        np.savez(labelled, **{k: v[:12] if v.ndim else v for k, v in serve.items()},
+                 y=np.array(expected[:12]))  # fmt: skip
+        stats = replay(labelled, AgentClient(f"http://{host}:{port}"), rate=1000.0)
+        assert (stats.sent, stats.ok, stats.failed, stats.feedback) == (12, 12, 0, 12)
+        replayed = agent.flush_window()
         model_info = agent.model_info()
     assert model_info["preprocessing"]["kind"] == "tensors"
+    assert replayed is not None and replayed.count == 12
+    assert replayed.feedback.correct == replayed.feedback.total == 12
     assert window is not None and window.count == 600 + 1 + 3
     assert window.bad_inputs == len(hostile) + 1
     inputs = {w.name: w for w in window.inputs}
