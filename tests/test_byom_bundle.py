@@ -396,8 +396,10 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
         ).start()
         try:
             assert agent.link is not None and agent.link.wait_connected(10)
-            for _ in range(3):
-                agent.predict({"input": calm["input"], "state": calm["state"], "sr": 16000})
+            for _ in range(3):  # with feedback: accuracy, but no reference to hold it to
+                p = agent.predict({"input": calm["input"], "state": calm["state"], "sr": 16000})
+                fed = zip(p.ids, p.predicted, strict=True)
+                assert all(agent.feedback(i, label) for i, label in fed)
                 agent.flush_window()
             assert _wait(lambda: service.counters.stored_windows >= 3)
             assert _wait(  # the span of all three
@@ -424,5 +426,6 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
     assert {("input", f) for f in INPUT_WINDOWS} <= features, features
     assert ("output", "class") in features
     assert not any(r["kind"] == "concept" for r in rows)  # no evaluation: no reference accuracy
+    assert service.evaluator.errors == 0 and service.evaluator.evaluations > 0
     drifted = {r["feature"] for r in rows if r["kind"] == "input" and r["drifted"]}
     assert "input:std[c0]" in drifted and drifted <= {"input:mean[c0]", "input:std[c0]"}, drifted
