@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -429,3 +430,46 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
     assert service.evaluator.errors == 0 and service.evaluator.evaluations > 0
     drifted = {r["feature"] for r in rows if r["kind"] == "input" and r["drifted"]}
     assert "input:std[c0]" in drifted and drifted <= {"input:mean[c0]", "input:std[c0]"}, drifted
+
+
+def test_a_one_input_model_and_its_batch1_export(corpus: Corpus, tmp_path: Path) -> None:
+    """The PP-OCR angle classifier (a Paddle export, input ``x`` (N, 3, ?, ?)) packaged from
+    rendered text lines, and the same model exported with its batch fixed at 1: both become
+    one-input bundles (the data's 3x48x192 fixed), served as onnxruntime runs them, a batch one
+    sample per call for the batch-1 export, every window counting its input."""
+    import onnx
+    import onnxruntime as ort
+
+    from converters.corpus import ocr_cls_inputs
+
+    source = corpus.model("ocr-cls")
+    b1 = onnx.load(str(source))
+    for value in (*b1.graph.input, *b1.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(b1, str(tmp_path / "cls-b1.onnx"))
+    x, _ = ocr_cls_inputs(24, seed=51)
+    served, _ = ocr_cls_inputs(6, seed=52)
+    np.savez(tmp_path / "lines.npz", x=x)
+    sess = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": served})[0]
+    for model in (source, tmp_path / "cls-b1.onnx"):
+        bundle = package_model(model, tmp_path / "lines.npz", tmp_path / "dist",
+                               PackageConfig(version="1.0.0", name=model.stem.replace(".", "-")),
+                               task="classification", labels=("0", "180"), key=None)  # fmt: skip
+        with Bundle.open(bundle) as b:
+            b.verify([], allow_unsigned=True)
+            pre = b.info.require("preprocessing")
+        assert pre["kind"] == "tensor" and pre["shape"] == [3, 48, 192]
+        cfg = make_config(tmp_path / model.stem, 1, bundle, ("k", "k"), window=3600)  # type: ignore[arg-type]
+        cfg = replace(cfg, model=replace(cfg.model, trusted_keys=(), allow_unsigned=True))
+        with Agent(cfg, mqtt=False, http=False) as agent:
+            got = agent.predict(served)
+            one = agent.predict(served[0])
+            with pytest.raises(errors.InputDataError, match="shape"):
+                agent.predict(np.zeros((2, 3, 48, 100), np.float32))
+            window = agent.flush_window()
+        np.testing.assert_allclose(got.outputs[0], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one.outputs[0], want[:1], rtol=1e-5, atol=1e-6)
+        assert got.predicted == ["0" if p[0] >= p[1] else "180" for p in want]
+        assert window is not None and window.count == 7 and window.bad_inputs == 1
+        assert {w.name for w in window.inputs} == {"x:mean[c0]", "x:std[c0]"}
