@@ -43,6 +43,7 @@ from edgeops.core.profile import (
 )
 from edgeops.core.signing import SigningKey
 from edgeops.core.tensors import TensorInfo
+from edgeops.core.wire import MAX_BINS
 from edgeops.packaging import modelinfo
 
 if TYPE_CHECKING:
@@ -262,8 +263,8 @@ def package_model(
         arrays = {"inputs": kept.arrays[0].astype(np.float32)}
     else:
         shapes = tuple(
-            NamedInput(n, tuple(int(d) for d in a.shape[1:]))
-            for n, a in zip(feeds.names, feeds.arrays, strict=True)
+            NamedInput(input_name, tuple(int(d) for d in a.shape[1:]))
+            for input_name, a in zip(feeds.names, feeds.arrays, strict=True)
         )
         pre = Preprocessing("tensors", inputs_info[0].name, tensors=shapes)
         arrays = {f"input_{k}": a for k, a in enumerate(kept.arrays)}
@@ -364,6 +365,10 @@ def _labels(
             )
         return ()
     classes = max(width, 2)
+    if classes > MAX_BINS:
+        raise UsageError(
+            f"output '{output.name}' has {width} classes; a window counts at most {MAX_BINS}"
+        )
     if width == 1 and not ((first >= 0) & (first <= 1)).all():
         raise UsageError(
             f"output '{output.name}' has one value per sample outside [0, 1]: a classifier's "
