@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ORDER = ("conversion", "byom", "agent", "service", "rollout", "commands", "drift")
+ORDER = ("conversion", "byom", "byom_serving", "agent", "service", "rollout", "commands", "drift")
 
 
 def _cell(text: object) -> str:

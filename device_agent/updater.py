@@ -63,6 +63,7 @@ from device_agent.store import ModelStore
 from edgeops.core import wire
 from edgeops.core.bundle import Bundle
 from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
+from edgeops.core.feeds import Feeds
 from edgeops.core.files import atomic_write, sha256_file
 from edgeops.core.latency import LogHistogram
 from edgeops.core.manifest import Manifest
@@ -231,11 +232,12 @@ def runtime_available(fmt: str) -> str | None:
     return None
 
 
-def bench(model: ServedModel, x: np.ndarray[Any, Any], runs: int) -> LogHistogram:
+def bench(model: ServedModel, x: np.ndarray[Any, Any] | Feeds, runs: int) -> LogHistogram:
     """Latency of single-sample runs over ``x`` (after a short warm-up)."""
     h = LogHistogram()
     for i in range(runs + 3):
-        sample = x[i % len(x)][None]
+        k = i % len(x)
+        sample = x.take(slice(k, k + 1)) if isinstance(x, Feeds) else x[k][None]
         t0 = time.perf_counter()
         model.run(sample, raw=True)
         if i >= 3:
@@ -474,7 +476,11 @@ class Updater:
                 self._enter(rec, "staged", {"entry": rec.entry})
                 new, samples = self._stage(verified, rec.entry)
             old = self.host.model
-            old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
+            old_bench = (
+                bench(old, samples, self.config.bench_runs)
+                if old is not None and old.takes(samples)
+                else None
+            )
             new_bench = bench(new, samples, self.config.bench_runs)
             if self._stop.is_set():
                 raise _Failed("the agent is stopping")
@@ -584,7 +590,9 @@ class Updater:
         if entry_id == self.store.pointer()["current"]:
             raise _Failed(f"{manifest.name} {manifest.version} is already current")
 
-    def _stage(self, verified: Bundle, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
+    def _stage(
+        self, verified: Bundle, entry_id: str
+    ) -> tuple[ServedModel, np.ndarray[Any, Any] | Feeds]:
         entry = self.store.install(verified)
         assert entry.id == entry_id
         try:
@@ -593,8 +601,13 @@ class Updater:
             raise _Failed(f"the model does not load: {e}") from None
         try:
             spec = entry.info.require_samples()
+            x: np.ndarray[Any, Any] | Feeds
             with np.load(entry.samples_path) as z:
-                x = z["inputs"].astype(np.float32)
+                if model.named:  # one array per input, in the model's order
+                    infos = model.runtime.inputs
+                    x = model.bind({i.name: z[f"input_{k}"] for k, i in enumerate(infos)})
+                else:
+                    x = z["inputs"].astype(np.float32)
                 expected = [z[f"output_{i}"] for i in range(len(model.runtime.outputs))]
             got = model.run(x)
             atol, rtol = spec.atol, spec.rtol

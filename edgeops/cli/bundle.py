@@ -122,13 +122,38 @@ def _conversion_config(
 
 @click.command()
 @click.option(
-    "--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory."
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Training run directory; without it, package --model from --data.",
 )
 @click.option(
     "--model",
     type=click.Path(path_type=Path),
     default=None,
-    help="A .tflite or .onnx converted from the run's model; without it, convert on the way.",
+    help="A .tflite or .onnx: converted from the run's model (without it, convert on the way), "
+    "or any model when there is no --run.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Without --run: realistic inputs (.npz with one array per input name, samples along "
+    "axis 0) for the baseline and the samples.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    default=None,
+    help="Without --run: how the first output is read and profiled.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Without --run: a text file of class names, one a line (default: 0, 1, ...).",
 )
 @click.option(
     "--out",
@@ -136,12 +161,18 @@ def _conversion_config(
     type=click.Path(path_type=Path),
     help="Directory for NAME-VERSION.bundle, or the bundle's path ending in .bundle.",
 )
-@click.option("--name", default=None, help="Model name (default: the run's).")
+@click.option("--name", default=None, help="Model name (default: the run's, or the model file's).")
 @package_options
 @conversion_options
+@click.pass_context
 def package(
-    run_dir: Path,
+    ctx: click.Context,
+    /,
+    run_dir: Path | None,
     model: Path | None,
+    data: Path | None,
+    task: str | None,
+    labels_file: Path | None,
     out: Path,
     name: str | None,
     version: str,
@@ -152,14 +183,45 @@ def package(
     samples: int,
     **conversion: Any,
 ) -> None:
-    """Write one signed bundle from a training run and its converted model."""
+    """Write one signed bundle: from a training run and its converted model, or from any model
+    (one input or several) and a file of its inputs."""
     from edgeops.packaging.package import package as make_bundle
-    from edgeops.trainer.run import Run
 
     signing_key = _signing_key(key, unsigned)
     cfg = PackageConfig(
         version=version, name=name, parent=parent, samples=samples, force=force
     ).checked()
+    if run_dir is None:
+        converting = [
+            f"--{k.replace('_', '-')}"
+            for k in conversion
+            if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+        ]
+        if converting:
+            raise UsageError(f"{', '.join(converting)} convert a run's model: they need --run")
+        if model is None or data is None or task is None:
+            raise UsageError(
+                "package needs --run RUN, or --model MODEL --data INPUTS.npz --task "
+                "classification|regression for a model made without this project's trainer"
+            )
+        from edgeops.packaging.package import package_model
+
+        path = package_model(
+            model,
+            data,
+            out,
+            cfg,
+            task="classification" if task == "classification" else "regression",
+            labels=_read_labels(labels_file),
+            key=signing_key,
+        )
+        click.echo(f"wrote {path}" + ("" if signing_key else " (unsigned)"))
+        return
+    given = [f for f, v in (("--data", data), ("--task", task), ("--labels", labels_file)) if v]
+    if given:
+        raise UsageError(f"{', '.join(given)}: for a model packaged without --run")
+    from edgeops.trainer.run import Run
+
     run = Run.load(run_dir)
     report = None
     if model is None:
@@ -175,6 +237,17 @@ def package(
         report = converted.to_dict()
     path = make_bundle(run, model, out, cfg, key=signing_key, report=report)
     click.echo(f"wrote {path}" + ("" if signing_key else " (unsigned)"))
+
+
+def _read_labels(path: Path | None) -> tuple[str, ...]:
+    """Class names, one a line (blank lines skipped)."""
+    if path is None:
+        return ()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--labels {path}: cannot read ({e})") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 @click.command()

@@ -18,6 +18,11 @@ cannot do well itself:
   float.
 
 Image models keep their per-channel normalisation inside the model: pixels share one range.
+
+A model with several inputs (``kind="tensors"``, a model packaged without a training run) takes
+its inputs as they are, by name: :attr:`Preprocessing.tensors` lists each input's name and the
+shape of one sample of it (see :mod:`edgeops.core.feeds`: without the batch axis for an input
+with one, the whole call tensor otherwise; -1 for a free dimension).
 """
 
 from __future__ import annotations
@@ -84,13 +89,24 @@ def _text(v: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """The model input: tabular columns, or one tensor of a fixed per-sample shape."""
+class NamedInput:
+    """One input of a model with several: its name and the shape of one sample of it."""
 
-    kind: Literal["tabular", "tensor"]
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The model input: tabular columns, one tensor of a fixed per-sample shape, or several
+    named tensors taken as they are."""
+
+    kind: Literal["tabular", "tensor", "tensors"]
     input_name: str
     columns: tuple[Column, ...] = ()
     shape: tuple[int, ...] = ()
+    tensors: tuple[NamedInput, ...] = ()
+    """Kind ``tensors``: every input, in the model's order."""
 
     @property
     def width(self) -> int:
@@ -99,6 +115,8 @@ class Preprocessing:
     def encode(self, data: Mapping[str, Any]) -> npt.NDArray[np.float32]:
         """Model inputs for a batch given as columns (name -> values), raw values in; other
         columns (a table's target) are ignored."""
+        if self.kind == "tensors":
+            raise InputDataError("a model with several inputs takes its inputs by name as they are")
         if self.kind == "tensor":
             if self.input_name not in data:
                 raise InputDataError(f"no input '{self.input_name}'")
@@ -158,6 +176,12 @@ class Preprocessing:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if self.kind == "tensors":
+            d["inputs"] = [{"name": t.name, "shape": list(t.shape)} for t in self.tensors]
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "input": self.input_name,
@@ -181,7 +205,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
         kind = d["kind"]
-        if kind not in ("tabular", "tensor"):
+        if kind not in ("tabular", "tensor", "tensors"):
             raise ValueError(f"unknown preprocessing kind {kind!r}")
         columns = []
         for c in d.get("columns", ()):
@@ -197,4 +221,16 @@ class Preprocessing:
                     bool(c.get("fill_missing", False)),
                 )
             )
-        return cls(kind, str(d["input"]), tuple(columns), tuple(int(s) for s in d.get("shape", ())))
+        tensors = tuple(
+            NamedInput(str(t["name"]), tuple(int(s) for s in t["shape"]))
+            for t in (d.get("inputs", ()) if kind == "tensors" else ())
+        )
+        if kind == "tensors" and not tensors:
+            raise ValueError("preprocessing of kind 'tensors' lists no inputs")
+        return cls(
+            kind,
+            str(d["input"]),
+            tuple(columns),
+            tuple(int(s) for s in d.get("shape", ())),
+            tensors,
+        )

@@ -65,6 +65,8 @@ def load_samples(
     """The rows of ``data`` (or of the bundle's sample dataset, written to ``directory``) as
     the bundle's model takes them, shuffled with ``seed``, labels aside."""
     pre = Preprocessing.from_dict(manifest.require("preprocessing"))
+    if pre.kind == "tensors":
+        raise UsageError("the simulator feeds models with one input; this one takes several")
     path = data if data is not None else sample_file(manifest, directory)
     table = read_table(path)
     label_name = _label_column(table, manifest, target)
