@@ -49,7 +49,7 @@ test: lint broker chromium
 # Every benchmark: tables on stdout (kept in results/NAME.txt), JSON in results/NAME.json, then
 # results/README.md with every goal in one markdown table.
 # drift runs in .venv-drift: its peers (Evidently, alibi-detect) need numpy < 2.
-BENCHMARKS := conversion byom agent service rollout commands dashboard
+BENCHMARKS := conversion byom byom_serving agent service rollout commands dashboard
 DRIFT_VENV  := .venv-drift
 DRIFT_STAMP := $(DRIFT_VENV)/.installed
 

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ORDER = ("conversion", "byom", "agent", "service", "rollout", "commands", "dashboard", "drift")
+ORDER = (
+    "conversion", "byom", "byom_serving", "agent", "service", "rollout", "commands", "dashboard",
+    "drift",
+)  # fmt: skip
 
 
 def _cell(text: object) -> str:

@@ -38,6 +38,8 @@ from edgeops.core.errors import ConversionError, EdgeOpsError, OutputError, Usag
 from edgeops.core.feeds import Feeds, random_feeds
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("edgeops.progress")
+"""What a conversion is doing, for a person watching (the CLI shows it on stderr)."""
 
 _VERSIONED = ("edgeops", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
 
@@ -78,6 +80,15 @@ def convert(src: str | Path, out_dir: str | Path, config: ConversionConfig) -> C
                 # Fail before converting when the latency could not be measured at a real size.
                 random_feeds(source.inputs, dict(cfg.shapes))
             log.info("converting %s (%s) to %s %s", src, source.kind, cfg.to, cfg.mode)
+            progress.info(
+                "convert: %s to %s %s%s",
+                src.name,
+                cfg.to.value,
+                "" if cfg.mode is None else cfg.mode.value,
+                ""
+                if calib is None or cfg.mode not in (Mode.INT8, Mode.INT16X8)
+                else f", calibrating on {len(calib)} samples",
+            )
             name = cfg.name or src.stem
             staged = staging / artifact_names(name, cfg, rejected=False)[0]
             labels = None if validation is None else validation.y
@@ -99,6 +110,7 @@ def convert(src: str | Path, out_dir: str | Path, config: ConversionConfig) -> C
             source_info = {"path": str(src), "kind": source.kind.value, "bytes": source.size_bytes}
         data = val if val is not None else calib
         timed = data.one_call(0) if data is not None and not cfg.shapes else None
+        progress.info("convert: measuring latency (%d runs)", cfg.latency_runs)
         report = _measure(staged, cfg, source_info, fidelity, blob, timed, staging)
         report = replace(report, steps=tuple(steps), sensitivity=sensitivity)
         return _commit(staging, staged, out, name, cfg, report)
@@ -202,6 +214,7 @@ def _fidelity(
     cfg: ConversionConfig,
     staging: Path,
 ) -> Fidelity:
+    progress.info("convert: checking fidelity on %d validation samples", len(feeds))
     reference = source.predict(feeds)
     try:
         with open_runtime(model, threads=cfg.threads) as rt:

@@ -230,6 +230,7 @@ def _preprocess(src: Path, work: Path, plan: _Plan) -> Path:
     It runs inside ``work``: when symbolic shape inference gives up on a large model it leaves
     ``sym_shape_infer_temp.onnx`` and its external data in the current directory.
     """
+    src, work = src.resolve(), work.resolve()  # a relative --out would not survive the chdir
     with contextlib.chdir(work):
         return _preprocess_here(src, work / "pre.onnx", plan)
 

@@ -268,8 +268,9 @@ class Agent:
 
     def predict(self, data: Any, *, raw: bool = False) -> Prediction:
         """Run the current model on ``data`` (records, columns, or an array; one sample or a
-        batch). Raises :class:`InputDataError` for bad input, :class:`ModelError` when no model
-        is loaded, :class:`RuntimeBackendError` when inference fails."""
+        batch; for a model with several inputs, a mapping of input name to array). Raises
+        :class:`InputDataError` for bad input, :class:`ModelError` when no model is loaded,
+        :class:`RuntimeBackendError` when inference fails."""
         me = get_ident()  # no lock on this path: set.add and set.discard are atomic
         while True:
             serving = self._serving
@@ -317,9 +318,10 @@ class Agent:
         if watch is not None:
             watch.observe(elapsed_ms)
         predicted = model.predicted(floats)
-        window.observe_prediction(
-            elapsed_ms, floats[0], prepared.columns if self._sampled() else None
-        )
+        first = floats[0]
+        if first.ndim > 2:  # a whole tensor per call (a stateful model's): one row per sample
+            first = first.reshape(n, -1)
+        window.observe_prediction(elapsed_ms, first, prepared.columns if self._sampled() else None)
         ids = [f"{self.boot}-{next(self._prediction_ids)}" for _ in range(n)]
         recent = self._recent
         with self._recent_lock:

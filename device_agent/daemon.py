@@ -6,10 +6,8 @@ outbox drained while the broker is reachable, the offline status published, and 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,39 +15,22 @@ from typing import Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig, load_config
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object per log record: time, level, logger, message (and the exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+from edgeops.core import logstream
 
 
 def configure_logging(level: str, json_lines: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonLines()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logstream.configure(level, json_lines=json_lines)
 
 
 def run(config_path: Path | None, *, json_logs: bool | None = None, ready: Any = None) -> int:
     """Load the config, start the agent, wait for SIGTERM/SIGINT, stop. Returns the exit code."""
     cfg: AgentConfig = load_config(config_path)
     configure_logging(cfg.log.level, cfg.log.json if json_logs is None else json_logs)
+    with logstream.route_native_stderr():  # LiteRT's own lines go through logging too
+        return _serve(cfg, ready)
+
+
+def _serve(cfg: AgentConfig, ready: Any) -> int:
     log = logging.getLogger("device_agent")
     stop = threading.Event()
 

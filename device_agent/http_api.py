@@ -3,6 +3,7 @@
 ::
 
     POST /v1/predict   {"inputs": [...]} | {"records": [{...}]} | {"columns": {...}}, "raw": false
+                       (a model with several inputs: {"inputs": {"NAME": [...], ...}})
                        -> {"ids", "predicted", "outputs", "model", "latency_ms"}
     POST /v1/feedback  {"id": "...", "label": ...} or {"items": [{"id", "label"}, ...]}
                        -> {"accepted": n, "unknown": m}

@@ -113,8 +113,8 @@ class _AgentState(Collector):
         state = "idle"
         if a.updater is not None:
             rec = a.updater.state()
-            if rec is not None and rec.get("state") in UPDATE_STATES:
-                state = str(rec["state"])
+            if rec is not None and rec.state in UPDATE_STATES:
+                state = str(rec.state)
         update = GaugeMetricFamily(
             "edgeops_agent_update_state", "The model update's state (1 for the current one)",
             labels=["state"],

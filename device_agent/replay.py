@@ -1,7 +1,10 @@
 """``edgeops agent replay``: feed a CSV or NPZ file to a running agent at a steady rate.
 
-Each row becomes one predict call (a record for tabular models, an array for image models). When
-the file has the model's target column, the label is sent back as feedback for that prediction.
+Each row becomes one predict call (a record for tabular models, an array for image models, the
+named inputs of one sample for a model with several, from an NPZ with one array per input name).
+When the file has a label column (``--target``; by default the column the model was trained to
+predict, as its bundle records, else ``label``, ``target`` or ``y``), the label is sent back as
+feedback for that prediction.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.client import AgentClient
-from edgeops.core.columns import Table, read_table
+from edgeops.core.columns import Table, load_npz, read_table
 from edgeops.core.errors import EdgeOpsError, UsageError
 
 
@@ -52,13 +55,14 @@ def replay(
     """Send the rows of ``path`` to the agent behind ``client``, ``rate`` rows per second."""
     if rate <= 0:
         raise UsageError("--rate must be positive")
-    table: Table = read_table(path)
     info = client.model()
     pre = info["preprocessing"]
+    table: Table | _Named = (
+        _named(Path(path), pre) if pre["kind"] == "tensors" else read_table(path)
+    )
+    candidates = (info.get("target"), "label", "target", "y")  # the model's own first
     label_col = (
-        target
-        if target is not None
-        else next((c for c in ("label", "target", "y") if c in table), None)
+        target if target is not None else next((c for c in candidates if c and c in table), None)
     )
     if target is not None and target not in table:
         raise UsageError(f"{path}: no column '{target}' for feedback")
@@ -72,7 +76,9 @@ def replay(
             time.sleep(delay)
         sent += 1
         try:
-            if pre["kind"] == "tabular":
+            if isinstance(table, _Named):
+                result = client.predict(table.sample(i), kind="inputs")
+            elif pre["kind"] == "tabular":
                 record = {
                     c["name"]: _plain(table[c["name"]][i])
                     for c in pre["columns"]
@@ -93,3 +99,43 @@ def replay(
                 label = str(int(label))
             fed += client.feedback([(result["ids"][0], label)])["accepted"]
     return ReplayStats(sent, ok, failed, fed, time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class _Named:
+    """An NPZ of one array per input name (a 0-d array: one value for every sample), and labels
+    under ``y``, ``label`` or ``target``."""
+
+    arrays: dict[str, Any]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.arrays
+
+    def __getitem__(self, name: str) -> Any:
+        return self.arrays[name]
+
+    def sample(self, i: int) -> dict[str, Any]:
+        return {k: (v[i] if v.ndim else v).tolist() for k, v in self.inputs.items()}
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.arrays.items() if k not in ("label", "target", "y")}
+
+
+def _named(path: Path, pre: dict[str, Any]) -> _Named:
+    if path.suffix.lower() != ".npz":
+        raise UsageError(f"{path}: a model with several inputs replays an .npz of named arrays")
+    arrays = load_npz(path)
+    names = [t["name"] for t in pre["inputs"]]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UsageError(f"{path}: no array for input {', '.join(repr(m) for m in missing)}")
+    kept = {k: v for k, v in arrays.items() if k in names or k in ("label", "target", "y")}
+    rows = {len(v) for v in kept.values() if v.ndim}
+    if len(rows) != 1:
+        raise UsageError(f"{path}: the arrays differ in their number of samples (or hold none)")
+    return _Named(kept, rows.pop())

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from edgeops.core.errors import ModelError, RuntimeBackendError, first_line
 from edgeops.core.feeds import Feeds
+from edgeops.core.logstream import native_lines_logged
 from edgeops.core.tensors import TensorInfo, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ class TFLiteRuntime:
                 module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             )
         try:
-            self._interp = interpreter_cls(**kwargs)
-            self._interp.allocate_tensors()
+            with native_lines_logged():  # its "Created ... XNNPACK delegate" line: a log record
+                self._interp = interpreter_cls(**kwargs)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(
                 f"{self.path}: not a loadable TFLite model ({first_line(e)})"

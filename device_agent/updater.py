@@ -43,7 +43,6 @@ latency on the sample inputs, measured one after the other while staging.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import shutil
 import threading
@@ -52,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 
 from device_agent import policy
@@ -63,6 +63,7 @@ from device_agent.store import ModelStore
 from edgeops.core import wire
 from edgeops.core.bundle import Bundle
 from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
+from edgeops.core.feeds import Feeds
 from edgeops.core.files import atomic_write, sha256_file
 from edgeops.core.latency import LogHistogram
 from edgeops.core.manifest import Manifest
@@ -231,16 +232,46 @@ def runtime_available(fmt: str) -> str | None:
     return None
 
 
-def bench(model: ServedModel, x: np.ndarray[Any, Any], runs: int) -> LogHistogram:
+def bench(model: ServedModel, x: np.ndarray[Any, Any] | Feeds, runs: int) -> LogHistogram:
     """Latency of single-sample runs over ``x`` (after a short warm-up)."""
     h = LogHistogram()
     for i in range(runs + 3):
-        sample = x[i % len(x)][None]
+        k = i % len(x)
+        sample = x.take(slice(k, k + 1)) if isinstance(x, Feeds) else x[k][None]
         t0 = time.perf_counter()
         model.run(sample, raw=True)
         if i >= 3:
             h.add((time.perf_counter() - t0) * 1000.0)
     return h
+
+
+class UpdateRecord(msgspec.Struct, kw_only=True):
+    """The state of one update, persisted in ``STORE/update.json`` before it is acted on."""
+
+    command_id: str | None
+    state: str | None
+    """None until the first state is persisted; then the state entered last (one of
+    :data:`ACTIVE`, then one of :data:`TERMINAL`)."""
+    reported: bool
+    """Whether the terminal state's event was published."""
+    url: str
+    sha256: str
+    size: int
+    name: str
+    version: str
+    health: dict[str, Any]
+    download: str | None
+    """The partial download, relative to the store."""
+    entry: str | None
+    """The store entry installed, once staged."""
+    before: dict[str, str | None]
+    """The store's pointer before the update: what an undo restores."""
+    at: str | None = None
+    """The state a failure or rollback happened in."""
+    reason: str | None = None
+    history: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    health_report: dict[str, Any] | None = None
+    updated: float | None = None
 
 
 # --- the updater ------------------------------------------------------------------------------
@@ -250,8 +281,7 @@ def bench(model: ServedModel, x: np.ndarray[Any, Any], runs: int) -> LogHistogra
 class _Switched:
     """An update that switched models: what its health window judges on."""
 
-    rec: dict[str, Any]
-    """The state record."""
+    rec: UpdateRecord
     gate: HealthGate
     watch: HealthWatch
     old_traffic: LogHistogram | None
@@ -288,16 +318,15 @@ class Updater:
     def busy(self) -> bool:
         return self._busy
 
-    def state(self) -> dict[str, Any] | None:
+    def state(self) -> UpdateRecord | None:
         """The state file's record, or None when there is none (or it is unreadable)."""
         try:
-            data = json.loads(self.state_path.read_text())
+            return msgspec.json.decode(self.state_path.read_bytes(), type=UpdateRecord)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, msgspec.DecodeError) as e:
             log.warning("update state unreadable (%s); ignored", e)
             return None
-        return data if isinstance(data, dict) else None
 
     def stop(self) -> None:
         """Stop the update under way: a download or staging fails ("the agent is stopping"); a
@@ -313,10 +342,10 @@ class Updater:
         rec = self.state()
         if rec is None:
             return
-        state = rec.get("state")
+        state = rec.state
         if state in TERMINAL:
-            if not rec.get("reported", True):
-                self._finish(rec, str(state), rec.get("reason") or "", interrupted=True)
+            if not rec.reported:
+                self._finish(rec, str(state), rec.reason or "", interrupted=True)
             return
         if state == "health":
             self._finish(rec, "rolled-back", "interrupted during health window", interrupted=True)
@@ -334,7 +363,7 @@ class Updater:
         is refused."""
         with self._lock:
             last = self.state()
-            if cmd.id == self._running or (last is not None and last.get("command_id") == cmd.id):
+            if cmd.id == self._running or (last is not None and last.command_id == cmd.id):
                 log.info("update %s: already handled or under way; repeat ignored", cmd.id)
                 return
             if self._busy:
@@ -406,26 +435,23 @@ class Updater:
             )
             return None
         self.downloads.mkdir(parents=True, exist_ok=True)
-        rec: dict[str, Any] = {
-            "command_id": cmd.id,
-            "state": None,
-            "reported": False,
-            "url": req.url,
-            "sha256": req.sha256,
-            "size": req.size,
-            "name": req.name,
-            "version": req.version,
-            "health": asdict(req.health),
-            "download": f"{DOWNLOADS}/{req.sha256}.part",
-            "entry": None,
-            "before": self.store.pointer(),
-            "at": None,
-            "reason": None,
-            "history": [],
-        }
+        rec = UpdateRecord(
+            command_id=cmd.id,
+            state=None,
+            reported=False,
+            url=req.url,
+            sha256=req.sha256,
+            size=req.size,
+            name=req.name,
+            version=req.version,
+            health=asdict(req.health),
+            download=f"{DOWNLOADS}/{req.sha256}.part",
+            entry=None,
+            before=self.store.pointer(),
+        )
         new: ServedModel | None = None
         try:
-            path = self.store.root / rec["download"]
+            path = self.store.root / f"{DOWNLOADS}/{req.sha256}.part"
             self._enter(
                 rec,
                 "downloading",
@@ -445,12 +471,16 @@ class Updater:
             )
             self._enter(rec, "verifying", {"bytes": path.stat().st_size})
             with self._verify(path, req) as verified:
-                rec["entry"] = ModelStore.entry_id(verified.manifest)
-                rec["version"] = verified.info.version
-                self._enter(rec, "staged", {"entry": rec["entry"]})
-                new, samples = self._stage(verified, rec["entry"])
+                rec.entry = ModelStore.entry_id(verified.manifest)
+                rec.version = verified.info.version
+                self._enter(rec, "staged", {"entry": rec.entry})
+                new, samples = self._stage(verified, rec.entry)
             old = self.host.model
-            old_bench = None if old is None else bench(old, samples, self.config.bench_runs)
+            old_bench = (
+                bench(old, samples, self.config.bench_runs)
+                if old is not None and old.takes(samples)
+                else None
+            )
             new_bench = bench(new, samples, self.config.bench_runs)
             if self._stop.is_set():
                 raise _Failed("the agent is stopping")
@@ -468,7 +498,7 @@ class Updater:
             )
             watch = HealthWatch(new, req.health.predictions)
             self.watch = watch
-            self.store.activate(rec["entry"])
+            self.store.activate(rec.entry)
             served, new = new, None  # the agent owns it now
             old_window = self.host.switch_to(served)
         except (_Failed, DownloadFailed) as e:
@@ -560,7 +590,9 @@ class Updater:
         if entry_id == self.store.pointer()["current"]:
             raise _Failed(f"{manifest.name} {manifest.version} is already current")
 
-    def _stage(self, verified: Bundle, entry_id: str) -> tuple[ServedModel, np.ndarray[Any, Any]]:
+    def _stage(
+        self, verified: Bundle, entry_id: str
+    ) -> tuple[ServedModel, np.ndarray[Any, Any] | Feeds]:
         entry = self.store.install(verified)
         assert entry.id == entry_id
         try:
@@ -569,8 +601,13 @@ class Updater:
             raise _Failed(f"the model does not load: {e}") from None
         try:
             spec = entry.info.require_samples()
+            x: np.ndarray[Any, Any] | Feeds
             with np.load(entry.samples_path) as z:
-                x = z["inputs"].astype(np.float32)
+                if model.named:  # one array per input, in the model's order
+                    infos = model.runtime.inputs
+                    x = model.bind({i.name: z[f"input_{k}"] for k, i in enumerate(infos)})
+                else:
+                    x = z["inputs"].astype(np.float32)
                 expected = [z[f"output_{i}"] for i in range(len(model.runtime.outputs))]
             got = model.run(x)
             atol, rtol = spec.atol, spec.rtol
@@ -607,7 +644,7 @@ class Updater:
                 new_samples=s.new_samples,
                 old_samples=s.old_samples,
             )
-            rec["health_report"] = report.to_dict()
+            rec.health_report = report.to_dict()
             reason = judge(gate, report)
             if reason is None:
                 self._finish(rec, "committed", "")
@@ -622,43 +659,43 @@ class Updater:
 
     # --- state --------------------------------------------------------------------------------
 
-    def _persist(self, rec: dict[str, Any]) -> None:
-        rec["updated"] = time.time()
-        atomic_write(self.state_path, json.dumps(rec, indent=2).encode())
+    def _persist(self, rec: UpdateRecord) -> None:
+        rec.updated = time.time()
+        atomic_write(self.state_path, msgspec.json.format(msgspec.json.encode(rec), indent=2))
 
-    def _enter(self, rec: dict[str, Any], state: str, data: dict[str, Any]) -> None:
+    def _enter(self, rec: UpdateRecord, state: str, data: dict[str, Any]) -> None:
         """Persist ``state``, then publish it; the caller acts on it after."""
-        rec["state"] = state
-        rec["history"].append([state, time.time()])
+        rec.state = state
+        rec.history.append((state, time.time()))
         self._persist(rec)
         self.host.event(
             f"update-{state}",
-            command_id=rec["command_id"],
-            data={"version": rec["version"], **data},
+            command_id=rec.command_id,
+            data={"version": rec.version, **data},
         )
 
-    def _fail(self, rec: dict[str, Any], reason: str, model: ServedModel | None) -> None:
+    def _fail(self, rec: UpdateRecord, reason: str, model: ServedModel | None) -> None:
         if model is not None:
             model.close()
         self.watch = None
-        if rec["state"] is None:  # nothing persisted yet
+        if rec.state is None:  # nothing persisted yet
             self._release()
             self.host.event(
-                "update-failed", level="error", message=reason, command_id=rec["command_id"]
+                "update-failed", level="error", message=reason, command_id=rec.command_id
             )
             return
         self._finish(rec, "failed", reason)
 
     def _finish(
-        self, rec: dict[str, Any], state: str, reason: str, *, interrupted: bool = False
+        self, rec: UpdateRecord, state: str, reason: str, *, interrupted: bool = False
     ) -> None:
         """Enter a terminal state: persist it, act (pointer, files), publish, mark reported."""
-        if rec["state"] not in TERMINAL:
-            rec["at"] = rec["state"]
-            rec["reason"] = reason or None
-            rec["state"] = state
-            rec["reported"] = False
-            rec["history"].append([state, time.time()])
+        if rec.state not in TERMINAL:
+            rec.at = rec.state
+            rec.reason = reason or None
+            rec.state = state
+            rec.reported = False
+            rec.history.append((state, time.time()))
             self._persist(rec)
         if state == "committed":
             pruned = self.store.prune()
@@ -666,12 +703,11 @@ class Updater:
                 log.info("pruned old models: %s", ", ".join(pruned))
         else:
             self._undo(rec, serve=not interrupted)
-        path = self.store.root / str(rec.get("download") or "")
-        if rec.get("download"):
-            path.unlink(missing_ok=True)
-        data: dict[str, Any] = {"version": rec.get("version"), "at": rec.get("at")}
-        if rec.get("health_report") is not None:
-            data["health"] = rec["health_report"]
+        if rec.download:
+            (self.store.root / rec.download).unlink(missing_ok=True)
+        data: dict[str, Any] = {"version": rec.version, "at": rec.at}
+        if rec.health_report is not None:
+            data["health"] = rec.health_report
         if state != "committed":
             data["reason"] = reason
             current = self.store.current()
@@ -681,16 +717,16 @@ class Updater:
             f"update-{state}",
             level="info" if state == "committed" else "error",
             message=reason,
-            command_id=rec.get("command_id"),
+            command_id=rec.command_id,
             data=data,
         )
-        rec["reported"] = True
+        rec.reported = True
         self._persist(rec)
 
-    def _undo(self, rec: dict[str, Any], *, serve: bool) -> None:
+    def _undo(self, rec: UpdateRecord, *, serve: bool) -> None:
         """Restore the pointer from before the update and delete what it installed."""
-        before = rec.get("before") or {}
-        entry = rec.get("entry")
+        before = rec.before
+        entry = rec.entry
         if entry is not None and self.store.pointer()["current"] == entry:
             self.store.set_pointer(before.get("current"), before.get("previous"))
             if serve:

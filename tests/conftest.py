@@ -76,6 +76,11 @@ class CliResult:
     out: str
     err: str
 
+    @property
+    def error(self) -> str:
+        """stderr without the progress lines (indented) long commands print as they go."""
+        return "".join(ln for ln in self.err.splitlines(True) if not ln.startswith("  "))
+
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
@@ -113,10 +118,49 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def wine_run(data_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A finished classification run on wine (text and missing values included)."""
     from edgeops.trainer.config import TrainConfig
+    from edgeops.trainer.metrics import BlessingThresholds
     from edgeops.trainer.run import train
 
-    cfg = TrainConfig(target="cultivar", epochs=40, slice_by=("hue_band",))
+    # The bar edgeops train sets by default, so that the CLI reuses this run's steps.
+    bar = BlessingThresholds(min_accuracy=0.9)
+    cfg = TrainConfig(target="cultivar", epochs=40, slice_by=("hue_band",), thresholds=bar)
     return train(data_files["wine"], tmp_path_factory.mktemp("runs") / "wine", cfg)
+
+
+@pytest.fixture(scope="session")
+def wine_int8(  # type: ignore[no-untyped-def]
+    wine_run,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The wine run's model as a full-integer TFLite model, with its conversion report."""
+    from converters import ConversionConfig, Format, Mode, Task, convert
+
+    cfg = ConversionConfig(
+        to=Format.TFLITE,
+        mode=Mode.INT8,
+        calibration=wine_run.split("train"),
+        validation=wine_run.split("test"),
+        task=Task.CLASSIFICATION,
+        latency_runs=5,
+    )
+    out = tmp_path_factory.mktemp("wine-models")
+    report = convert(wine_run.model, out, cfg)
+    return out / report.artifact["file"]
+
+
+@pytest.fixture(scope="session")
+def wine_bundle(  # type: ignore[no-untyped-def]
+    wine_run,
+    wine_int8: Path,
+    signing_keys: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    from edgeops.core.signing import load_signing_key
+    from edgeops.packaging.package import PackageConfig, package
+
+    key = load_signing_key(signing_keys[0])
+    out = tmp_path_factory.mktemp("bundles")
+    return package(wine_run, wine_int8, out, PackageConfig(version="1.0.0"), key=key)
 
 
 @pytest.fixture(scope="session")

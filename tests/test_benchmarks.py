@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BEHAVIOUR_GOALS = {
     "conversion": (),
     "agent": ("telemetry counted every agent call", "agent processes do not import tensorflow"),
+    "byom_serving": ("agent outputs equal onnxruntime's", "telemetry counted every agent call"),
     "rollout": ("good rollout completes", "after the abort: only canaries touched"),
     "commands": (
         "every ping answered, none refused",

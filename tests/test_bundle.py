@@ -522,11 +522,11 @@ def test_cli_keys_generate(cli, tmp_path: Path) -> None:  # type: ignore[no-unty
 
 def test_cli_verify(cli, signed: Path, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, vkey, _, pub_path = keypair
-    r = cli("verify", signed, "--pubkey", pub_path)
+    r = cli("verify", signed, "--trusted-key", pub_path)
     assert r.code == 0, r.err
     for text in ("digits", "1.2.0", "edgeops-bundle 1", vkey.key_id, "model.tflite", "768"):
         assert text in r.out
-    r = cli("verify", signed, "--pubkey", pub_path.parent, "--json")
+    r = cli("verify", signed, "--trusted-key", pub_path.parent, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["key_id"] == vkey.key_id
 
@@ -534,7 +534,7 @@ def test_cli_verify(cli, signed: Path, keypair, tmp_path: Path) -> None:  # type
     data[10] ^= 0x01  # a header field zipfile ignores
     tampered = tmp_path / "tampered.bundle"
     tampered.write_bytes(data)
-    r = cli("verify", tampered, "--pubkey", pub_path)
+    r = cli("verify", tampered, "--trusted-key", pub_path)
     assert r.code == errors.BundleError.exit_code == 13
     assert r.err.startswith("error: ") and r.err.count("\n") == 1
     assert "canonical form" in r.err and "Traceback" not in r.err
@@ -543,19 +543,19 @@ def test_cli_verify(cli, signed: Path, keypair, tmp_path: Path) -> None:  # type
 def test_cli_verify_errors(cli, signed: Path, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, _, key_path, pub_path = keypair
     r = cli("verify", signed)
-    assert r.code == errors.UsageError.exit_code and "--pubkey" in r.err
-    r = cli("verify", signed, "--pubkey", key_path)
+    assert r.code == errors.UsageError.exit_code and "--trusted-key" in r.err
+    r = cli("verify", signed, "--trusted-key", key_path)
     assert r.code == errors.KeyFileError.exit_code and ".pub" in r.err
-    r = cli("verify", signed, "--pubkey", generate_keypair(tmp_path, "other")[1])
+    r = cli("verify", signed, "--trusted-key", generate_keypair(tmp_path, "other")[1])
     assert r.code == errors.SignatureError.exit_code
     assert "not a trusted key" in r.err and r.err.count("\n") == 1
     unsigned = _write(tmp_path / "u.bundle", None)
-    r = cli("verify", unsigned, "--pubkey", pub_path)
+    r = cli("verify", unsigned, "--trusted-key", pub_path)
     assert r.code == errors.SignatureError.exit_code
     assert r.err.startswith("error: unsigned bundle")
     r = cli("verify", unsigned, "--allow-unsigned")
     assert r.code == 0 and "unsigned" in r.out
-    r = cli("verify", tmp_path / "missing.bundle", "--pubkey", pub_path)
+    r = cli("verify", tmp_path / "missing.bundle", "--trusted-key", pub_path)
     assert r.code == 13 and "is not a bundle" in r.err
 
 

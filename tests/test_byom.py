@@ -103,8 +103,8 @@ def test_dynamic_without_quantizable_weights_is_refused(
         "--out", tmp_path, "--latency-runs", 2,
     )  # fmt: skip
     assert r.code == errors.ConversionError.exit_code, r.err
-    assert r.err.startswith("error: dynamic quantized none of the model's 65 weight tensors")
-    assert "--quantize int8" in r.err and r.err.count("\n") == 1
+    assert r.error.startswith("error: dynamic quantized none of the model's 65 weight tensors")
+    assert "--quantize int8" in r.error and r.error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -186,7 +186,7 @@ def test_tflite_face_detector_int8_is_refused_with_reasons(
         "--json",
     )  # fmt: skip
     assert r.code == errors.GateError.exit_code, r.err
-    assert r.err.startswith("error: rejected: output '") and "SNR" in r.err
+    assert r.error.startswith("error: rejected: output '") and "SNR" in r.error
     report = json.loads(r.out)
     assert report["fidelity"]["task"] == "detection"
     assert "scores are logits" in report["fidelity"]["task_reason"]

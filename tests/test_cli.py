@@ -73,7 +73,8 @@ def test_failed_gate_keeps_a_rejected_artifact(cli, digits: Trained, tmp_path: P
         0.99,
     )
     assert r.code == errors.GateError.exit_code
-    assert r.err.startswith("error: rejected: accuracy drop") and r.err.count("\n") == 1
+    assert r.error.startswith("error: rejected: accuracy drop") and r.error.count("\n") == 1
+    assert "  convert: checking fidelity on" in r.err  # progress before it
     assert _files(out) == ["digits.int8.rejected.tflite", "digits.int8.rejected.tflite.report.json"]
     report = json.loads((out / "digits.int8.rejected.tflite.report.json").read_text())
     assert report["status"] == "rejected" and len(report["reasons"]) == 3
@@ -171,9 +172,9 @@ def test_bad_input(
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "out"
     elif case == "float16-on-mcu":
-        extra = ["--to", "tflite", "--quantize", "float16", "--target", "mcu"]
+        extra = ["--to", "tflite", "--quantize", "float16", "--hw-target", "mcu"]
     elif case == "onnx-on-mcu":
-        extra = ["--to", "onnx", "--target", "mcu"]
+        extra = ["--to", "onnx", "--hw-target", "mcu"]
     elif case == "int8-without-data":
         extra = ["--to", "tflite", "--quantize", "int8"]
     elif case == "gate-without-validation":

@@ -389,7 +389,7 @@ def test_serve_says_in_one_line_what_is_wrong_with_its_command_key(
     ]:
         r = cli(*base, "--command-key", key)
         assert r.code == code and message in r.err and r.err.count("\n") == 1, r.err
-    r = cli(*base, "--pubkey", signing_keys[1], "--command-key", signing_keys[0])
+    r = cli(*base, "--trusted-key", signing_keys[1], "--command-key", signing_keys[0])
     assert r.code == errors.UsageError.exit_code and "also trusted for bundles" in r.err, r.err
 
 

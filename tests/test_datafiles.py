@@ -66,3 +66,23 @@ def test_nan_inputs_are_refused(tmp_path: Path) -> None:
     np.save(tmp_path / "n.npy", x)
     with pytest.raises(InputDataError, match="NaN"):
         datafiles.check_inputs(datafiles.load(tmp_path / "n.npy"), IMAGE, "calibration data")
+
+
+def test_csv_is_read_by_the_one_csv_reader(tmp_path: Path) -> None:
+    """Missing cells as the trainer reads them (empty, na, ?), a text cell named by line and
+    column, an empty column as NaN, labels alone refused."""
+    from edgeops.core import datafiles
+
+    f = tmp_path / "a.csv"
+    f.write_text("f1,f2,label\n1,2,0\n3,,1\n5,na,1\n7,?,0\n")
+    ds = datafiles.load(f)
+    assert ds.x.shape == (4, 2) and np.isnan(ds.x[1:, 1]).all() and ds.y is not None
+    assert ds.y.tolist() == [0, 1, 1, 0]
+    f.write_text("f1,f2,label\n1,2,0\n3,abc,1\n")
+    with pytest.raises(InputDataError, match=r"line 3, column 'f2': 'abc' is not a number"):
+        datafiles.load(f)
+    f.write_text("f1,f2\n1,\n3,\n")
+    assert np.isnan(datafiles.load(f).x[:, 1]).all()
+    f.write_text("label\n1\n0\n")
+    with pytest.raises(InputDataError, match="labels only"):
+        datafiles.load(f)

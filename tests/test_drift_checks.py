@@ -351,3 +351,16 @@ def test_checks_say_why() -> None:
         assert set(d) == {"test", "value", "threshold", "floor", "decides", "over", "note"}
         assert d["over"] == (c.value >= max(c.threshold, c.floor))
     assert "threshold" in f.reason and "floor" in f.reason
+
+
+def test_one_rule_chooses_a_span() -> None:
+    """Newest first, until the rows reach the minimum or the windows the limit."""
+    from edgeops.drift import newest_span
+
+    rows = [300, 100, 400, 50]
+    take = lambda **kw: newest_span(rows, lambda r: r, **kw)  # noqa: E731
+    assert take(min_samples=500, limit=10) == [300, 100, 400]
+    assert take(min_samples=300, limit=10) == [300]
+    assert take(min_samples=10_000, limit=2) == [300, 100]
+    assert take(min_samples=10_000, limit=10) == rows
+    assert newest_span([], lambda r: r, min_samples=1, limit=1) == []

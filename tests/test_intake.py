@@ -109,7 +109,7 @@ class Serve:
             str(self.port),
             "--group",
             f"g{uuid.uuid4().hex[:6]}",
-            "--pubkey",
+            "--trusted-key",
             str(pub),
             "--bundle",
             str(bundle),
@@ -407,7 +407,7 @@ def test_a_worker_that_dies_is_restarted_then_the_service_fails_and_serve_exits_
             f"sqlite:///{tmp_path / 'two.db'}",
             "--http-port",
             port,
-            "--pubkey",
+            "--trusted-key",
             signing_keys[1],
             "--bundle",
             digits_bundles[0],
@@ -486,6 +486,35 @@ def test_spans_follow_arrival_not_the_device_clock(
         newest, since=newest.received - 600, min_samples=500, limit=30, known={}
     )
     assert [w.telemetry.seq for w in span] == [4, 3]
+
+
+def test_a_window_flushed_after_a_rollback_does_not_undo_the_devices_model(
+    make_service: Callable[..., Service], real_windows: list[wire.Telemetry]
+) -> None:
+    """The window the previous model served is closed at a switch or a rollback and reaches
+    the service after the status naming the model now served: fleet status keeps the latter."""
+    s = make_service()
+    now = time.time()
+    served = real_windows[0].model
+    assert served is not None
+    newer = msgspec.structs.replace(served, version="1.1.0")
+    status = wire.Status(
+        device="rb", boot="b", seq=1, sent=now - 1.0, online=True, model=served, started=now - 60
+    )
+    flushed = msgspec.structs.replace(
+        fresh(real_windows[0], "rb", "b", 2), model=newer, window_end=now - 1.1, sent=now - 0.5
+    )
+    s.store.set_status(FLEET, status)
+    s.store.add_window(FLEET, flushed, wire.encode(flushed))
+    row = s.store.device(FLEET, "rb")
+    assert row is not None and row["model_version"] == served.version
+    # A window closed after the status names the model the device serves now.
+    later = msgspec.structs.replace(
+        fresh(real_windows[1], "rb", "b", 3), model=newer, window_end=now, sent=now
+    )
+    s.store.add_window(FLEET, later, wire.encode(later))
+    row = s.store.device(FLEET, "rb")
+    assert row is not None and row["model_version"] == "1.1.0"
 
 
 def test_one_fleet_that_fails_to_evaluate_does_not_stop_the_others(

@@ -356,7 +356,7 @@ def test_a_good_bundle_rolls_out_stage_by_stage(
                 for d in service.store.devices(FLEET)
                 if d["device"] in fleet.ids
             }
-            assert _until(lambda: set(mine().values()) == {"1.1.0"} and len(mine()) == 4, 10)
+            assert _until(lambda: set(mine().values()) == {"1.1.0"} and len(mine()) == 4, 60)
             assert service.store.models()[-1]["devices"].get(FLEET, 0) >= 4
             r = cli("models", "list", "--url", url)
             assert r.code == 0 and "1.1.0" in r.out and f"{FLEET}: " in r.out
@@ -563,7 +563,7 @@ def test_a_killed_service_resumes_its_deployment(
                 db_url,
                 "--http-port",
                 str(port),
-                "--pubkey",
+                "--trusted-key",
                 str(signing_keys[1]),
                 "--command-key",
                 str(command_keys[0]),
@@ -683,9 +683,16 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
             for a in agents:
                 _serve_windows(a, images, 2, rng)
             assert service.rollouts.deployments() == []
-            for _ in range(2):
-                _serve_windows(agents[1], images, 1, rng, shift=5.0)  # drift on one device
-            assert _until(lambda: len(service.rollouts.deployments()) == 1, 30)
+            for _ in range(2):  # drift on one device: two evaluations raise the alert
+                stored = service.counters.stored_windows
+                _serve_windows(agents[1], images, 1, rng, shift=5.0)
+                assert _until(  # stored and evaluated before the next (not coalesced)
+                    lambda s=stored: (
+                        service.counters.stored_windows > s and service.evaluations.idle()
+                    ),
+                    120,
+                )
+            assert _until(lambda: len(service.rollouts.deployments()) == 1, 120)
             dep = service.rollouts.deployments()[0]
             assert dep["trigger"].startswith("alert ") and f"alert{tag}-1" in dep["trigger"]
             status = _finished(service, dep["id"])

@@ -278,3 +278,29 @@ def test_an_unreadable_stored_reference_is_collected_again(
         for t in windows["calm"][5:8]:
             dev.send(t)
         assert s.store.references(device="hostile-1")[0]["state"] == "ready"
+
+
+def test_a_latency_budget_is_a_verdict_stored_and_alerted_like_the_others(
+    windows: dict[str, list[wire.Telemetry]], make_service: Callable[..., Service]
+) -> None:
+    """p95 of the span's merged histograms against the budget: over a budget far below the
+    real latency, an alert after ``k_raise`` windows; under a generous one, clean rows."""
+    tight = make_service(ModelPolicy(latency_budget_ms=1e-6))
+    d = Device(tight, "slow")
+    for t in windows["calm"][:3]:
+        d.send(t)
+    rows = d.latest("", "latency")
+    assert rows and all(r["feature"] == "p95" and r["drifted"] for r in rows)
+    assert all(r["value"] > 1e-6 and "against a budget of 1e-06 ms" in r["reason"] for r in rows)
+    (alert,) = [a for a in d.alerts() if a["kind"] == "latency"]
+    assert alert["detail"]["budget_ms"] == 1e-6 and alert["detail"]["p95_ms"] > 1e-6
+    assert alert["reference"] == ""
+    tight.engine_db.dispose()
+
+    generous = make_service(ModelPolicy(latency_budget_ms=1e6))
+    d = Device(generous, "fast")
+    for t in windows["calm"][:3]:
+        d.send(t)
+    rows = d.latest("", "latency")
+    assert rows and not any(r["drifted"] for r in rows)
+    assert not [a for a in d.alerts() if a["kind"] == "latency"]

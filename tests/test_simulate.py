@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from edgeops.core import errors, wire
+from edgeops.core.files import sha256_file
+from edgeops.core.manifest import Manifest
 from edgeops.simulate import Fleet, FleetConfig, Samples, load_samples, parse_drift
 from edgeops.simulate.inject import (
     apply_drift,
@@ -202,12 +204,14 @@ def test_tabular_rows_keep_labels_aside(data_files: dict[str, Path], tmp_path: P
         {"name": "magnesium", "kind": "numeric", "mean": 99.0, "std": 14.0},
         {"name": "hue_band", "kind": "categorical", "vocabulary": ["high", "low", "mid"]},
     ]
-    manifest: dict[str, Any] = {
+    plain: dict[str, Any] = {
         "name": "wine",
+        "version": "1.0.0",
         "task": "classification",
         "preprocessing": {"kind": "tabular", "input": "features", "columns": columns},
         "training": {"target": "cultivar"},
     }
+    manifest = Manifest.parse(plain)
     rows = load_samples(manifest, data_files["wine"], directory=tmp_path)
     assert rows.kind == "tabular" and list(rows.features) == ["alcohol", "magnesium", "hue_band"]
     assert len(rows) == 178 and np.isnan(rows.features["magnesium"]).sum() == 6
@@ -216,13 +220,23 @@ def test_tabular_rows_keep_labels_aside(data_files: dict[str, Path], tmp_path: P
         "class_1",
         "class_2",
     }
-    again = load_samples(manifest, directory=tmp_path)  # no --data: the bundled wine sample
-    assert (tmp_path / "wine.csv").is_file() and len(again) == 178
+    # No data file: the sample the manifest records (by its sha256), never a guess by name.
+    recorded = Manifest.parse(
+        {
+            **plain,
+            "training": {"target": "cultivar", "data_sha256": sha256_file(data_files["wine"])},
+        }
+    )
+    again = load_samples(recorded, directory=tmp_path / "s")
+    assert (tmp_path / "s" / "wine.csv").is_file() and len(again) == 178
     with pytest.raises(errors.UsageError, match="--target nope"):
         load_samples(manifest, data_files["wine"], target="nope", directory=tmp_path)
-    other = {**manifest, "training": {"target": "quality"}}
     with pytest.raises(errors.UsageError, match="give --data"):
-        load_samples(other, directory=tmp_path)
+        load_samples(manifest, directory=tmp_path / "t")  # the target's name says wine: no
+    other = Manifest.parse({**plain, "training": {"target": "cultivar", "data_sha256": "0" * 64}})
+    with pytest.raises(errors.UsageError, match="give --data"):
+        load_samples(other, directory=tmp_path / "u")
+    assert not list((tmp_path / "u").iterdir())
 
 
 # --- poll() for paho --------------------------------------------------------------------------
@@ -364,6 +378,8 @@ def test_cli_runs_a_small_fleet(
 ) -> None:
     r = cli(
         "simulate",
+        "--data",
+        "sample",
         "--devices",
         2,
         "--broker",
@@ -411,23 +427,26 @@ def test_cli_runs_a_small_fleet(
 def test_cli_bad_options_give_one_error_line(
     cli, tmp_path: Path, args: list[object], message: str
 ) -> None:  # type: ignore[no-untyped-def]
-    r = cli("simulate", "--bundle", tmp_path / "x.bundle", "--allow-unsigned", *args)
+    base = ["simulate", "--data", "sample", "--bundle", tmp_path / "x.bundle", "--allow-unsigned"]
+    r = cli(*base, *args)
     assert r.code == errors.UsageError.exit_code
     assert r.err.startswith("error: ") and r.err.count("\n") == 1 and message in r.err, r.err
 
 
 def test_cli_missing_bundle_and_keys(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    r = cli("simulate", "--devices", 2, "--bundle", tmp_path / "none.bundle", "--allow-unsigned")
+    base = ["simulate", "--data", "sample", "--devices", 2, "--bundle", tmp_path / "none.bundle"]
+    r = cli(*base, "--allow-unsigned")
     assert r.code == errors.BundleError.exit_code
     assert r.err == f"error: {tmp_path / 'none.bundle'} is not a bundle: no such file\n"
-    r = cli("simulate", "--devices", 2, "--bundle", tmp_path / "none.bundle")
+    r = cli(*base)
     assert r.code == 2 and r.err.startswith("error: give --trusted-key") and r.err.count("\n") == 1
 
 
 def test_cli_a_missing_command_key_is_one_error(
     cli, digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path], tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    args = ["--devices", 2, "--bundle", digits_bundles[0], "--trusted-key", signing_keys[1]]
+    args = ["--data", "sample", "--devices", 2, "--bundle", digits_bundles[0]]
+    args += ["--trusted-key", signing_keys[1]]
     r = cli("simulate", *args, "--command-key", tmp_path / "command.pub")
     assert r.code == errors.KeyFileError.exit_code
     assert r.err == f"error: {tmp_path / 'command.pub'}: no such key file\n"
@@ -459,7 +478,8 @@ print("LOADED:", *[m for m in {HEAVY!r} if m in sys.modules])
 def test_cli_stops_cleanly_on_sigterm(
     broker: Mosquitto, digits_bundles: tuple[Path, Path], signing_keys: tuple[Path, Path]
 ) -> None:
-    args = ["simulate", "--devices", "2", "--broker", f"mqtt://127.0.0.1:{broker.port}"]
+    args = ["simulate", "--data", "sample", "--devices", "2"]
+    args += ["--broker", f"mqtt://127.0.0.1:{broker.port}"]
     args += ["--bundle", str(digits_bundles[0]), "--trusted-key", str(signing_keys[1])]
     args += ["--fleet", f"term-{uuid.uuid4().hex[:6]}", "--rate", "20", "--window-seconds", "0.3"]
     code = (

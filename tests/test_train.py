@@ -14,6 +14,7 @@ from edgeops.core.columns import Table, read_csv
 from edgeops.core.preprocessing import Preprocessing
 from edgeops.core.profile import CategoricalProfile, NumericProfile, Profile, TensorProfile
 from edgeops.trainer.config import TrainConfig
+from edgeops.trainer.metrics import BlessingThresholds
 from edgeops.trainer.pipeline import StepResult
 from edgeops.trainer.run import Run, train
 from edgeops.trainer.schema import Schema, infer_schema, validate
@@ -107,7 +108,8 @@ def test_rerun_reuses_unchanged_steps(
     run_dir = tmp_path / "wine"
     shutil.copytree(wine_run.directory, run_dir)
     seen: list[StepResult] = []
-    cfg = TrainConfig(target="cultivar", epochs=40, slice_by=("hue_band",))
+    bar = BlessingThresholds(min_accuracy=0.9)  # the wine_run fixture's, edgeops train's
+    cfg = TrainConfig(target="cultivar", epochs=40, slice_by=("hue_band",), thresholds=bar)
     train(data_files["wine"], run_dir, cfg, on_step=seen.append)
     assert [r.cached for r in seen] == [True] * 6
     # Changing only the number of bins re-runs the profile and what depends on it.

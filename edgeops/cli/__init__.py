@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from edgeops import __version__
-from edgeops.core.errors import EdgeOpsError
+from edgeops.core.errors import EdgeOpsError, MissingExtraError
 
 # name -> (module, attribute, one-line help shown by --help without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -30,6 +30,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the training pipeline: ingest, validate, profile, transform, train, evaluate.",
     ),
     "validate": ("edgeops.cli.train", "validate", "Check a data file against a schema."),
+    "samples": (
+        "edgeops.cli.samples",
+        "samples",
+        "Write the README's example data (wine.csv, diabetes.csv, digits.npz) from scikit-learn.",
+    ),
     "keys": ("edgeops.cli.keys", "keys", "Make ed25519 key pairs for signing bundles."),
     "pki": ("edgeops.cli.pki", "pki", "A certificate authority for the broker's TLS listeners."),
     "package": (
@@ -59,6 +64,29 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "tokens",
         "REST API tokens (read, deploy, admin): create, list, revoke.",
     ),
+}
+
+
+# A third-party package's top-level module -> the extra that installs it: a command that reaches
+# one that is missing says which extra to install instead of ending in ModuleNotFoundError.
+EXTRA_OF: dict[str, str] = {
+    "sqlalchemy": "service",
+    "psycopg": "service",
+    "litestar": "service",
+    "swagger_ui": "service",
+    "paho": "agent",
+    "onnxruntime": "agent",
+    "ai_edge_litert": "agent",
+    "starlette": "agent",
+    "uvicorn": "agent",
+    "psutil": "agent",
+    "packaging": "agent",
+    "tensorflow": "convert",
+    "keras": "convert",
+    "tf2onnx": "convert",
+    "onnx": "convert",
+    "onnxconverter_common": "convert",
+    "sklearn": "train",
 }
 
 
@@ -103,6 +131,14 @@ def cli(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+    # Progress of long steps (training epochs, conversions) on stderr, whatever the level.
+    progress = logging.getLogger("edgeops.progress")
+    if not any(isinstance(h, _Stderr) for h in progress.handlers):
+        shown = _Stderr()
+        shown.setFormatter(logging.Formatter("  %(message)s"))
+        progress.addHandler(shown)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -113,6 +149,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             prog_name="edgeops",
             standalone_mode=False,
         )
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRA_OF:
+            raise
+        extra = MissingExtraError(top, EXTRA_OF[top])
+        click.echo(f"error: {extra}", err=True)
+        sys.exit(extra.exit_code)
     except EdgeOpsError as e:
         click.echo(f"error: {e}", err=True)
         for detail in e.details:

@@ -47,7 +47,8 @@ def run(config_path: Path | None, json_logs: bool | None) -> None:
 @click.option(
     "--target",
     default=None,
-    help="Column holding labels to send back as feedback (default: label, target or y if present).",
+    help="Label column to send back as feedback (default: the model's training target, else "
+    "label, target or y, when the data has it).",
 )
 def replay(data: Path, rate: float, url: str, limit: int | None, target: str | None) -> None:
     """Feed DATA (CSV or NPZ) to a running agent, one row per prediction."""

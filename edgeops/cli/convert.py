@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgeops.cli.aliases import deprecated
 from edgeops.core.errors import UsageError
 from edgeops.core.feeds import parse_shape
 from edgeops.core.optional import require
@@ -43,11 +44,19 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
     "Default: the target's (cpu fp32, gpu float16, npu/mcu int8).",
 )
 @click.option(
-    "--target",
-    default="cpu",
-    show_default=True,
+    "--hw-target",
+    "target",
+    default=None,
     type=_enum_choice(["cpu", "gpu", "npu", "mcu"]),
-    help="Hardware class: picks defaults and checks the ops.",
+    help="Hardware class: picks defaults and checks the ops.  [default: cpu]",
+)
+@click.option(
+    "--target",
+    "old_target",
+    default=None,
+    hidden=True,
+    type=_enum_choice(["cpu", "gpu", "npu", "mcu"]),
+    help="Deprecated name of --hw-target (--target is the label column in other commands).",
 )
 @click.option(
     "--io",
@@ -120,7 +129,7 @@ def _enum_choice(values: list[str]) -> click.Choice[str]:
     show_default=True,
     help="Threshold of probability maps and detection scores for the IoU.",
 )
-@click.option("--strict", is_flag=True, help="Reject a model with ops the --target cannot run.")
+@click.option("--strict", is_flag=True, help="Reject a model with ops the --hw-target cannot run.")
 @click.option(
     "--exclude-op",
     "exclude_ops",
@@ -190,7 +199,8 @@ def convert(
     src: Path,
     to: str,
     mode: str | None,
-    target: str,
+    target: str | None,
+    old_target: str | None,
     io: str | None,
     out: Path,
     calibration: Path | None,
@@ -219,6 +229,12 @@ def convert(
     as_json: bool,
 ) -> None:
     """Convert SRC (.keras, SavedModel dir, .onnx, .tflite) and report what it cost."""
+    if old_target is not None:
+        if target is not None:
+            raise UsageError("give --hw-target only (--target is its old name)")
+        deprecated("--target", "--hw-target")
+        target = old_target
+    target = target or "cpu"
     conv = require("converters", "convert")
     cfg = conv.ConversionConfig(
         to=conv.Format(to.lower()),

@@ -19,7 +19,13 @@ from edgeops.service.report import (
     deployments_table,
     models_table,
 )
-from edgeops.service.rollout_policy import RolloutPolicy, parse_percent, parse_seconds, parse_stages
+from edgeops.service.rollout_policy import (
+    RolloutPolicy,
+    parse_percent,
+    parse_seconds,
+    parse_selector,
+    parse_stages,
+)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -103,8 +109,6 @@ def start(
 ) -> None:
     """Start a staged deployment of BUNDLE (a bundle file, uploaded first, or a registered
     NAME-VERSION). Needs a deploy token; uploading a file needs an admin token."""
-    from edgeops.service.rollouts import parse_selector
-
     client = api_client(api)
     stage_values, counts = parse_stages(stages)
     policy = RolloutPolicy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from dataclasses import replace
@@ -12,7 +13,9 @@ from urllib.parse import quote
 
 import click
 
+from edgeops.cli.aliases import trusted_key_option, trusted_keys
 from edgeops.cli.api_options import api_client, api_options
+from edgeops.cli.logs import json_logs_option, log_output
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
 from edgeops.core.optional import require
 from edgeops.service.report import device_report, drift_report, fleet_table, parse_since
@@ -72,13 +75,7 @@ from edgeops.service.report import device_report, drift_report, fleet_table, par
     type=click.Path(path_type=Path),
     help="Register this bundle's baseline at start (repeatable).",
 )
-@click.option(
-    "--pubkey",
-    "pubkeys",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Trusted public key(s) for registered bundles.",
-)
+@trusted_key_option("Trusted public key (.pub, or a directory of them) for registered bundles.")
 @click.option("--allow-unsigned", is_flag=True, default=None, help="Accept unsigned bundles.")
 @click.option(
     "--command-key",
@@ -89,6 +86,7 @@ from edgeops.service.report import device_report, drift_report, fleet_table, par
     "devices trust its .pub). Without it commands go out unsigned and devices refuse them. "
     "Env: EDGEOPS_COMMAND_KEY.",
 )
+@json_logs_option
 def serve(
     config_path: Path | None,
     db: str | None,
@@ -100,16 +98,18 @@ def serve(
     insecure_api: bool | None,
     public_url: str | None,
     bundles: tuple[Path, ...],
-    pubkeys: tuple[Path, ...],
     allow_unsigned: bool | None,
     command_key: Path | None,
+    json_logs: bool,
     **broker: Any,
 ) -> None:
     """Watch the fleet: store telemetry, detect drift, raise and clear alerts.
 
     Every REST route but /healthz, /readyz and /docs needs a token: make the first with
     `edgeops tokens create --db DB --role admin --name NAME`."""
+    pubkeys = trusted_keys(broker)
     require("sqlalchemy", "service")
+    require("litestar", "service")
     from edgeops.service.config import load_service_config
     from edgeops.service.server import Service
 
@@ -137,26 +137,24 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = Service(cfg).start()
-    try:
-        click.echo(
-            f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}",
-            err=True,
-        )
-        service.wait_connected(10.0)
-        if not service.connected.is_set():
-            click.echo(
-                f"warning: {service.broker_problem or 'the broker has not answered'}; "
-                "retrying (GET /readyz says when it is connected)",
-                err=True,
-            )
-        while not stop.wait(1.0):
-            if service.failed is not None:
-                from edgeops.core.errors import ServiceFailed
+    with log_output(json_logs) as say:
+        service = Service(cfg).start()
+        try:
+            say(f"serving the fleet from {cfg.mqtt.describe()}; REST API on {service.http.address}")
+            service.wait_connected(10.0)
+            if not service.connected.is_set():
+                say(
+                    f"warning: {service.broker_problem or 'the broker has not answered'}; "
+                    "retrying (GET /readyz says when it is connected)",
+                    logging.WARNING,
+                )
+            while not stop.wait(1.0):
+                if service.failed is not None:
+                    from edgeops.core.errors import ServiceFailed
 
-                raise ServiceFailed(f"the service stopped: {service.failed}")
-    finally:
-        service.stop()
+                    raise ServiceFailed(f"the service stopped: {service.failed}")
+        finally:
+            service.stop()
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
+from edgeops.cli.logs import json_logs_option, log_output
 from edgeops.cli.mqtt_options import mqtt_options, mqtt_values
-from edgeops.core.errors import UsageError
+from edgeops.core.errors import InputDataError, UsageError
 from edgeops.core.optional import require
 
 
@@ -36,9 +37,11 @@ from edgeops.core.optional import require
 @click.option("--fleet", default="sim", show_default=True, help="Fleet id in the topics.")
 @click.option(
     "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="CSV or NPZ rows to replay (default: the bundled sample the bundle was trained on).",
+    "data_given",
+    required=True,
+    metavar="FILE|sample",
+    help="CSV or NPZ rows to replay, or 'sample': the sample dataset (edgeops samples) the "
+    "bundle's manifest records it was trained on.",
 )
 @click.option("--target", default=None, help="Label column for feedback (default: the bundle's).")
 @click.option(
@@ -103,12 +106,13 @@ from edgeops.core.optional import require
 @click.option(
     "--every", type=float, default=5.0, show_default=True, help="Seconds between progress lines."
 )
+@json_logs_option
 def simulate(
     devices: int,
     device_credentials: Path | None,
     bundle: Path,
     fleet: str,
-    data: Path | None,
+    data_given: str,
     target: str | None,
     rate: float,
     duration: float | None,
@@ -124,77 +128,81 @@ def simulate(
     workdir: Path | None,
     seed: int,
     every: float,
+    json_logs: bool,
     **mqtt: Any,
 ) -> None:
     """Run a fleet of simulated devices: real agents replaying real rows, with drift."""
     require("paho.mqtt", "agent")
-    from edgeops.simulate import Fleet, FleetConfig, parse_drift, parse_labels, summary_table
+    data = None if data_given == "sample" else Path(data_given)
+    if data is not None and not data.is_file():
+        raise InputDataError(f"{data}: no such file (or --data sample for the bundle's own)")
+    with log_output(json_logs) as say:
+        from edgeops.simulate import Fleet, FleetConfig, parse_drift, parse_labels, summary_table
 
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be a positive number of seconds")
-    if every <= 0:
-        raise UsageError("--every must be a positive number of seconds")
-    from edgeops.core.broker import BrokerSettings
+        if duration is not None and duration <= 0:
+            raise UsageError("--duration must be a positive number of seconds")
+        if every <= 0:
+            raise UsageError("--every must be a positive number of seconds")
+        from edgeops.core.broker import BrokerSettings
 
-    given = mqtt_values(mqtt)
-    broker = (
-        BrokerSettings()
-        .with_env()
-        .with_overrides(url=given["url"], ca=given["ca"], insecure=given["insecure"])
-    )
-    config = FleetConfig(
-        devices=devices,
-        bundle=bundle,
-        broker=broker,
-        device_credentials=device_credentials,
-        fleet=fleet,
-        data=data,
-        target=target,
-        rate=rate,
-        feedback=feedback,
-        window_seconds=window_seconds,
-        drift=tuple(parse_drift(d) for d in drifts),
-        trusted_keys=trusted_keys,
-        allow_unsigned=allow_unsigned,
-        command_keys=command_keys,
-        allow_unsigned_commands=allow_unsigned_commands,
-        service_url=service_url,
-        labels=parse_labels(labels),
-        workdir=workdir,
-        seed=seed,
-    )
-    sim = Fleet(config)
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        sim.prepare()  # the bundle and the data: a mistake in either is an error before any start
-        click.echo(f"starting {devices} device(s) against {broker.url} …", err=True)
-        sim.start()
+        given = mqtt_values(mqtt)
+        broker = (
+            BrokerSettings()
+            .with_env()
+            .with_overrides(url=given["url"], ca=given["ca"], insecure=given["insecure"])
+        )
+        config = FleetConfig(
+            devices=devices,
+            bundle=bundle,
+            broker=broker,
+            device_credentials=device_credentials,
+            fleet=fleet,
+            data=data,
+            target=target,
+            rate=rate,
+            feedback=feedback,
+            window_seconds=window_seconds,
+            drift=tuple(parse_drift(d) for d in drifts),
+            trusted_keys=trusted_keys,
+            allow_unsigned=allow_unsigned,
+            command_keys=command_keys,
+            allow_unsigned_commands=allow_unsigned_commands,
+            service_url=service_url,
+            labels=parse_labels(labels),
+            workdir=workdir,
+            seed=seed,
+        )
+        sim = Fleet(config)
+        stop = threading.Event()
+        previous: dict[signal.Signals, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
         try:
-            click.echo(
-                f"{sim.online}/{devices} device(s) online; agents started in "
-                f"{sim.startup_seconds or 0:.1f} s",
-                err=True,
-            )
-            if sim.online == 0:
-                from edgeops.core.errors import BrokerError
+            sim.prepare()  # the bundle and the data: a mistake in either stops before any start
+            say(f"starting {devices} device(s) against {broker.url} …")
+            sim.start()
+            try:
+                say(
+                    f"{sim.online}/{devices} device(s) online; agents started in "
+                    f"{sim.startup_seconds or 0:.1f} s"
+                )
+                if sim.online == 0:
+                    from edgeops.core.errors import BrokerError
 
-                why = sim.connect_problem or "no answer"
-                raise BrokerError(f"broker {broker.url}: no device could connect ({why})")
-            end = None if duration is None else time.monotonic() + duration
-            while True:
-                left = every if end is None else min(every, end - time.monotonic())
-                if stop.wait(max(left, 0.0)) or (end is not None and time.monotonic() >= end):
-                    break
-                click.echo(sim.summary().line(), err=True)
-            rows = sim.stats()
-            total = sim.summary(rows)
+                    why = sim.connect_problem or "no answer"
+                    raise BrokerError(f"broker {broker.url}: no device could connect ({why})")
+                end = None if duration is None else time.monotonic() + duration
+                while True:
+                    left = every if end is None else min(every, end - time.monotonic())
+                    if stop.wait(max(left, 0.0)) or (end is not None and time.monotonic() >= end):
+                        break
+                    say(sim.summary().line())
+                rows = sim.stats()
+                total = sim.summary(rows)
+            finally:
+                sim.stop()
         finally:
-            sim.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    click.echo(total.line(), err=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        say(total.line())
     click.echo(summary_table(rows, total))

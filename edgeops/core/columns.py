@@ -86,26 +86,33 @@ def missing_mask(col: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     return np.zeros(len(col), dtype=bool)
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a .csv or .npz file; raise :class:`InputDataError` naming the problem."""
+def data_file(path: str | Path, kinds: tuple[str, ...]) -> tuple[Path, str]:
+    """A data file that exists and is of one of ``kinds`` (suffixes such as ``.csv``), and its
+    suffix; :class:`InputDataError` naming the problem otherwise."""
     p = Path(path)
+    names = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
     if not p.exists():
         raise InputDataError(f"{p}: no such file")
     if p.is_dir():
-        raise InputDataError(f"{p}: is a directory, expected a .csv or .npz file")
+        raise InputDataError(f"{p}: is a directory, expected a {names} file")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        table = read_csv(p)
-    elif suffix == ".npz":
-        table = read_npz(p)
-    else:
-        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use .csv or .npz)")
+    if suffix not in kinds:
+        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use {names})")
+    return p, suffix
+
+
+def read_table(path: str | Path) -> Table:
+    """Read a .csv or .npz file; raise :class:`InputDataError` naming the problem."""
+    p, suffix = data_file(path, (".csv", ".npz"))
+    table = read_csv(p) if suffix == ".csv" else read_npz(p)
     if len(table) == 0:
         raise InputDataError(f"{p}: holds no rows")
     return table
 
 
 def read_csv(p: Path) -> Table:
+    """The one CSV reader: a header row of unique names, then rows of as many fields; a column
+    is numeric (NaN where missing) when every present cell is a finite number, else text."""
     try:
         with p.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -144,13 +151,19 @@ def _column(cells: tuple[str, ...]) -> npt.NDArray[Any]:
     return np.array(["" if c.lower() in MISSING_TOKENS else c for c in stripped], dtype=str)
 
 
-def read_npz(p: Path) -> Table:
-    """Arrays of an .npz file as columns. 2-D numeric arrays become one column per feature."""
+def load_npz(p: Path) -> dict[str, npt.NDArray[Any]]:
+    """Every array of an .npz file (no pickles); :class:`InputDataError` when it cannot be
+    read. The one NPZ reader: :func:`read_npz` and :mod:`edgeops.core.datafiles` view it."""
     try:
         with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputDataError(f"{p}: not a readable .npz file ({e})") from None
+
+
+def read_npz(p: Path) -> Table:
+    """Arrays of an .npz file as columns. 2-D numeric arrays become one column per feature."""
+    arrays = load_npz(p)
     if not arrays:
         raise InputDataError(f"{p}: the .npz file holds no arrays")
     columns: dict[str, npt.NDArray[Any]] = {}

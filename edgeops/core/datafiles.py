@@ -12,8 +12,6 @@ Conventions, the same for every command:
 
 from __future__ import annotations
 
-import csv
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeops.core import feeds
+from edgeops.core.columns import data_file, load_npz, read_csv
 from edgeops.core.errors import InputDataError
 from edgeops.core.feeds import Feeds
 from edgeops.core.tensors import TensorInfo, shape_matches
@@ -56,20 +55,13 @@ class Dataset:
 
 def load(path: str | Path) -> Dataset:
     """Load a dataset file; raise :class:`InputDataError` naming the problem."""
-    p = Path(path)
-    if not p.exists():
-        raise InputDataError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputDataError(f"{p}: is a directory, expected a .npz, .npy or .csv file")
-    suffix = p.suffix.lower()
+    p, suffix = data_file(path, (".npz", ".npy", ".csv"))
     if suffix == ".npz":
         ds = _load_npz(p)
     elif suffix == ".npy":
         ds = Dataset(_np_load(p), None, str(p))
-    elif suffix == ".csv":
-        ds = _load_csv(p)
     else:
-        raise InputDataError(f"{p}: unsupported data file type '{suffix}' (use .npz, .npy or .csv)")
+        ds = _load_csv(p)
     if (ds.x.ndim == 0 and not ds.named) or len(ds) == 0:
         raise InputDataError(f"{p}: holds no samples")
     if ds.y is not None and ds.y.shape[0] != ds.x.shape[0]:
@@ -90,11 +82,7 @@ def _np_load(p: Path) -> npt.NDArray[Any]:
 
 
 def _load_npz(p: Path) -> Dataset:
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputDataError(f"{p}: not a readable .npz file ({e})") from None
+    arrays = load_npz(p)
     y_key = next((k for k in _Y_KEYS if k in arrays), None)
     named = {k: v for k, v in arrays.items() if k != y_key}
     if not named:
@@ -107,30 +95,32 @@ def _load_npz(p: Path) -> Dataset:
 
 
 def _load_csv(p: Path) -> Dataset:
+    """The CSV as :func:`~edgeops.core.columns.read_csv` reads it: the label column by name,
+    every other column a number (missing cells are NaN)."""
+    table = read_csv(p)
+    label = next((n for n in table.names if n.lower() in LABEL_COLUMNS), None)
+    columns: dict[str, npt.NDArray[np.float32]] = {}
+    for name in table.names:
+        col = table[name]
+        if col.dtype.kind not in "biuf":
+            bad = next(((i + 2, c) for i, c in enumerate(col) if c and not _is_number(c)), None)
+            if bad is not None:
+                line, cell = bad
+                raise InputDataError(f"{p}: line {line}, column '{name}': '{cell}' is not a number")
+            col = np.full(len(col), np.nan)  # every cell missing
+        columns[name] = col.astype(np.float32)
+    features = [c for n, c in columns.items() if n != label]
+    if not features:
+        raise InputDataError(f"{p}: holds labels only; every other column is an input feature")
+    x = np.stack(features, axis=1)
+    return Dataset(x, None if label is None else columns[label], str(p))
+
+
+def _is_number(cell: str) -> bool:
     try:
-        with p.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputDataError(f"{p}: cannot read CSV ({e})") from None
-    if len(rows) < 2:
-        raise InputDataError(f"{p}: CSV needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    label_idx = next((i for i, h in enumerate(header) if h.lower() in LABEL_COLUMNS), None)
-    values = np.empty((len(rows) - 1, len(header)), dtype=np.float32)
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise InputDataError(f"{p}: line {r} has {len(row)} fields, header has {len(header)}")
-        for c, cell in enumerate(row):
-            try:
-                values[r - 2, c] = float(cell) if cell.strip() else np.nan
-            except ValueError:
-                raise InputDataError(
-                    f"{p}: line {r}, column '{header[c]}': '{cell}' is not a number"
-                ) from None
-    if label_idx is None:
-        return Dataset(values, None, str(p))
-    x = np.delete(values, label_idx, axis=1)
-    return Dataset(x, values[:, label_idx], str(p))
+        return bool(np.isfinite(float(cell)))
+    except ValueError:
+        return False
 
 
 def check_inputs(ds: Dataset, info: TensorInfo, what: str) -> npt.NDArray[np.float32]:

@@ -110,6 +110,8 @@ class Feeds:
         parts = [fn(arrays) for arrays, _ in self.calls()]
         if not parts:
             raise InputDataError("no samples to run")
+        if len(parts) == 1:  # one call (a single sample's, as a device serves it): no copy
+            return [np.asarray(o) if self.batchable else np.asarray(o)[None] for o in parts[0]]
         join = np.concatenate if self.batchable else np.stack
         return [join([np.asarray(p) for p in col], axis=0) for col in zip(*parts, strict=True)]
 
@@ -168,14 +170,16 @@ def bind(arrays: Mapping[str, Array], infos: Sequence[TensorInfo], what: str) ->
             raise InputDataError(
                 f"{what}: input '{info.name}' takes {dtype}; edgeops feeds numbers"
             )
-        fractions = a.dtype.kind == "f" and not (
-            np.isfinite(a).all() and np.array_equal(a, np.round(a))
-        )
-        if dtype.kind in "iub" and fractions:
+        finite = a.dtype.kind != "f" or bool(np.isfinite(a).all())
+        if (
+            dtype.kind in "iub"
+            and a.dtype.kind == "f"
+            and not (finite and np.array_equal(a, np.round(a)))
+        ):
             raise InputDataError(
                 f"{what}: input '{info.name}' takes {dtype} values, the file holds fractions"
             )
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if not finite:
             raise InputDataError(f"{what}: input '{info.name}' contains NaN or infinite values")
         # Quantized inputs stay float here; run_float quantizes them with their scale.
         target = np.float32 if (info.quantized or dtype.kind == "f") else dtype

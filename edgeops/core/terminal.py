@@ -63,3 +63,16 @@ def render_pairs(pairs: Sequence[tuple[str, object]], title: str | None = None) 
     lines = [title] if title else []
     lines.extend(f"{k.ljust(width)}  {fmt(v)}" for k, v in pairs)
     return "\n".join(lines)
+
+
+def clip_words(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, cut at a word boundary and ended with "…" when it
+    was longer (a table's reason column never ends mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeops.core import logstream
 from edgeops.core.errors import EdgeOpsError
 from edgeops.demo.models import (
     DemoFailed,
@@ -93,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.perf_counter()
     try:
-        run_demo(args.out, args.broker, args.devices, args.drifted, args.rate, keep=args.keep)
+        # TensorFlow's and LiteRT's own lines (absl, oneDNN, XNNPACK) go through logging too.
+        with logstream.route_native_stderr():
+            run_demo(args.out, args.broker, args.devices, args.drifted, args.rate, keep=args.keep)
     except EdgeOpsError as e:
         print(f"\ndemo FAILED: {e}")
         return 1

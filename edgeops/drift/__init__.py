@@ -65,14 +65,18 @@ from edgeops.drift.hysteresis import AlertState, Transition, step
 from edgeops.drift.latency import LatencyCheck, latency_p95_over_budget
 from edgeops.drift.span import (
     Reference,
+    Span,
     SpanDrift,
     SpanWindow,
     dataset_drift,
     design_effect,
     evaluate,
     evaluate_span,
+    judge,
+    newest_span,
     reference_from_windows,
 )
+from edgeops.drift.verdict import Verdict, VerdictKind, span_verdicts
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -85,9 +89,12 @@ __all__ = [
     "LatencyCheck",
     "Metric",
     "Reference",
+    "Span",
     "SpanDrift",
     "SpanWindow",
     "Transition",
+    "Verdict",
+    "VerdictKind",
     "accuracy_drop",
     "bin_points",
     "dataset_drift",
@@ -96,11 +103,14 @@ __all__ = [
     "evaluate_span",
     "feature_drift",
     "js_distance",
+    "judge",
     "latency_p95_over_budget",
     "linf_distance",
     "newcombe_interval",
+    "newest_span",
     "psi",
     "reference_from_windows",
+    "span_verdicts",
     "step",
     "wasserstein_binned",
     "wilson_interval",

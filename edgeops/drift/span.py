@@ -26,9 +26,9 @@ deploy" is judged against what this device saw, on data as clustered as its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -59,16 +59,22 @@ from edgeops.drift.checks import (
 from edgeops.drift.distances import chi2_quantile
 
 __all__ = [
+    "Picked",
     "Reference",
+    "Span",
     "SpanDrift",
     "SpanWindow",
     "dataset_drift",
     "design_effect",
     "evaluate",
     "evaluate_span",
+    "judge",
+    "newest_span",
     "reference_from_windows",
 ]
 
+
+T = TypeVar("T")
 
 UPPER = 0.9
 """The design effect is the upper end of its one-sided ``UPPER`` confidence interval
@@ -155,6 +161,127 @@ def dataset_drift(
     return sum(f.drifted for f in judged) >= thresholds.dataset_share * len(judged)
 
 
+def newest_span(
+    windows: Iterable[T], rows: Callable[[T], int], *, min_samples: int, limit: int
+) -> list[T]:
+    """The rule that chooses a span, wherever its windows come from: of ``windows`` given
+    NEWEST FIRST, the newest ones that together hold ``min_samples`` rows (``rows(w)`` each),
+    at most ``limit``."""
+    span: list[T] = []
+    total = 0
+    for w in windows:
+        span.append(w)
+        total += rows(w)
+        if total >= min_samples or len(span) >= limit:
+            break
+    return span
+
+
+@dataclass(frozen=True)
+class Picked:
+    """One feature's part of a span: its newest windows merged into one (None when the span
+    has none), how many windows that took, and the design effect of their rows."""
+
+    window: Current | None
+    windows: int
+    design_effect: float
+
+
+@dataclass(frozen=True)
+class Span:
+    """A span merged once per feature: what every reference of a device (the training data,
+    the device's own since deploy) is judged against.
+
+    Built by :meth:`of` from telemetry windows, NEWEST FIRST: each feature takes the newest
+    windows until it holds ``min_samples`` values. Input windows are matched by window name
+    (:func:`~edgeops.core.window.accumulator.input_baselines`: a tensor reduction is
+    ``"image:mean[c0]"``), outputs by name.
+    """
+
+    inputs: Mapping[str, Picked]
+    outputs: Mapping[str, Picked]
+    unknown: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, profile: Profile, windows: Sequence[SpanWindow], min_samples: int) -> Span:
+        """ValueError for windows that do not fit their baseline (another kind, other bins) or
+        a window list naming a feature twice."""
+        known = {
+            "inputs": set(input_baselines(profile)),
+            "outputs": {p.name for p in profile.outputs},
+        }
+        unknown: list[str] = []
+        by_name: dict[str, list[dict[str, Current]]] = {"inputs": [], "outputs": []}
+        for w in windows:
+            for part in ("inputs", "outputs"):
+                ws: Sequence[Current] = getattr(w, part)
+                named = {x.name: x for x in ws}
+                if len(named) != len(ws):
+                    raise ValueError(f"a window list names a feature twice: {[x.name for x in ws]}")
+                by_name[part].append(named)
+                unknown += [n for n in named if n not in known[part]]
+
+        def pick(name: str, part: str) -> Picked:
+            picked: list[Current] = []
+            values = 0
+            for named in by_name[part]:
+                found = named.get(name)
+                if found is None:
+                    continue
+                picked.append(found)
+                values += _values(found)
+                if values >= min_samples:
+                    break
+            if not picked:
+                return Picked(None, 0, 1.0)
+            merged = picked[0]
+            for x in picked[1:]:
+                merged = merge_window(merged, x)
+            return Picked(merged, len(picked), design_effect([_bins(x) for x in picked]))
+
+        return cls(
+            inputs={n: pick(n, "inputs") for n in sorted(known["inputs"])},
+            outputs={n: pick(n, "outputs") for n in sorted(known["outputs"])},
+            unknown=tuple(dict.fromkeys(unknown)),
+        )
+
+
+def judge(
+    profile: Profile,
+    span: Span,
+    thresholds: DriftThresholds = DEFAULT_THRESHOLDS,
+    *,
+    design_effects: Mapping[str, float] | None = None,
+) -> SpanDrift:
+    """Every input and output of ``profile`` against a merged ``span``. ``design_effects``
+    (name: factor, a reference's, estimated on more windows than a span holds) replace the
+    span's own estimates for the names they hold."""
+    given = design_effects or {}
+
+    def one(name: str, base: Baseline, part: str, picks: Mapping[str, Picked]) -> FeatureDrift:
+        p = picks.get(name) or Picked(None, 0, 1.0)
+        return feature_drift(
+            base,
+            _empty(name, base) if p.window is None else p.window,
+            thresholds,
+            output=part == "outputs",
+            design_effect=given.get(name, p.design_effect),
+            windows=p.windows,
+        )
+
+    features = tuple(one(n, b, "inputs", span.inputs) for n, b in input_baselines(profile).items())
+    outs = tuple(one(p.name, p, "outputs", span.outputs) for p in profile.outputs)
+    rows = [f.samples + f.missing for f in features] or [f.samples for f in outs]
+    return SpanDrift(
+        features=features,
+        outputs=outs,
+        dataset_drifted=dataset_drift(features, thresholds),
+        samples=max(rows, default=0),
+        unknown=span.unknown,
+        blind_spots=profile.blind_spots(),
+    )
+
+
 def evaluate_span(
     profile: Profile,
     windows: Sequence[SpanWindow],
@@ -162,65 +289,10 @@ def evaluate_span(
     *,
     design_effects: Mapping[str, float] | None = None,
 ) -> SpanDrift:
-    """Every input and output of ``profile`` against a span of telemetry ``windows``, NEWEST
-    FIRST: each feature takes the newest windows until it holds ``min_samples`` values.
-
-    Input windows are matched by window name
-    (:func:`~edgeops.core.window.accumulator.input_baselines`: a tensor reduction is
-    ``"image:mean[c0]"``), outputs by name. ``design_effects`` (name: factor, a reference's,
-    estimated on more windows than a span holds) replace the span's own estimates for the names they
-    hold. ValueError for windows that do not fit their baseline (another kind, other bins) or a
-    window list naming a feature twice.
-    """
-    known_in = input_baselines(profile)
-    known_out = {p.name: p for p in profile.outputs}
-    given = design_effects or {}
-    unknown: list[str] = []
-    by_name: dict[str, list[dict[str, Current]]] = {"inputs": [], "outputs": []}
-    for w in windows:
-        for part, known in (("inputs", known_in), ("outputs", known_out)):
-            ws: Sequence[Current] = getattr(w, part)
-            named = {x.name: x for x in ws}
-            if len(named) != len(ws):
-                raise ValueError(f"a window list names a feature twice: {[x.name for x in ws]}")
-            by_name[part].append(named)
-            unknown += [n for n in named if n not in known]
-
-    def judge(name: str, base: Baseline, part: str) -> FeatureDrift:
-        picked: list[Current] = []
-        values = 0
-        for named in by_name[part]:
-            found = named.get(name)
-            if found is None:
-                continue
-            picked.append(found)
-            values += _values(found)
-            if values >= thresholds.min_samples:
-                break
-        merged = _empty(name, base) if not picked else picked[0]
-        for x in picked[1:]:
-            merged = merge_window(merged, x)
-        deff = given[name] if name in given else design_effect([_bins(x) for x in picked])
-        return feature_drift(
-            base,
-            merged,
-            thresholds,
-            output=part == "outputs",
-            design_effect=deff,
-            windows=len(picked),
-        )
-
-    features = tuple(judge(n, b, "inputs") for n, b in known_in.items())
-    outs = tuple(judge(n, b, "outputs") for n, b in known_out.items())
-    rows = [f.samples + f.missing for f in features] or [f.samples for f in outs]
-    return SpanDrift(
-        features=features,
-        outputs=outs,
-        dataset_drifted=dataset_drift(features, thresholds),
-        samples=max(rows, default=0),
-        unknown=tuple(dict.fromkeys(unknown)),
-        blind_spots=profile.blind_spots(),
-    )
+    """:func:`judge` of :meth:`Span.of`: every input and output of ``profile`` against a span of
+    telemetry ``windows``, NEWEST FIRST."""
+    span = Span.of(profile, windows, thresholds.min_samples)
+    return judge(profile, span, thresholds, design_effects=design_effects)
 
 
 def evaluate(

@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgeops.core.errors import OutputError
 from edgeops.core.optional import require
 from edgeops.core.signing import SigningKey
-from edgeops.packaging.package import PackageConfig, package
+from edgeops.packaging.package import PackageConfig, bundle_path, package
 from edgeops.trainer.config import TrainConfig
 from edgeops.trainer.pipeline import StepResult
 from edgeops.trainer.run import Run, train
@@ -68,6 +69,10 @@ def build(
     require("converters", "convert")
     out_dir = Path(out)
     package_config.checked()
+    bundle_name = package_config.name or train_config.name or Path(data).stem
+    dest = bundle_path(out_dir, bundle_name, package_config.version)
+    if dest.exists() and not package_config.force:
+        raise OutputError(f"{dest} exists: pass --force to replace it, or a new --version")
     run = train(data, out_dir / "run", train_config, on_step=on_step)
     name = train_config.name or Path(data).stem
     report, model = convert_run(run, out_dir / "models", conversion, name=name)

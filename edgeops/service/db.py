@@ -12,6 +12,7 @@ hot paths (batch inserts, span reads, alert state locks and updates) are built o
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from edgeops.core import wire
 from edgeops.core.errors import UsageError, WireError
 from edgeops.core.manifest import Manifest
+from edgeops.drift.span import newest_span
 from edgeops.service.logs import SafeLog
 
 log = logging.getLogger(__name__)
@@ -617,11 +619,18 @@ class Store:
             touched: dict[tuple[str, str], dict[str, Any]] = {}
             for fleet, device, *_ in event_keys:
                 touched.setdefault((fleet, device), {})
+            ended: dict[tuple[str, str], float] = {}
             for sw in stored:
                 m = sw.telemetry.model
                 model = touched.setdefault((sw.fleet, sw.device), {})
                 if m is not None:
                     model.update(model_name=m.name, model_version=m.version, model_sha256=m.sha256)
+                    ended[(sw.fleet, sw.device)] = sw.telemetry.window_end
+            # A window that closed before the device's last status (the window the previous
+            # model served, flushed after a switch or a rollback) does not name its model now.
+            for device_key, sent in self._status_sent(conn, list(ended)).items():
+                if sent is not None and ended[device_key] < sent:
+                    touched[device_key] = {}
             for fleet, st in statuses:  # locked here too, in the same order, before updating
                 touched.setdefault((fleet, st.device), {})
             self._touch_many(conn, touched, now)
@@ -642,6 +651,19 @@ class Store:
             )
             with self.begin() as conn:
                 found.update((f, d) for f, d in conn.execute(q))
+        return found
+
+    def _status_sent(
+        self, conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], float | None]:
+        """When each device's last stored status was sent (its own clock)."""
+        found: dict[tuple[str, str], float | None] = {}
+        c = devices.c
+        for i in range(0, len(keys), 500):
+            q = sa.select(c.fleet, c.device, c.status_sent).where(
+                sa.tuple_(c.fleet, c.device).in_(list(keys[i : i + 500]))
+            )
+            found.update(((f, d), sent) for f, d, sent in conn.execute(q))
         return found
 
     def _touch_many(
@@ -734,15 +756,15 @@ class Store:
             "limit": limit,
         }
         with self.begin() as conn:
-            ids: list[int] = []
-            samples = 0
-            for wid, count, received in conn.execute(self._sql.span_counts, params):
-                if received < since:
-                    break
-                ids.append(int(wid))
-                samples += count
-                if samples >= min_samples:
-                    break
+            recent = itertools.takewhile(
+                lambda row: row[2] >= since, conn.execute(self._sql.span_counts, params)
+            )
+            ids = [
+                int(wid)
+                for wid, _, _ in newest_span(
+                    recent, lambda row: int(row[1]), min_samples=min_samples, limit=limit
+                )
+            ]
             missing = [i for i in ids if i not in known]
             rows = conn.execute(self._sql.payloads, {"ids": missing}).all() if missing else []
         found = dict(known)

@@ -84,16 +84,6 @@ class Engine:
 
     # --- spans --------------------------------------------------------------------------------
 
-    def _span(self, rows: Sequence[db.StoredWindow], min_samples: int) -> list[db.StoredWindow]:
-        span: list[db.StoredWindow] = []
-        samples = 0
-        for r in rows:
-            span.append(r)
-            samples += r.telemetry.count
-            if samples >= min_samples or len(span) >= self.config.span_windows:
-                break
-        return span
-
     def evaluate_device(
         self, newest: db.StoredWindow, known: Mapping[int, db.StoredWindow] | None = None
     ) -> None:
@@ -177,7 +167,12 @@ class Engine:
                 span = [
                     w
                     for ws in per_device.values()
-                    for w in self._span(ws, policy.drift.min_samples)
+                    for w in d.newest_span(
+                        ws,
+                        lambda r: r.telemetry.count,
+                        min_samples=policy.drift.min_samples,
+                        limit=self.config.span_windows,
+                    )
                 ]
                 newest = max(r.id for r in rows)
                 self._evaluate("fleet", fleet, FLEET_SCOPE_DEVICE, name, version, span, newest)
@@ -298,9 +293,10 @@ class Engine:
         th = policy.drift
         tele = [r.telemetry for r in span]
         if scope == "device":  # the span, newest first: each feature takes what it needs
+            merged = d.Span.of(profile, tele, th.min_samples)  # merged once, judged up to 3 times
             ref = self._references.get((fleet, device, name, version))
             effects = None if ref is None else ref.design_effects
-            training = d.evaluate_span(profile, tele, th, design_effects=effects)
+            training = d.judge(profile, merged, th, design_effects=effects)
             if ref is None:
                 # A span is healthy unless the training verdicts alert and one of them drifts,
                 # judged without the design effect: drift that begins inside a span widens its
@@ -310,114 +306,60 @@ class Engine:
                 if "training" in policy.alert_on:
                     strict = training
                     if any(f.design_effect > 1 for f in judged):
-                        strict = d.evaluate_span(profile, tele, replace(th, design_effect=False))
+                        strict = d.judge(profile, merged, replace(th, design_effect=False))
                     healthy = not any(f.drifted for f in (*strict.features, *strict.outputs))
                 ref = self._reference(fleet, device, name, version, span, base, healthy)
                 if ref is not None:
                     effects = ref.design_effects
-                    training = d.evaluate_span(profile, tele, th, design_effects=effects)
+                    training = d.judge(profile, merged, th, design_effects=effects)
             results = {"training": training}
             if ref is not None:
-                results["deploy"] = d.evaluate_span(ref.profile, tele, th, design_effects=effects)
+                results["deploy"] = d.judge(ref.profile, merged, th, design_effects=effects)
         else:  # a fleet: every device's span, merged
             inputs = merge_windows([t.inputs for t in tele])
             outputs = merge_windows([t.outputs for t in tele])
             results = {"training": d.evaluate(profile, inputs, outputs, th)}
-        now = time.time()
-        samples = sum(t.count for t in tele)
-        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]] = []
-        records: list[dict[str, Any]] = []
-
-        def record(reference: str, kind: str, feature: str, **values: Any) -> None:
-            records.append(
-                {
-                    "evaluated": now,
-                    "scope": scope,
-                    "fleet": fleet,
-                    "device": device,
-                    "model_name": name,
-                    "model_version": version,
-                    "feature": feature,
-                    "kind": kind,
-                    "samples": samples,
-                    **dict.fromkeys(("js", "psi", "wasserstein", "linf", "value", "drifted")),
-                    "reason": None,
-                    "checks": None,
-                    "reference": reference,
-                    **values,
-                }
-            )
-
-        for reference, result in results.items():
-            alerting = reference in policy.alert_on
-            for f, kind in [(f, "input") for f in result.features] + [
-                (f, "output") for f in result.outputs
-            ]:
-                record(
-                    reference,
-                    kind,
-                    f.feature,
-                    samples=f.samples,
-                    js=f.js,
-                    psi=f.psi,
-                    wasserstein=f.wasserstein,
-                    linf=f.linf,
-                    value=f.missing_rate,
-                    drifted=f.verdict,
-                    reason=f.reason,
-                    checks=[c.to_dict() for c in f.checks],
-                )
-                if alerting:
-                    verdicts.append((reference, kind, f.feature, f.verdict, _detail(f)))
-            record(reference, "dataset", "*", drifted=result.dataset_verdict)
-            if alerting:
-                verdicts.append((reference, "dataset", "*", result.dataset_verdict, {}))
-
+        stored = d.span_verdicts(results)  # every verdict is stored; those alerted on step
+        verdicts = [v for v in stored if v.reference in policy.alert_on]
         test = {} if manifest.evaluation is None else manifest.evaluation.test
         accuracy = test.get("accuracy")
         count = test.get("count")
         correct = sum(t.feedback.correct for t in tele)
         total = sum(t.feedback.total for t in tele)
         if accuracy is not None and total > 0:
-            c = d.accuracy_drop(
-                correct,
-                total,
-                float(accuracy),
-                th.accuracy_confidence,
-                min_feedback=th.min_feedback,
-                reference_count=int(count) if isinstance(count, int) and count > 0 else None,
-            )
-            record(
-                "",
-                "concept",
-                "accuracy",
-                samples=total,
-                value=c.accuracy,
-                drifted=c.verdict,
-                reason=c.reason,
-            )
-            verdicts.append(
-                (
-                    "",
-                    "concept",
-                    "accuracy",
-                    c.verdict,
-                    {
-                        "accuracy": c.accuracy,
-                        "upper": c.upper,
-                        "reference": accuracy,
-                        "test_rows": c.reference_count,
-                        "reason": c.reason,
-                    },
+            concept = d.Verdict.of_concept(
+                d.accuracy_drop(
+                    correct,
+                    total,
+                    float(accuracy),
+                    th.accuracy_confidence,
+                    min_feedback=th.min_feedback,
+                    reference_count=int(count) if isinstance(count, int) and count > 0 else None,
                 )
             )
+            stored.append(concept)
+            verdicts.append(concept)
         if policy.latency_budget_ms is not None:
-            lat = d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
-            why = f"p95 {lat.p95} ms against a budget of {lat.budget} ms"
-            record("", "latency", "p95", value=lat.p95, drifted=lat.over, reason=why)
-            verdicts.append(
-                ("", "latency", "p95", lat.over, {"p95_ms": lat.p95, "budget_ms": lat.budget})
+            latency = d.Verdict.of_latency(
+                d.latency_p95_over_budget([t.latency for t in tele], policy.latency_budget_ms)
             )
+            stored.append(latency)
+            verdicts.append(latency)
+        now = time.time()
+        samples = sum(t.count for t in tele)
+        records = [
+            {
+                "evaluated": now,
+                "scope": scope,
+                "fleet": fleet,
+                "device": device,
+                "model_name": name,
+                "model_version": version,
+                "samples": samples if v.samples is None else v.samples,
+                **v.columns(),
+            }
+            for v in stored
+        ]
 
         changed = self._store_and_step(
             scope, fleet, device, name, version, window_id, records, verdicts, th
@@ -437,28 +379,24 @@ class Engine:
         version: str,
         window_id: int,
         records: list[dict[str, Any]],
-        verdicts: list[tuple[str, str, str, bool | None, dict[str, Any]]],
+        verdicts: list[d.Verdict],
         th: d.DriftThresholds,
     ) -> list[tuple[str, str, str, dict[str, Any]]]:
         changed: list[tuple[str, str, str, dict[str, Any]]] = []
         now = time.time()
-        keys = [
-            "|".join((scope, fleet, device, name, version, r, k, f)) for r, k, f, _, _ in verdicts
-        ]
+        keys = [v.key(scope, fleet, device, name, version) for v in verdicts]
         with self.store.begin() as conn:
             self.store.add_drift(conn, records)
             states = self.store.lock_alert_states(conn, keys, now)
             updates: list[dict[str, Any]] = []
             raised: list[dict[str, Any]] = []
             cleared: list[str] = []
-            for key, (reference, kind, feature, verdict, detail) in zip(
-                keys, verdicts, strict=True
-            ):
+            for key, v in zip(keys, verdicts, strict=True):
                 row = states[key]
                 if row.last_window >= window_id:
                     continue  # another process already accounted for this window
                 new, transition = d.step(
-                    d.AlertState(row.active, row.over, row.under), verdict, th.k_raise, th.k_clear
+                    d.AlertState(row.active, row.over, row.under), v.drifted, th.k_raise, th.k_clear
                 )
                 updates.append(
                     {
@@ -479,17 +417,17 @@ class Engine:
                             "device": device,
                             "model_name": name,
                             "model_version": version,
-                            "feature": feature,
-                            "kind": kind,
-                            "reference": reference,
+                            "feature": v.feature,
+                            "kind": v.kind,
+                            "reference": v.reference,
                             "raised": now,
-                            "detail": detail,
+                            "detail": dict(v.detail),
                         }
                     )
                 elif transition == "cleared":
                     cleared.append(key)
                 if transition != "none":
-                    changed.append((kind, feature, transition, detail))
+                    changed.append((v.kind, v.feature, transition, dict(v.detail)))
             self.store.save_alert_states(conn, updates)
             self.store.raise_alerts(conn, raised)
             self.store.clear_alerts(conn, cleared, now)
@@ -561,20 +499,6 @@ class Engine:
                 log.error("alert action: deploy %s: no deployer configured", action.deploy)
             else:
                 self.deploy(action.deploy, fleet, alert)
-
-
-def _detail(f: d.FeatureDrift) -> dict[str, Any]:
-    """What an alert carries: the distances, the sample size and why."""
-    out: dict[str, Any] = {
-        "js": f.js,
-        "psi": f.psi,
-        "wasserstein": f.wasserstein,
-        "linf": f.linf,
-        "samples": f.samples,
-        "missing_rate": f.missing_rate,
-        "reason": f.reason,
-    }
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def _rows_needed(t: wire.Telemetry, min_samples: int) -> int:

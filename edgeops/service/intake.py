@@ -222,6 +222,8 @@ class Intake:
         outcome = self._store(items) if items else Outcome([])
         if self.ack is not None:
             self.ack(batch)
+        if outcome.windows and self.on_stored is not None:
+            self.on_stored(outcome.windows)  # before the counts: a counted window is queued
         c = self.counters
         c.stored_windows += len(outcome.windows)
         c.stored_events += outcome.events
@@ -231,8 +233,6 @@ class Intake:
         self.last_stored = self.clock()
         for w in outcome.windows:
             self._known.add((w.fleet, w.device))
-        if outcome.windows and self.on_stored is not None:
-            self.on_stored(outcome.windows)
         return outcome
 
     def _refuse(self, d: Delivery, reason: str, detail: str) -> _Item | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from edgeops.core.broker import read_secret
 from edgeops.core.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.core.terminal import clean, render
+from edgeops.core.terminal import clean, clip_words, render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
 TOKEN_ENV = "EDGEOPS_TOKEN"
@@ -384,7 +384,7 @@ def deployments_table(rows: list[dict[str, Any]]) -> str:
             _stage(r),
             _pairs(r.get("devices")),
             _when(r.get("created")),
-            r.get("reason") or "",
+            clip_words(str(r.get("reason") or ""), 70),
         )
         for r in rows
         if isinstance(r, dict)
@@ -428,7 +428,7 @@ def deployment_report(d: dict[str, Any]) -> str:
             x.get("from_version") or "-",
             _when(x.get("sent")),
             _when(x.get("decided")),
-            str(x.get("reason") or "")[:70],
+            clip_words(str(x.get("reason") or ""), 70),
         )
         for x in _list(d, "device_states")
     ]

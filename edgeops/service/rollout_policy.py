@@ -319,3 +319,16 @@ def device_order(devices: Sequence[tuple[str, bool]], seed: str) -> list[str]:
         return (not d[1], hashlib.sha256(f"{seed}/{d[0]}".encode()).hexdigest())
 
     return [d for d, _ in sorted(devices, key=key)]
+
+
+def parse_selector(text: str | None) -> dict[str, str] | None:
+    """``"site=lab,tier=canary"`` as a dict (device labels a deployment targets)."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip():
+            raise UsageError(f"--selector {text!r}: use LABEL=VALUE[,LABEL=VALUE…]")
+        out[k.strip()] = v.strip()
+    return out

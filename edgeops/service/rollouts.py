@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -478,9 +478,8 @@ class Rollouts:
                 )
         waiting = (ro.SENT, *ro.IN_PROGRESS, ro.COMMITTED, ro.REVERTING)
         if not any(d["state"] in waiting for d in devs.values()):
-            reverted = sum(d["state"] == ro.REVERTED for d in devs.values())
+            note = "aborted; " + rolled_back_note(devs.values())
             failed = [d["device"] for d in devs.values() if d["state"] == ro.REVERT_FAILED]
-            note = f"aborted; {reverted} devices rolled back"
             if failed:
                 note += f"; rollback failed on {', '.join(failed)}"
             self._set(conn, dep, now, state="aborted", finished=now)
@@ -647,14 +646,15 @@ def _serving(payloads: Sequence[bytes]) -> ro.Serving:
     )
 
 
-def parse_selector(text: str | None) -> dict[str, str] | None:
-    """``"site=lab,tier=canary"`` as a dict."""
-    if not text:
-        return None
-    out = {}
-    for part in text.split(","):
-        k, sep, v = part.partition("=")
-        if not sep or not k.strip():
-            raise RolloutError(f"--selector {text!r}: use LABEL=VALUE[,LABEL=VALUE…]")
-        out[k.strip()] = v.strip()
-    return out
+def rolled_back_note(devs: Iterable[Mapping[str, Any]]) -> str:
+    """How many devices went back, counted as their rows say it: those the abort rolled back
+    (reverted) and those whose own health window did (rolled-back)."""
+    states = [d["state"] for d in devs]
+    reverted, own = states.count(ro.REVERTED), states.count(ro.ROLLED_BACK)
+    total = reverted + own
+    text = f"{total} device{'' if total == 1 else 's'} rolled back"
+    if reverted and own:
+        text += f" ({reverted} by the abort, {own} by their own health check)"
+    elif own:
+        text += " by their own health check"
+    return text

@@ -15,7 +15,7 @@ Importing this package imports neither TensorFlow nor the agent; :meth:`Fleet.st
 """
 
 from edgeops.simulate.config import FleetConfig
-from edgeops.simulate.data import bundled_sample, load_samples
+from edgeops.simulate.data import load_samples
 from edgeops.simulate.fleet import Fleet
 from edgeops.simulate.inject import Samples, apply_drift
 from edgeops.simulate.spec import DriftSpec, parse_drift, parse_labels
@@ -29,7 +29,6 @@ __all__ = [
     "FleetStats",
     "Samples",
     "apply_drift",
-    "bundled_sample",
     "load_samples",
     "parse_drift",
     "parse_labels",

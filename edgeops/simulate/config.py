@@ -29,7 +29,8 @@ class FleetConfig:
     ``ID:PASSWORD``); the user name is the device id. None: no account (an open broker)."""
     fleet: str = "sim"
     data: Path | None = None
-    """CSV or NPZ rows to replay; default: the bundled sample dataset the bundle came from."""
+    """CSV or NPZ rows to replay; None: the sample dataset the bundle records it was trained on
+    (refused for a bundle trained on other data)."""
     target: str | None = None
     """The label column; default: the bundle's training target, else label, target or y."""
     rate: float = 1.0

@@ -2,9 +2,10 @@
 
 Tabular models get the raw columns their preprocessing names (the agent encodes them, as it
 does for a real caller); tensor models get their input array, reshaped to the model's sample
-shape. The label column is kept aside for feedback. Without a data file, a bundle trained on
-one of scikit-learn's bundled datasets that :mod:`edgeops.trainer.samples` writes (digits, wine,
-diabetes) replays that dataset; scikit-learn loads it from its package, without a download.
+shape. The label column is kept aside for feedback. Without a data file, a bundle whose manifest
+records that it was trained on one of the sample files :mod:`edgeops.trainer.samples` writes
+(digits, wine, diabetes: the file's sha256) replays that file; scikit-learn loads it from its
+package, without a download. Nothing is guessed from a target's name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 
 from edgeops.core.columns import Table, read_table
 from edgeops.core.errors import InputDataError, UsageError
+from edgeops.core.files import sha256_file
+from edgeops.core.manifest import Manifest
 from edgeops.core.preprocessing import Preprocessing
 from edgeops.simulate.inject import Array, Samples
 from edgeops.trainer import samples
@@ -24,36 +27,35 @@ from edgeops.trainer import samples
 LABEL_COLUMNS = ("label", "target", "y")
 """Where labels are looked for when neither ``--target`` nor the bundle names a column."""
 
-# (preprocessing kind, the training target) -> the sample dataset, its file and its writer
-BUNDLED: Mapping[tuple[str, str], tuple[str, str, Callable[[Path], Path]]] = {
-    ("tensor", "label"): ("digits", "digits.npz", samples.digits_npz),
-    ("tabular", "cultivar"): ("wine", "wine.csv", samples.wine_csv),
-    ("tabular", "progression"): ("diabetes", "diabetes.csv", samples.diabetes_csv),
+# The sample datasets edgeops.samples writes (the same bytes every time): a bundle trained on
+# one of them records that file's sha256 in its manifest (training.data_sha256).
+BUNDLED: Mapping[str, tuple[str, Callable[[Path], Path]]] = {
+    "digits": ("digits.npz", samples.digits_npz),
+    "wine": ("wine.csv", samples.wine_csv),
+    "diabetes": ("diabetes.csv", samples.diabetes_csv),
 }
 
 
-def bundled_sample(manifest: Mapping[str, Any]) -> str | None:
-    """The name of the bundled sample dataset the bundle was trained on, if it looks like one."""
-    target = str((manifest.get("training") or {}).get("target"))
-    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
-    return None if entry is None else entry[0]
-
-
-def sample_file(manifest: Mapping[str, Any], directory: Path) -> Path:
-    """Write the bundled sample dataset the bundle was trained on to ``directory``."""
-    target = str((manifest.get("training") or {}).get("target"))
-    entry = BUNDLED.get((str(manifest["preprocessing"]["kind"]), target))
-    if entry is None:
-        raise UsageError(
-            f"bundle {manifest.get('name')!r} was not trained on a bundled sample dataset "
-            "(digits, wine or diabetes): give --data FILE (CSV or NPZ) to replay"
-        )
-    _, name, write = entry
-    return write(directory / name)
+def sample_file(manifest: Manifest, directory: Path) -> Path:
+    """Write the sample dataset the bundle records it was trained on to ``directory``: the one
+    whose sha256 is the manifest's ``training.data_sha256``. Nothing is guessed from names: a
+    bundle trained on anything else needs its data file."""
+    recorded = None if manifest.training is None else manifest.training.data_sha256
+    directory.mkdir(parents=True, exist_ok=True)
+    for file, write in BUNDLED.values():
+        path = write(directory / file)
+        if recorded is not None and sha256_file(path) == recorded:
+            return path
+        path.unlink()
+    raise UsageError(
+        f"bundle {manifest.name!r} was not trained on one of edgeops' sample datasets "
+        "(digits.npz, wine.csv, diabetes.csv from `edgeops samples`): give --data FILE "
+        "(CSV or NPZ) to replay"
+    )
 
 
 def load_samples(
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     data: Path | None = None,
     *,
     target: str | None = None,
@@ -62,17 +64,20 @@ def load_samples(
 ) -> Samples:
     """The rows of ``data`` (or of the bundle's sample dataset, written to ``directory``) as
     the bundle's model takes them, shuffled with ``seed``, labels aside."""
-    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    pre = Preprocessing.from_dict(manifest.require("preprocessing"))
+    if pre.kind == "tensors":
+        raise UsageError("the simulator feeds models with one input; this one takes several")
     path = data if data is not None else sample_file(manifest, directory)
     table = read_table(path)
     label_name = _label_column(table, manifest, target)
     features = _tabular(table, pre) if pre.kind == "tabular" else _tensor(table, pre, label_name)
-    labels = None if label_name is None else _labels(table[label_name], str(manifest["task"]))
+    task = manifest.task or "classification"
+    labels = None if label_name is None else _labels(table[label_name], task)
     out = Samples(pre.kind, features, labels)
     return out.take(np.random.default_rng(seed).permutation(len(out)).astype(np.intp))
 
 
-def _label_column(table: Table, manifest: Mapping[str, Any], target: str | None) -> str | None:
+def _label_column(table: Table, manifest: Manifest, target: str | None) -> str | None:
     if target is not None:
         if target not in table:
             raise UsageError(
@@ -80,7 +85,7 @@ def _label_column(table: Table, manifest: Mapping[str, Any], target: str | None)
                 f"(columns: {', '.join(table.names)})"
             )
         return target
-    trained = (manifest.get("training") or {}).get("target")
+    trained = manifest.training_target
     candidates = ([str(trained)] if trained else []) + list(LABEL_COLUMNS)
     return next((c for c in candidates if c in table), None)
 

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from edgeops.core.bundle import Bundle
 from edgeops.core.errors import EdgeOpsError, UsageError
 from edgeops.core.latency import LogHistogram
+from edgeops.core.manifest import Manifest
 from edgeops.core.optional import require
 from edgeops.core.signing import load_verify_keys
 from edgeops.simulate import pollselect
@@ -233,7 +234,7 @@ class Fleet:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def _verified_manifest(self) -> dict[str, Any]:
+    def _verified_manifest(self) -> Manifest:
         """The bundle checked once here, so a bad one is one error rather than N."""
         cfg = self.config
         keys = load_verify_keys(cfg.trusted_keys)
@@ -241,7 +242,7 @@ class Fleet:
             load_verify_keys(cfg.command_keys)
         with Bundle.open(cfg.bundle) as b:
             b.verify(keys, allow_unsigned=cfg.allow_unsigned)
-            return b.manifest
+            return b.info
 
     def _start_agents(self, work: Path, rows: _Rows) -> list[_Device]:
         from device_agent.agent import Agent

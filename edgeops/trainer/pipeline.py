@@ -10,6 +10,7 @@ and its outputs still have their recorded hashes, the step is reused instead of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -161,11 +162,26 @@ class Pipeline:
         *,
         on_step: Callable[[StepResult], None] | None = None,
     ) -> dict[str, StepResult]:
-        """Run or reuse every step; return the results by step name."""
+        """Run or reuse every step; return the results by step name. A run directory this call
+        made is removed again when it fails before any step is written."""
+        created = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{self.run_dir}: cannot create run directory ({e})") from None
+        try:
+            return self._run(external, on_step)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()  # only when empty: finished steps stay for reuse
+            raise
+
+    def _run(
+        self,
+        external: Mapping[str, Path],
+        on_step: Callable[[StepResult], None] | None,
+    ) -> dict[str, StepResult]:
         hashes = {name: sha256_file(p) for name, p in external.items()}
         results: dict[str, StepResult] = {}
         for name in self.order:

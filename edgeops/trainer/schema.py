@@ -179,7 +179,38 @@ def infer_schema(table: Table, target: str, task: Task | None = None) -> Schema:
     if len(table.names) < 2:
         raise InputDataError(f"{table.source}: no feature columns besides the target")
     features = tuple(_infer_feature(name, table[name]) for name in table.names)
+    flips = [
+        a
+        for f in features
+        if f.kind == "categorical" and f.name != target
+        for a in _stray_text(f.name, table[f.name])
+    ]
+    raise_for_anomalies(flips, table.source)
     return Schema(features, target, task, classes)
+
+
+NUMERIC_SHARE = 0.9
+"""A text column whose non-empty cells are at least this share numbers is a numeric column with
+stray text (a typo such as "abc" or "12,5"), not a categorical one: read as categories, every
+distinct number would become a category and the model would learn nothing from its order."""
+
+
+def _stray_text(name: str, col: npt.NDArray[Any]) -> list[Anomaly]:
+    values = [str(v) for v in col if v != ""]
+    if not values:
+        return []
+    text = sorted({v for v in values if not _is_number(v)})
+    numbers = len(values) - sum(1 for v in values if not _is_number(v))
+    if not text or numbers < NUMERIC_SHARE * len(values):
+        return []
+    return [
+        Anomaly(
+            name,
+            "wrong type",
+            f"{numbers} of {len(values)} values are numbers, the rest text such as {_ex(text)}: "
+            "fix those cells (or give --schema to declare the column categorical)",
+        )
+    ]
 
 
 def _infer_feature(name: str, col: npt.NDArray[Any]) -> Feature:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +42,8 @@ from edgeops.trainer.schema import Schema, class_name, infer_schema, infer_task
 from edgeops.trainer.schema import validate as validate_table
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("edgeops.progress")
+"""What a long step is doing, for a person watching (the CLI shows it on stderr)."""
 
 SPLITS = ("train", "validation", "test")
 
@@ -181,7 +185,10 @@ def preprocessing_for(sch: Schema) -> Preprocessing:
                 f"one array input per model is supported; the data has {names} besides the target"
             )
         return Preprocessing("tensor", tensors[0].name, shape=tensors[0].shape)
-    columns = tuple(Column(f.name, f.kind, f.vocabulary) for f in sch.inputs)  # type: ignore[arg-type]
+    columns = tuple(
+        Column(f.name, f.kind, f.vocabulary, fill_missing=f.allow_missing)  # type: ignore[arg-type]
+        for f in sch.inputs
+    )
     return Preprocessing("tabular", TABULAR_INPUT, columns)
 
 
@@ -267,13 +274,14 @@ def train(ctx: StepContext) -> Mapping[str, Any]:
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=int(p["patience"]), restore_best_weights=True
     )
+    epochs = int(p["epochs"])
     history = model.fit(
         x_train,
         y_train,
         validation_data=(x_val, y_val),
-        epochs=int(p["epochs"]),
+        epochs=epochs,
         batch_size=int(p["batch_size"]),
-        callbacks=[stop],
+        callbacks=[stop, _epoch_progress(keras, epochs)],
         verbose=0,
     )
     model.save(ctx.out / "model.keras")
@@ -286,6 +294,33 @@ def train(ctx: StepContext) -> Mapping[str, Any]:
         "val_loss": hist["val_loss"][best],
         "parameters": int(model.count_params()),
     }
+
+
+def _epoch_progress(keras: Any, epochs: int, every: float = 1.0) -> Any:
+    """A Keras callback that reports an epoch on the ``edgeops.progress`` logger at most every
+    ``every`` seconds (and the first and the last), with its losses."""
+
+    class EpochProgress(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.shown = -math.inf
+            self.last = ""
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            logs = logs or {}
+            losses = ", ".join(f"{k} {float(v):.4f}" for k, v in logs.items() if "loss" in k)
+            self.last = f"train: epoch {epoch + 1}/{epochs}: {losses}"
+            now = time.monotonic()
+            if epoch == 0 or now - self.shown >= every:
+                self.shown = now
+                progress.info("%s", self.last)
+                self.last = ""
+
+        def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+            if self.last:
+                progress.info("%s", self.last)
+
+    return EpochProgress()
 
 
 # --- evaluate ---------------------------------------------------------------------------------
