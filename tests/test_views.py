@@ -205,3 +205,29 @@ def test_the_model_view_reads_fidelity_from_the_conversion_report(fed) -> None: 
     assert got["agreement"] == 0.99 and got["samples"] == 300
     assert got["accuracy_drop_points"] == pytest.approx(0.5)
     assert got["min_snr_db"] == pytest.approx(31.5)
+
+
+def test_every_page_is_served_whole_in_the_shared_frame(fed) -> None:  # type: ignore[no-untyped-def]
+    """Each page is its body set in one frame: a whole document with the sign-in form, and every
+    script and style it names is served too. The frame and the bodies are not files of /ui/."""
+    import re
+
+    from edgeops.service.dashboard import PAGES
+
+    _, client, _, _ = fed
+    del client.headers["Authorization"]
+    for name, spec in PAGES.items():
+        r = client.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert r.headers["cache-control"] == "no-cache"
+        text = r.text
+        assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
+        assert f"<title>{spec.title} · edgeops</title>" in text
+        assert text.count('id="login-form"') == 1 and text.count("<main") == 1
+        assert "$" not in text  # every slot of the frame filled
+        assets = re.findall(r'(?:src|href)="/ui/([^"]+)"', text)
+        assert assets[-2:] == ["app.js", spec.script]
+        for asset in assets:
+            assert client.get(f"/ui/{asset}").status_code == 200, (name, asset)
+    for hidden in ("frame.html", "pages/index.html", "pages"):
+        assert client.get(f"/ui/{hidden}").status_code == 404

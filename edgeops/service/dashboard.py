@@ -20,7 +20,8 @@ The deployment page reads ``GET /v1/deployments/{id}`` and aborts with ``POST
 
 Pages are a small front end (plain HTML and JavaScript, no build step) over these endpoints,
 not server-side templates: every number a page shows comes from a typed endpoint that the
-tests, ``/openapi.json`` and other clients share, and a page changes by editing one file.
+tests, ``/openapi.json`` and other clients share, and a page changes by editing its body
+(``web/pages/``) or its script; the head, header and sign-in form are one frame for all.
 
 The token. The login form (or a ``#token=…`` fragment, which never reaches a server) keeps the
 token in the tab's ``sessionStorage`` and sends it as ``Authorization: Bearer`` on each call, as
@@ -32,6 +33,9 @@ weakness of storage a script can read. Closing the tab forgets the token.
 
 from __future__ import annotations
 
+import html
+import string
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -49,11 +53,31 @@ from edgeops.service.auth import OPEN
 if TYPE_CHECKING:
     from edgeops.service.server import Service
 
+
+@dataclass(frozen=True)
+class Page:
+    """A page: its body is ``web/pages/{name}``, set in the frame every page shares
+    (``web/frame.html``: head, header, sign-in form, error line)."""
+
+    title: str
+    script: str
+    """The page's own script, loaded after ``app.js``."""
+    styles: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = ()
+    """Scripts loaded before ``app.js``."""
+
+
+PAGES = {
+    "index.html": Page("Fleet", "fleet.js"),
+    "device.html": Page(
+        "Device", "device.js", styles=("uPlot.min.css",), libraries=("uPlot.iife.min.js",)
+    ),
+    "model.html": Page("Model", "model.js"),
+    "deployment.html": Page("Deployment", "deployment.js"),
+}
+"""Every page under ``/ui/``."""
+
 FILES = {
-    "index.html": "text/html; charset=utf-8",
-    "device.html": "text/html; charset=utf-8",
-    "model.html": "text/html; charset=utf-8",
-    "deployment.html": "text/html; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "fleet.js": "text/javascript; charset=utf-8",
@@ -64,7 +88,7 @@ FILES = {
     "uPlot.min.css": "text/css; charset=utf-8",
     "uPlot.LICENSE": "text/plain; charset=utf-8",
 }
-"""Every file under ``/ui/``: the package's ``web/`` folder (uPlot 1.6.32 from the npm
+"""Every other file under ``/ui/``: the package's ``web/`` folder (uPlot 1.6.32 from the npm
 registry, MIT, with its licence)."""
 
 SECURITY_HEADERS = {
@@ -79,8 +103,21 @@ SECURITY_HEADERS = {
 
 
 def web_file(name: str) -> bytes:
-    """One of :data:`FILES`, from the package."""
+    """A file of the package's ``web/`` folder."""
     return (resources.files("edgeops.service") / "web" / name).read_bytes()
+
+
+def page_html(name: str) -> bytes:
+    """One of :data:`PAGES`, whole: its body set in the shared frame."""
+    page = PAGES[name]
+    frame = string.Template(web_file("frame.html").decode())
+    scripts = (*page.libraries, "app.js", page.script)
+    return frame.substitute(
+        title=html.escape(page.title),
+        styles="".join(f'<link rel="stylesheet" href="/ui/{s}">\n' for s in page.styles),
+        main=web_file(f"pages/{name}").decode(),
+        scripts="".join(f'<script src="/ui/{s}"></script>\n' for s in scripts),
+    ).encode()
 
 
 def _one(service: Service, device: str, fleet: str | None) -> str:
@@ -111,12 +148,12 @@ def routes(service: Service) -> list[HTTPRouteHandler]:
         **role_options(OPEN),
     )
     def page(name: str = "index.html") -> Response[bytes]:
-        kind = FILES.get(name)
+        kind = "text/html; charset=utf-8" if name in PAGES else FILES.get(name)
         if kind is None:
             raise NotFoundException(f"no page {name!r}")
         if name not in cached:
-            cached[name] = web_file(name)
-        cache = "no-cache" if name.endswith(".html") else "public, max-age=3600"
+            cached[name] = page_html(name) if name in PAGES else web_file(name)
+        cache = "no-cache" if name in PAGES else "public, max-age=3600"
         return Response(
             cached[name], media_type=kind, headers={**SECURITY_HEADERS, "Cache-Control": cache}
         )
