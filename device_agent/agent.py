@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from threading import get_ident
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy.typing as npt
 
@@ -39,7 +39,7 @@ from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
 from device_agent.updater import Updater
 from edgeops import __version__
-from edgeops.core import topics, wire
+from edgeops.core import events, topics, wire
 from edgeops.core.errors import (
     EdgeOpsError,
     InputDataError,
@@ -57,10 +57,10 @@ _FEEDBACK_MEMORY = 10_000
 
 
 class _Refused(InputDataError):
-    """A command's arguments are refused; ``data`` (the reason, the setting) goes in the
-    failure event."""
+    """A rollback is refused; ``data`` (the reason, the previous version) goes in the failure
+    event."""
 
-    def __init__(self, message: str, **data: Any) -> None:
+    def __init__(self, message: str, data: events.RollbackFailed) -> None:
         super().__init__(message)
         self.data = data
 
@@ -214,7 +214,7 @@ class Agent:
             self.link.start()
         self._spawn(self._window_loop, "telemetry-window")
         self._spawn(self._command_loop, "commands")
-        self.event("started", data={"agent_version": __version__, "commands": self.guard.mode})
+        self.event(events.Started(agent_version=__version__, commands=self.guard.mode))
         return self
 
     def stop(self) -> None:
@@ -233,7 +233,7 @@ class Agent:
         self.flush_window()
         if self._reducer is not None:
             self._reducer.shutdown()  # idle: the flush waited for its reductions
-        self.event("stopped")
+        self.event(events.Stopped())
         if self.link is not None:
             self.link.stop(offline=wire.encode(self._status(online=False)))
         if self._model is not None:
@@ -452,22 +452,22 @@ class Agent:
 
     def event(
         self,
-        kind: str,
+        data: events.EventData,
         *,
-        level: str = "info",
+        level: Literal["info", "warning", "error"] = "info",
         message: str = "",
         command_id: str | None = None,
-        data: dict[str, Any] | None = None,
     ) -> None:
-        """Publish an event (through the outbox)."""
+        """Publish an event of ``data``'s kind (through the outbox)."""
         dev = self.config.device
+        kind = events.kind_of(data)
         ev = wire.Event(
             **self._header(),
             kind=kind,
-            level=level,  # type: ignore[arg-type]
+            level=level,
             message=message,
             command_id=command_id,
-            data=data or {},
+            data=events.to_data(data),
         )
         log.log(logging.ERROR if level == "error" else logging.INFO, "event %s %s", kind, message)
         self._enqueue(topics.events(dev.fleet, dev.id), ev)
@@ -534,7 +534,7 @@ class Agent:
         try:
             self._commands.put_nowait(payload)
         except queue.Full:
-            self.event("command-rejected", level="error", message="command queue full")
+            self.event(events.CommandRejected(), level="error", message="command queue full")
 
     def _command_loop(self) -> None:
         while True:
@@ -553,7 +553,8 @@ class Agent:
         try:
             cmd = wire.decode(payload, expected=wire.Command)
         except WireError as e:
-            self.event("command-rejected", level="error", message=str(e), data={"reason": e.reason})
+            rejected = events.CommandRejected(reason=cast(wire.Reason, e.reason))
+            self.event(rejected, level="error", message=str(e))
             return
         assert self.guard is not None
         try:
@@ -561,20 +562,18 @@ class Agent:
         except OSError as e:  # the counter could not be recorded: not acted on
             log.error("command %s: recording its counter failed: %s", cmd.id, e)
             self.event(
-                "command-rejected",
+                events.CommandRejected(reason="not recorded", kind=cmd.kind),
                 level="error",
                 message=f"{cmd.kind}: the command's counter could not be recorded ({e.strerror})",
                 command_id=cmd.id,
-                data={"reason": "not recorded", "kind": cmd.kind},
             )
             return
         if refused is not None:
             self.event(
-                "command-rejected",
+                events.CommandRejected(reason=refused.reason, kind=cmd.kind),
                 level="error",
                 message=f"{cmd.kind} refused: {refused.message}",
                 command_id=cmd.id,
-                data={"reason": refused.reason, "kind": cmd.kind},
             )
             return
         if isinstance(cmd.args, wire.UpdateArgs):  # the updater publishes update-<state> events
@@ -584,27 +583,27 @@ class Agent:
         try:
             result = self._run_command(cmd.args)
         except EdgeOpsError as e:
-            data = e.data if isinstance(e, _Refused) else None
-            self.event(
-                f"{cmd.kind}-failed", level="error", message=str(e), command_id=cmd.id, data=data
-            )
+            data = e.data if isinstance(e, _Refused) else events.failed(cmd.kind)
+            self.event(data, level="error", message=str(e), command_id=cmd.id)
             return
         except Exception as e:
             log.exception("command %s failed", cmd.kind)
-            self.event(f"{cmd.kind}-failed", level="error", message=repr(e), command_id=cmd.id)
+            self.event(events.failed(cmd.kind), level="error", message=repr(e), command_id=cmd.id)
             return
-        self.event(f"{cmd.kind}-done", command_id=cmd.id, data=result)
+        self.event(result, command_id=cmd.id)
 
-    def _run_command(self, args: wire.CommandArgs) -> dict[str, Any]:
+    def _run_command(
+        self, args: wire.CommandArgs
+    ) -> events.PingDone | events.SetConfigDone | events.RollbackDone:
         if isinstance(args, wire.PingArgs):
-            return {"pong": time.time(), "boot": self.boot}
+            return events.PingDone(pong=time.time(), boot=self.boot)
         if isinstance(args, wire.SetConfigArgs):
             return self._set_config(args)
         if isinstance(args, wire.RollbackArgs):
             return self._rollback(args)
         raise ModelError(f"command '{args}' is not supported by this agent")
 
-    def _rollback(self, args: wire.RollbackArgs) -> dict[str, Any]:
+    def _rollback(self, args: wire.RollbackArgs) -> events.RollbackDone:
         """Serve the previous model again, when it is the version the command names."""
         assert self.store is not None
         if self.updater is not None and self.updater.busy:
@@ -614,27 +613,29 @@ class Agent:
             current is None or current.model_sha256 != args.from_sha256
         ):
             # Conditional (a rollout's): the model to undo is not current; nothing to do.
-            return {
-                "changed": False,
-                "model": None if current is None else current.name,
-                "version": None if current is None else current.version,
-            }
+            return events.RollbackDone(
+                changed=False,
+                model=None if current is None else current.name,
+                version=None if current is None else current.version,
+            )
         previous = self.store.previous()
         if previous is None:
-            raise _Refused("no previous model to roll back to", reason="no previous model")
+            raise _Refused(
+                "no previous model to roll back to",
+                events.RollbackFailed(reason="no previous model"),
+            )
         if previous.version != args.version:
             raise _Refused(
                 f"the previous model is {previous.name} {previous.version}, not {args.version}",
-                reason="not the previous version",
-                previous=previous.version,
+                events.RollbackFailed(reason="not the previous version", previous=previous.version),
             )
         entry = self.store.rollback()
         self._swap_model(ServedModel(entry, threads=self.config.model.threads))
         if self.link is not None:
             self.link.publish_status(wire.encode(self._status(online=True)))
-        return {"changed": True, "model": entry.name, "version": entry.version}
+        return events.RollbackDone(changed=True, model=entry.name, version=entry.version)
 
-    def _set_config(self, args: wire.SetConfigArgs) -> dict[str, Any]:
+    def _set_config(self, args: wire.SetConfigArgs) -> events.SetConfigDone:
         """Apply a ``set-config`` command (its values are bounded by its type). A new window
         length applies to the window open now."""
         values = {
@@ -645,7 +646,9 @@ class Agent:
         telemetry = replace(self.config.telemetry, **values)
         self.config = replace(self.config, telemetry=telemetry).checked()
         self._retime.set()
-        return {"window_seconds": telemetry.window_seconds, "sample_rate": telemetry.sample_rate}
+        return events.SetConfigDone(
+            window_seconds=telemetry.window_seconds, sample_rate=telemetry.sample_rate
+        )
 
 
 def _process_stats() -> wire.ProcessStats:

@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import numpy as np
@@ -60,7 +60,7 @@ from device_agent.download import download
 from device_agent.policy import HealthGate
 from device_agent.serving import ServedModel
 from device_agent.store import ModelStore
-from edgeops.core import wire
+from edgeops.core import events, wire
 from edgeops.core.bundle import Bundle
 from edgeops.core.errors import DownloadFailed, EdgeOpsError, PolicyRefusal, first_line
 from edgeops.core.feeds import Feeds
@@ -92,12 +92,11 @@ class UpdateHost(Protocol):
 
     def event(
         self,
-        kind: str,
+        data: events.EventData,
         *,
-        level: str = "info",
+        level: Literal["info", "warning", "error"] = "info",
         message: str = "",
         command_id: str | None = None,
-        data: dict[str, Any] | None = None,
     ) -> None: ...
 
     def switch_to(self, model: ServedModel | None) -> wire.LatencyHistogram | None:
@@ -107,6 +106,16 @@ class UpdateHost(Protocol):
     def local_api(self) -> tuple[str, int] | None:
         """The host and port of the agent's own local API (downloads from it are refused)."""
         ...
+
+
+UpdateProgress = (
+    events.UpdateDownloading
+    | events.UpdateVerifying
+    | events.UpdateStaged
+    | events.UpdateSwitching
+    | events.UpdateHealth
+)
+"""The events of the states an update goes through before its outcome."""
 
 
 class _Failed(Exception):
@@ -144,16 +153,23 @@ class HealthReport:
     """The new model's p95: the window's traffic, else the sample inputs."""
     latency_ratio: float | None
     """The new model's p95 over the previous model's, on ``ratio_basis``."""
-    ratio_basis: str
-    """"traffic" or "samples"."""
+    ratio_basis: Literal["traffic", "samples"]
 
     @property
     def error_rate(self) -> float:
         total = self.predictions + self.errors
         return self.errors / total if total else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "error_rate": self.error_rate}
+    def outcome(self) -> events.HealthOutcome:
+        """The report as update events carry it."""
+        return events.HealthOutcome(
+            predictions=self.predictions,
+            errors=self.errors,
+            p95_ms=self.p95_ms,
+            latency_ratio=self.latency_ratio,
+            ratio_basis=self.ratio_basis,
+            error_rate=self.error_rate,
+        )
 
 
 def health_report(
@@ -169,7 +185,7 @@ def health_report(
     enough_new = new_traffic.count >= MIN_TRAFFIC
     p95 = (new_traffic if enough_new else new_samples).quantile(0.95)
     ratio: float | None = None
-    basis = "samples"
+    basis: Literal["traffic", "samples"] = "samples"
     if enough_new and old_traffic is not None and old_traffic.count >= MIN_TRAFFIC:
         new, old, basis = new_traffic.quantile(0.95), old_traffic.quantile(0.95), "traffic"
     else:
@@ -270,7 +286,7 @@ class UpdateRecord(msgspec.Struct, kw_only=True):
     """The state a failure or rollback happened in."""
     reason: str | None = None
     history: list[tuple[str, float]] = msgspec.field(default_factory=list)
-    health_report: dict[str, Any] | None = None
+    health_report: events.HealthOutcome | None = None
     updated: float | None = None
 
 
@@ -368,11 +384,10 @@ class Updater:
                 return
             if self._busy:
                 self.host.event(
-                    "update-failed",
+                    events.UpdateFailed(at="request"),
                     level="error",
                     message="another update is in progress",
                     command_id=cmd.id,
-                    data={"at": "request"},
                 )
                 return
             previous = self._thread
@@ -381,11 +396,10 @@ class Updater:
                 if previous.is_alive():
                     log.error("update thread still finishing; update %s refused", cmd.id)
                     self.host.event(
-                        "update-failed",
+                        events.UpdateFailed(at="request"),
                         level="error",
                         message="the previous update is still finishing",
                         command_id=cmd.id,
-                        data={"at": "request"},
                     )
                     return
             thread = threading.Thread(target=self._work, args=(cmd,), name="update", daemon=True)
@@ -395,11 +409,10 @@ class Updater:
             except RuntimeError as e:  # the process can start no more threads
                 self._busy, self._running = False, None
                 self.host.event(
-                    "update-failed",
+                    events.UpdateFailed(at="request"),
                     level="error",
                     message=f"cannot start the update: {e}",
                     command_id=cmd.id,
-                    data={"at": "request"},
                 )
 
     def _work(self, cmd: wire.Command) -> None:
@@ -427,12 +440,10 @@ class Updater:
             req = self._request(cmd)
         except (_Failed, PolicyRefusal) as e:
             self._release()
-            data: dict[str, Any] = {"at": "request"}
-            if isinstance(e, PolicyRefusal):
-                data["reason"] = e.reason
-            self.host.event(
-                "update-failed", level="error", message=str(e), command_id=cmd.id, data=data
+            data = events.UpdateFailed(
+                at="request", reason=e.reason if isinstance(e, PolicyRefusal) else None
             )
+            self.host.event(data, level="error", message=str(e), command_id=cmd.id)
             return None
         self.downloads.mkdir(parents=True, exist_ok=True)
         rec = UpdateRecord(
@@ -454,8 +465,9 @@ class Updater:
             path = self.store.root / f"{DOWNLOADS}/{req.sha256}.part"
             self._enter(
                 rec,
-                "downloading",
-                {"url": req.url, "size": req.size, "clamped": list(req.clamped)},
+                events.UpdateDownloading(
+                    version=rec.version, url=req.url, size=req.size, clamped=list(req.clamped)
+                ),
             )
             download(
                 req.url,
@@ -469,11 +481,11 @@ class Updater:
                 stop=self._stop,
                 check=self._check_redirect,
             )
-            self._enter(rec, "verifying", {"bytes": path.stat().st_size})
+            self._enter(rec, events.UpdateVerifying(version=rec.version, bytes=path.stat().st_size))
             with self._verify(path, req) as verified:
                 rec.entry = ModelStore.entry_id(verified.manifest)
                 rec.version = verified.info.version
-                self._enter(rec, "staged", {"entry": rec.entry})
+                self._enter(rec, events.UpdateStaged(version=rec.version, entry=rec.entry))
                 new, samples = self._stage(verified, rec.entry)
             old = self.host.model
             old_bench = (
@@ -486,15 +498,15 @@ class Updater:
                 raise _Failed("the agent is stopping")
             self._enter(
                 rec,
-                "switching",
-                {
-                    "from": None if old is None else old.ref.version,
-                    "to": new.ref.version,
-                    "samples_p95_ms": {
-                        "previous": None if old_bench is None else old_bench.quantile(0.95),
-                        "new": new_bench.quantile(0.95),
-                    },
-                },
+                events.UpdateSwitching(
+                    version=rec.version,
+                    from_=None if old is None else old.ref.version,
+                    to=new.ref.version,
+                    samples_p95_ms=events.SamplesP95(
+                        previous=None if old_bench is None else old_bench.quantile(0.95),
+                        new=new_bench.quantile(0.95),
+                    ),
+                ),
             )
             watch = HealthWatch(new, req.health.predictions)
             self.watch = watch
@@ -512,7 +524,18 @@ class Updater:
             self._fail(rec, first_line(e), new)
             return None
         old_traffic = None if old_window is None else LogHistogram.from_wire(old_window)
-        self._enter(rec, "health", asdict(req.health))
+        gate = req.health
+        self._enter(
+            rec,
+            events.UpdateHealth(
+                version=rec.version,
+                predictions=gate.predictions,
+                seconds=gate.seconds,
+                max_error_rate=gate.max_error_rate,
+                max_p95_ms=gate.max_p95_ms,
+                max_latency_ratio=gate.max_latency_ratio,
+            ),
+        )
         return _Switched(rec, req.health, watch, old_traffic, new_bench, old_bench)
 
     def _request(self, cmd: wire.Command) -> UpdateRequest:
@@ -644,7 +667,7 @@ class Updater:
                 new_samples=s.new_samples,
                 old_samples=s.old_samples,
             )
-            rec.health_report = report.to_dict()
+            rec.health_report = report.outcome()
             reason = judge(gate, report)
             if reason is None:
                 self._finish(rec, "committed", "")
@@ -663,16 +686,14 @@ class Updater:
         rec.updated = time.time()
         atomic_write(self.state_path, msgspec.json.format(msgspec.json.encode(rec), indent=2))
 
-    def _enter(self, rec: UpdateRecord, state: str, data: dict[str, Any]) -> None:
-        """Persist ``state``, then publish it; the caller acts on it after."""
+    def _enter(self, rec: UpdateRecord, data: UpdateProgress) -> None:
+        """Persist the state ``data`` reports (``update-<state>``), then publish it; the caller
+        acts on it after."""
+        state = events.kind_of(data).removeprefix("update-")
         rec.state = state
         rec.history.append((state, time.time()))
         self._persist(rec)
-        self.host.event(
-            f"update-{state}",
-            command_id=rec.command_id,
-            data={"version": rec.version, **data},
-        )
+        self.host.event(data, command_id=rec.command_id)
 
     def _fail(self, rec: UpdateRecord, reason: str, model: ServedModel | None) -> None:
         if model is not None:
@@ -681,7 +702,7 @@ class Updater:
         if rec.state is None:  # nothing persisted yet
             self._release()
             self.host.event(
-                "update-failed", level="error", message=reason, command_id=rec.command_id
+                events.UpdateFailed(), level="error", message=reason, command_id=rec.command_id
             )
             return
         self._finish(rec, "failed", reason)
@@ -705,20 +726,23 @@ class Updater:
             self._undo(rec, serve=not interrupted)
         if rec.download:
             (self.store.root / rec.download).unlink(missing_ok=True)
-        data: dict[str, Any] = {"version": rec.version, "at": rec.at}
-        if rec.health_report is not None:
-            data["health"] = rec.health_report
-        if state != "committed":
-            data["reason"] = reason
+        data: events.UpdateOutcome
+        health = rec.health_report
+        if state == "committed":
+            data = events.UpdateCommitted(version=rec.version, at=rec.at, health=health)
+        else:
             current = self.store.current()
-            data["serving"] = None if current is None else current.version
+            serving = None if current is None else current.version
+            outcome = events.UpdateRolledBack if state == "rolled-back" else events.UpdateFailed
+            data = outcome(
+                version=rec.version, at=rec.at, reason=reason, serving=serving, health=health
+            )
         self._release()
         self.host.event(
-            f"update-{state}",
+            data,
             level="info" if state == "committed" else "error",
             message=reason,
             command_id=rec.command_id,
-            data=data,
         )
         rec.reported = True
         self._persist(rec)

@@ -596,3 +596,67 @@ def test_the_evaluation_queue_coalesces_per_device_and_is_bounded(
     q.done(key)
     q.put([stored(5 + i, f"x{i}") for i in range(5)])
     assert len(q) == 3 and q.dropped == 2
+
+
+def test_an_events_data_that_is_not_its_kinds_is_kept_counted_and_read_for_nothing(
+    make_service: Callable[..., Service],
+) -> None:
+    """A deployment acts on an update event's kind whatever its data; it reads the device's
+    health only from data that is the kind's record. An unknown kind and a misfit are stored as
+    they came, counted and listed."""
+    from edgeops.core import events
+    from edgeops.service import api_types as t
+    from edgeops.service import rollout_policy as ro
+
+    s = make_service(public_url="https://fleet.example:8480")
+    sent: list[Any] = []
+    s.rollouts.send = sent.extend
+    now = time.time()
+    for dev in ("typed", "odd"):
+        status = wire.Status(device=dev, boot="b", seq=0, sent=now, online=True)
+        s.handle(topics.status(FLEET, dev), wire.encode(status))
+    policy = ro.RolloutPolicy(stages=(100.0,), min_devices=1, bake=3600.0)
+    dep = s.rollouts.create("digits", "1.0.0", FLEET, devices=["typed", "odd"], policy=policy)
+    s.rollouts.tick(dep["id"])
+    assert sorted(a.device for a in sent) == ["odd", "typed"]
+
+    health = events.HealthOutcome(
+        predictions=25,
+        errors=0,
+        p95_ms=1.5,
+        latency_ratio=None,
+        ratio_basis="samples",
+        error_rate=0,
+    )
+    odd_health = {**msgspec.to_builtins(health), "predictions": "plenty"}
+    answers = [
+        (
+            "typed",
+            "update-committed",
+            events.to_data(events.UpdateCommitted(version="1.0.0", at="health", health=health)),
+        ),
+        ("odd", "update-committed", {"version": "1.0.0", "at": "health", "health": odd_health}),
+        ("odd", "firmware-flashed", {"slot": "b", "nested": {"ok": [1, 2]}}),
+    ]
+    for seq, (dev, kind, data) in enumerate(answers, start=1):
+        ev = wire.Event(
+            device=dev,
+            boot="b",
+            seq=seq,
+            sent=time.time(),
+            kind=kind,
+            command_id=f"{dep['id']}/{dev}/u",
+            data=data,
+        )
+        s.handle(topics.events(FLEET, dev), wire.encode(ev))
+    assert s.counters.stored_events == 3
+    assert s.counters.untyped_events == 2  # the misfit and the unknown kind
+    assert t.typed(s.stats(), t.Stats).untyped_events == 2
+
+    s.rollouts.tick(dep["id"])
+    states = {d["device"]: d for d in s.rollouts.status(dep["id"])["device_states"]}
+    assert states["typed"]["state"] == states["odd"]["state"] == ro.COMMITTED
+    assert states["typed"]["health"] == msgspec.to_builtins(health)
+    assert states["odd"]["health"] is None  # nothing read from data that does not fit
+    stored = {e["kind"]: e["data"] for e in s.store.events_of(FLEET, "odd")}
+    assert stored == {"update-committed": answers[1][2], "firmware-flashed": answers[2][2]}

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeops.core import wire
+from edgeops.core import events, wire
 from edgeops.core.errors import WireError
 from edgeops.core.latency import merge_wire
 from edgeops.core.window.merge import merge_windows
@@ -112,6 +112,8 @@ def assert_storable(msg: wire.Message) -> None:
     if isinstance(msg, wire.Event):
         assert len(msg.kind) <= 64 and (msg.command_id is None or len(msg.command_id) <= 128)
         json.dumps(msg.data)
+        # its data reads as its kind's record or as nothing, never an exception
+        assert (events.data_of(msg) is None) == (events.misfit(msg.kind, msg.data) is not None)
     assert wire.decode(wire.encode(msg)) == msg
 
 

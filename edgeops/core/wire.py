@@ -313,8 +313,11 @@ class Event(_DeviceMessage, frozen=True, kw_only=True, tag="event"):
     message: Text = ""
     command_id: Id | None = None
     data: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Free-form detail: at most :data:`MAX_DATA_DEPTH` deep and :data:`MAX_DATA_NODES`
-    values, strings within :data:`Text`'s bounds, numbers finite."""
+    """The record of ``kind`` as a JSON object (:mod:`edgeops.core.events`: the agent builds it
+    typed, a reader gets it back with :func:`edgeops.core.events.data_of`). Decoded as any JSON
+    object within these bounds, so an unknown kind or a record from another agent version is
+    kept as it came: at most :data:`MAX_DATA_DEPTH` deep and :data:`MAX_DATA_NODES` values,
+    strings within :data:`Text`'s bounds, numbers finite."""
 
     def __post_init__(self) -> None:
         check_data(self.data)

@@ -2,9 +2,11 @@
 describes them and every answer is checked against its type before it is sent.
 
 The store's rows become these records at the API's edge (:func:`typed`). Three fields are
-free-form JSON objects because they are free-form where they come from: an event's ``data`` and
-a deployment device's ``health`` (what the device reported, see :class:`edgeops.core.wire.Event`),
-and an alert's ``detail`` (the distances of its kind of check).
+JSON objects as they were stored: an event's ``data`` (its kind's record,
+:mod:`edgeops.core.events`, or, from an agent this service does not understand, whatever it sent),
+a deployment device's ``health`` (:class:`edgeops.core.events.HealthOutcome` as the device reported
+it; older rows as they were stored), and an alert's ``detail`` (the distances of its kind of
+check).
 """
 
 from __future__ import annotations
@@ -243,6 +245,9 @@ class Stats(msgspec.Struct):
     dead_letters: int
     dead_letters_dropped: int
     evaluation_errors: int
+    untyped_events: int
+    """Events stored whose data is not their kind's record (an unknown kind, or data that does
+    not fit it): kept as sent, nothing read from their data."""
     rejected: dict[str, int]
     """Refused messages per reason."""
     rejected_total: int

@@ -13,6 +13,9 @@ What a message can do to it:
   outside ``max_clock_skew`` ahead or ``max_age`` behind the service's clock, windows that do not
   fit the registered baseline): refused with a reason, counted, and kept as a dead letter
   (rate-limited, bounded, purged by retention); never stored.
+- **An event whose data this service cannot read** (a kind it does not know, from a newer agent,
+  or data that does not fit its kind's record, :mod:`edgeops.core.events`): stored as it came,
+  counted (``untyped_events``) and logged; readers take nothing from its data.
 - **Too many** (one device past its token bucket, device ids never seen past the new-device
   quota): refused, counted, acknowledged; not dead-lettered (that would be the flood again).
 - **Unstorable** (the database refuses it while it accepts others): a batch that fails while the
@@ -36,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeops.core import topics, wire
+from edgeops.core import events, topics, wire
 from edgeops.core.errors import WireError
 from edgeops.service import db
 from edgeops.service.baselines import Baselines
@@ -79,6 +82,9 @@ class Counters:
     dead_letters_dropped: int = 0
     """Refused messages not kept as dead letters because their rate limit was reached."""
     evaluation_errors: int = 0
+    untyped_events: int = 0
+    """Events kept whose data is not their kind's record (an unknown kind, or data that does not
+    fit it); counted as they arrive."""
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
     def as_dict(self) -> dict[str, Any]:
@@ -279,6 +285,17 @@ class Intake:
             misfit = None if baseline is None else baseline.misfit(m)
             if misfit is not None:
                 return self._refuse(d, "baseline", misfit) or _Item(d)
+        if isinstance(m, wire.Event):
+            untyped = events.misfit(m.kind, m.data)
+            if untyped is not None:
+                self.counters.untyped_events += 1
+                self._log.warning(
+                    "untyped event",
+                    "event %s on %s kept with untyped data: %s",
+                    clip(m.kind, 64),
+                    d.topic,
+                    untyped,
+                )
         return _Item(d, fleet=t.fleet, message=m)
 
     def _clock_problem(self, m: wire.DeviceMessage, received: float) -> str | None:

@@ -9,6 +9,7 @@ role: see :mod:`edgeops.service.api`).
       edgeops_messages_rejected_total{reason}         refused, per reason
       edgeops_messages_duplicate_total                already stored (QoS 1 redelivery)
       edgeops_dead_letters_total                      refused messages kept with their reason
+      edgeops_events_untyped_total                    events kept whose data is not their kind's
       edgeops_storage_retries_total
       edgeops_evaluations_total, edgeops_evaluation_errors_total
       edgeops_intake_lag_seconds                      how long the oldest queued message waited
@@ -99,6 +100,11 @@ class ServiceCollector(Collector):
             "edgeops_messages_duplicate",
             "Messages already stored (redelivered or repeated)",
             s["duplicates"],
+        )
+        yield counter(
+            "edgeops_events_untyped",
+            "Events stored whose data is not their kind's record (unknown kind or misfit)",
+            s["untyped_events"],
         )
         yield counter(
             "edgeops_dead_letters", "Refused messages kept with their reason", s["dead_letters"]

@@ -31,10 +31,11 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgeops.core import wire
+from edgeops.core import events, wire
 from edgeops.core.errors import RolloutError
 from edgeops.core.latency import merge_wire
 from edgeops.service import db
@@ -374,9 +375,9 @@ class Rollouts:
                 d["decided"] = now
             if new in (*ro.DECIDED, ro.REVERTED, ro.REVERT_FAILED):
                 d["reason"] = message or None
-            health = (data or {}).get("health")
-            if health is not None:
-                d["health"] = health
+            outcome = events.parse(kind, data)
+            if isinstance(outcome, events.UpdateOutcome) and outcome.health is not None:
+                d["health"] = msgspec.to_builtins(outcome.health)
             changed[device] = d
             log.info("deployment %s: %s %s", dep["id"], device, new)
         dep["_dirty"] = bool(rows)
