@@ -368,7 +368,7 @@ def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -
     assert topics_ == ["edgeops/v1/lab/pi-01/cmd", "edgeops/v1/lab/pi-02/cmd"]
     # Counters are at least the time in microseconds: a new database does not go back.
     fresh = storage.Store(storage.connect(f"sqlite:///{tmp_path / 'new.db'}"))
-    (after,) = fresh.next_counters([("lab", "pi-01")])
+    (after,) = fresh.counters.next([("lab", "pi-01")])
     assert after > max(pi01)
     # Without a key the service sends unsigned commands (devices refuse them by default).
     ((_, bare),) = CommandSigner(one, None).issue(batch[:1])

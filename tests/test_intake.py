@@ -347,7 +347,7 @@ def test_a_message_the_database_refuses_is_split_out_and_dead_lettered(
             raise sa.exc.DataError("INSERT", {}, Exception("value too long for this column"))
         return add_batch(new_windows, *a, **kw)
 
-    monkeypatch.setattr(s.store, "add_batch", refusing)
+    monkeypatch.setattr(s.store.telemetry, "add_batch", refusing)
     acked: list[int] = []
     s.intake.ack = lambda batch: acked.extend(d.mid for d in batch)
     windows = [fresh(real_windows[i % 4], f"d{i}", "b", i) for i in range(31)]
