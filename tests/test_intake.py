@@ -339,7 +339,7 @@ def test_a_message_the_database_refuses_is_split_out_and_dead_lettered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     s = make_service()
-    add_batch = s.store.add_batch
+    add_batch = s.store.telemetry.add_batch
     poison = "poison"
 
     def refusing(new_windows: Any = (), *a: Any, **kw: Any) -> storage.StoredBatch:

@@ -102,6 +102,7 @@ class Store:
         return bytes(row[0])
 
     def count_rows(self, table: sa.Table) -> int:
+        """How many rows ``table`` holds."""
         with self.engine.begin() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
