@@ -71,8 +71,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeops.core import topics, wire
 from edgeops.core.terminal import render
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.auth import Tokens
+from edgeops.service.storage import schema
 from edgeops.testing import Mosquitto, free_port
 
 FLEET = service_bench.FLEET
@@ -115,7 +116,7 @@ def template_drift(
     try:
         t = msgspec.structs.replace(base, device="template", sent=time.time())
         svc.handle(topics.telemetry(FLEET, "template"), wire.encode(t))
-        rows = svc.store.drift_rows(latest=False)
+        rows = svc.store.drift.rows(latest=False)
     finally:
         svc.engine_db.dispose()
     newest = max(r["evaluated"] for r in rows)
@@ -143,7 +144,7 @@ def fill(
     windows = drift_rows = 0
     k = 0
 
-    def window(name: str, end: float, length: float) -> db.NewWindow:
+    def window(name: str, end: float, length: float) -> storage.NewWindow:
         nonlocal k
         seqs[name] += 1
         base = bases[k % len(bases)]
@@ -152,7 +153,7 @@ def fill(
             base, device=name, boot=boots[name], seq=seqs[name], sent=end + 0.01,
             window_start=end - length, window_end=end,
         )  # fmt: skip
-        return db.NewWindow(FLEET, t, wire.encode(t))
+        return storage.NewWindow(FLEET, t, wire.encode(t))
 
     def evaluated(name: str, at: float) -> list[dict[str, Any]]:
         return [{**r, "fleet": FLEET, "device": name, "evaluated": at} for r in template]
@@ -167,7 +168,7 @@ def fill(
         at = start + offset
         who = names if offset % every == 0 else busy
         batch = [window(n, at, s.cadence if n not in busy else BUSY_CADENCE) for n in who]
-        store.add_batch(batch, now=at)
+        store.telemetry.add_batch(batch, now=at)
         windows += len(batch)
         for n in who:
             if n in busy or at >= next_drift[n]:
@@ -175,7 +176,7 @@ def fill(
                 next_drift[n] = at + s.drift_every
         if len(pending_drift) >= 20_000:
             with store.begin() as conn:
-                store.add_drift(conn, pending_drift)
+                store.drift.add(conn, pending_drift)
             drift_rows += len(pending_drift)
             pending_drift = []
         if time.monotonic() - last_say > 15:
@@ -183,7 +184,7 @@ def fill(
             last_say = time.monotonic()
     if pending_drift:
         with store.begin() as conn:
-            store.add_drift(conn, pending_drift)
+            store.drift.add(conn, pending_drift)
         drift_rows += len(pending_drift)
     # Statuses name an older build (another sha256), so that the deployment of the bundle
     # targets every device, as a rollout to the whole fleet does.
@@ -197,7 +198,7 @@ def fill(
             (FLEET, wire.Status(device=n, boot=boots[n], seq=seqs[n], sent=now, online=True,
                                 model=older, agent_version="0.1.0"))
         )  # fmt: skip
-    store.add_batch(statuses=statuses, now=now)
+    store.telemetry.add_batch(statuses=statuses, now=now)
     alerted = names[:: max(1, round(1 / 0.05))]
     rows = [
         {
@@ -219,7 +220,7 @@ def fill(
         for r in template[:2]
     ]
     with store.begin() as conn:
-        store.raise_alerts(conn, rows)
+        store.alerts.add(conn, rows)
     dep = svc.rollouts.create(model.name, model.version, FLEET)
     # Aborted before any command went out: its page lists every device, and no rollout step
     # runs in the measured service (its devices are not there to answer).
@@ -358,7 +359,7 @@ def intake_run(
     tag = f"load{round_}-{polled}"
     stream = service_bench.make_stream(bases, s.load, max(1, s.stream // s.load), tag)
     with engine.connect() as conn:
-        first_id = conn.execute(sa.select(sa.func.max(db.windows.c.id))).scalar() or 0
+        first_id = conn.execute(sa.select(sa.func.max(schema.windows.c.id))).scalar() or 0
     poller = None
     if polled != "none":
         paths = ",".join(p.format(device=device) for p in POLLED[polled])
@@ -379,7 +380,7 @@ def intake_run(
         time.sleep(0.05)
         with engine.connect() as conn:
             stored = conn.execute(
-                sa.select(sa.func.count()).where(db.windows.c.id > first_id)
+                sa.select(sa.func.count()).where(schema.windows.c.id > first_id)
             ).scalar_one()
     seconds = time.perf_counter() - t0
     sender.join()
@@ -454,8 +455,8 @@ def run(s: Settings) -> None:
     fill_seconds = time.perf_counter() - t0
     db_bytes = sum(p.stat().st_size for p in work.glob("service.db*"))
     say(f"  {filled['windows']:,} windows, {filled['drift_rows']:,} drift rows")
-    engine = db.connect(url)
-    token = Tokens(db.Store(engine)).create("bench", "read")
+    engine = storage.connect(url)
+    token = Tokens(storage.Store(engine)).create("bench", "read")
     with Mosquitto() as broker:
         serve = Serve(url, broker, work)
         try:

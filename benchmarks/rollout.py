@@ -110,11 +110,11 @@ from bench_smoke import RunMode, add_mode_options, mode_of
 
 from edgeops.core.errors import RolloutError
 from edgeops.core.terminal import fmt, render
-from edgeops.service import db
 from edgeops.service import rollout_policy as ro
 from edgeops.service.config import ServiceConfig
 from edgeops.service.rollout_policy import RolloutPolicy
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.simulate import Fleet, FleetConfig
 from edgeops.testing import Mosquitto, write_bad_bundles
 
@@ -391,10 +391,10 @@ def wait_known(service: Service, watch: Watch, fleet: str, n: int, limit: float)
     t0 = time.monotonic()
 
     def known() -> bool:
-        return sum(bool(d["online"]) for d in service.store.devices(fleet)) >= n
+        return sum(bool(d["online"]) for d in service.store.devices.all(fleet)) >= n
 
     if not watch.until(known, limit, 0.5):
-        online = sum(bool(d["online"]) for d in service.store.devices(fleet))
+        online = sum(bool(d["online"]) for d in service.store.devices.all(fleet))
         raise RuntimeError(f"the service sees {online} of {n} devices of {fleet} online")
     return time.monotonic() - t0
 
@@ -402,7 +402,7 @@ def wait_known(service: Service, watch: Watch, fleet: str, n: int, limit: float)
 def deployment_events(service: Service, dep_id: str) -> dict[str, dict[str, float]]:
     """Per device, the first time (the device's ``sent``) of each event kind answering one of the
     deployment's commands."""
-    e = db.events.c
+    e = schema.events.c
     with service.store.begin() as conn:
         rows = conn.execute(
             sa.select(e.device, e.kind, e.sent).where(e.command_id.like(f"{dep_id}/%"))
@@ -703,7 +703,7 @@ def measure_good(
     new = f"digits {version}"
 
     def service_on_new() -> int:
-        return sum(d["model_version"] == version for d in service.store.devices(FLEET))
+        return sum(d["model_version"] == version for d in service.store.devices.all(FLEET))
 
     watch.until(lambda: service_on_new() >= s.devices, 15.0, 0.5)
     return Good(

@@ -135,9 +135,10 @@ from device_agent.config import (
 from edgeops.core import topics, wire
 from edgeops.core.broker import BrokerSettings
 from edgeops.core.terminal import fmt, render
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.config import DEFAULT_THRESHOLDS, ServiceConfig
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 FloatArray = npt.NDArray[np.float32]
@@ -707,7 +708,7 @@ def newest_evaluated(engine: sa.Engine) -> tuple[int, int]:
     """Devices with windows, and how many of them had their newest window evaluated: a device's
     newest evaluation counts the samples of a span ending at its last window, so it is at least
     as recent as that window's arrival."""
-    w, d = db.windows.c, db.drift.c
+    w, d = schema.windows.c, schema.drift.c
     with engine.connect() as conn:
         last_window = dict(
             conn.execute(sa.select(w.device, sa.func.max(w.received)).group_by(w.device)).all()
@@ -771,7 +772,7 @@ def wait_stored(engine: sa.Engine, n: int) -> None:
     """Until the windows table holds ``n`` rows, or nothing was stored for STALL_SECONDS."""
     last, changed = -1, time.monotonic()
     while True:
-        found = count_rows(engine, db.windows)
+        found = count_rows(engine, schema.windows)
         if found >= n:
             return
         if found != last:
@@ -792,7 +793,7 @@ def run_phase(
     else:
         assert pg is not None
         url = pg_database(pg, f"bench_{phase.slug}")
-    engine = db.connect(url)  # creates the tables once, before the services start
+    engine = storage.connect(url)  # creates the tables once, before the services start
     n = len(stream)
     tls: dict[str, str] | None = None
     if phase.tls:
@@ -865,11 +866,11 @@ def run_phase(
         for c in services:
             c.send("stop")
         reports = [c.expect("done", 700) for c in services]
-    in_db = count_rows(engine, db.windows)
+    in_db = count_rows(engine, schema.windows)
     evaluations = count_rows(
-        engine, db.drift, db.drift.c.scope == "device", db.drift.c.kind == "dataset"
+        engine, schema.drift, schema.drift.c.scope == "device", schema.drift.c.kind == "dataset"
     )
-    alerts = count_rows(engine, db.alerts)
+    alerts = count_rows(engine, schema.alerts)
     devices_in_db, devices_evaluated = newest_evaluated(engine)
     engine.dispose()
     started = [r["first"] for r in reports if r["first"] is not None]
@@ -1071,8 +1072,8 @@ def breakdown(name: str, url: str, stream: Stream, m: Model, s: Settings) -> Bre
         stages = Stages()
         stages.wrap(svc, "handle_batch", "handle")
         stages.wrap(svc.intake, "_check", "check")
-        stages.wrap(svc.store, "add_batch", "store")
-        stages.wrap(svc.store, "device_span", "span")
+        stages.wrap(svc.store.telemetry, "add_batch", "store")
+        stages.wrap(svc.store.telemetry, "device_span", "span")
         stages.wrap(svc.engine, "_evaluate", "_evaluate")
         stages.wrap(svc.engine, "_store_and_step", "_store_and_step")
         sql = SqlMeter(svc.engine_db)
@@ -1200,9 +1201,9 @@ def drift_stream(p: Model, spec: StreamSpec, work: Path, s: Settings) -> StreamR
                 t = agent.flush_window()
                 assert t is not None
                 svc.handle(topic, wire.encode(t))
-                alerts = svc.store.active_alerts(device=device)
+                alerts = svc.store.alerts.active(device=device)
                 active.append(frozenset(_key(a) for a in alerts))
-        found = list(reversed(svc.store.drift_rows(device=device, latest=False)))
+        found = list(reversed(svc.store.drift.rows(device=device, latest=False)))
     finally:
         svc.stop()
     evaluations = [list(g) for _, g in itertools.groupby(found, key=lambda r: r["evaluated"])]

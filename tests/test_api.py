@@ -25,12 +25,13 @@ from litestar.testing import TestClient
 
 from device_agent.download import download
 from edgeops.core.errors import AccessDenied, DownloadFailed, EdgeOpsError, UsageError
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.api import make_app
 from edgeops.service.auth import ROLES, BundleLinks, Tokens
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import ServiceClient
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.testing import Mosquitto, Postgres, make_test_pki
 
 NEEDS: dict[tuple[str, str], str] = {
@@ -266,12 +267,12 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_tokens_are_kept_hashed_and_checked_by_role(database: str, tmp_path: Path) -> None:
-    engine = db.connect(database)
+    engine = storage.connect(database)
     try:
-        tokens = Tokens(db.Store(engine))
+        tokens = Tokens(storage.Store(engine))
         made = {role: tokens.create(f"ops-{role}", role) for role in ROLES}
         with engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(sa.select(db.api_tokens)).mappings()]
+            rows = [dict(r) for r in conn.execute(sa.select(schema.api_tokens)).mappings()]
         stored = json.dumps(rows, default=str)
         for role, token in made.items():
             assert re.fullmatch(r"eo_[A-Za-z0-9_-]{43}", token)
@@ -391,11 +392,11 @@ def test_links_are_signed_with_the_database_secret(tmp_path: Path, api: Api) -> 
     """Every process on one database shares the secret (a link one made, another serves); a
     service on another database refuses it."""
     query = api.service.links.query(api.sha256)
-    same = BundleLinks.of(db.Store(api.service.engine_db), valid_for=60)
+    same = BundleLinks.of(storage.Store(api.service.engine_db), valid_for=60)
     assert same.problem(api.sha256, *re.findall(r"=([^&]+)", query)) is None
-    engine = db.connect(f"sqlite:///{tmp_path / 'other.db'}")
+    engine = storage.connect(f"sqlite:///{tmp_path / 'other.db'}")
     try:
-        other = BundleLinks.of(db.Store(engine), valid_for=60)
+        other = BundleLinks.of(storage.Store(engine), valid_for=60)
         assert other.problem(api.sha256, *re.findall(r"=([^&]+)", query)) == (
             "the link's signature does not match"
         )

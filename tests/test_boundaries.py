@@ -1,6 +1,6 @@
 """Package boundaries, as prefixes: a device imports ``edgeops.core`` and nothing else of
 ``edgeops``; ``edgeops.core`` imports only itself; neither loads TensorFlow or the server side;
-the CLI's help stays free of TensorFlow."""
+the CLI's help stays free of TensorFlow; the service's SQL stays in ``edgeops/service/storage``."""
 
 from __future__ import annotations
 
@@ -81,11 +81,72 @@ def test_core_imports_only_itself() -> None:
     assert _outside("edgeops/core", ("edgeops.core",)) == []
 
 
+STORAGE = ROOT / "edgeops" / "service" / "storage"
+DATABASE = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "edgeops.service.storage.schema")
+"""What only the storage imports: the SQL toolkit, database drivers, the tables."""
+RUNS_SQL = ("execute", "exec_driver_sql")
+"""Methods of a database connection: calling one runs SQL."""
+
+
+def _sql_outside_storage(paths: list[Path]) -> list[str]:
+    """``file:line what`` for each import of :data:`DATABASE` (at any depth) and each call of a
+    method of :data:`RUNS_SQL` in ``paths``."""
+    bad = []
+    for path in paths:
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        for line, name in _imports(path):
+            if any(name == m or name.startswith(m + ".") for m in DATABASE):
+                bad.append(f"{where}:{line} imports {name}")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if call and node.func.attr in RUNS_SQL:
+                bad.append(f"{where}:{node.lineno} calls .{node.func.attr}()")
+    return bad
+
+
+def test_only_storage_holds_sql() -> None:
+    """No module of the service outside ``edgeops/service/storage/`` imports SQLAlchemy, a
+    database driver or the tables, or runs a statement on a connection; no other code of the
+    project imports SQLAlchemy at all (the device's outbox keeps its own SQLite file)."""
+    service = [
+        p
+        for p in sorted((ROOT / "edgeops" / "service").rglob("*.py"))
+        if not p.is_relative_to(STORAGE)
+    ]
+    assert service and _sql_outside_storage(service) == []
+    rest = [
+        p
+        for package in ("edgeops", "device_agent", "converters")
+        for p in sorted((ROOT / package).rglob("*.py"))
+        if not p.is_relative_to(STORAGE) and any(n.startswith("sqlalchemy") for _, n in _imports(p))
+    ]
+    assert rest == []
+
+
+def test_storage_check_catches_sql_elsewhere(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from edgeops.service.storage import schema\n"
+        "def f(store):\n"
+        "    import sqlalchemy as sa\n"
+        "    with store.begin() as conn:\n"
+        "        conn.execute(sa.select(schema.windows))\n"
+    )
+    found = _sql_outside_storage([bad])
+    assert [f.split(" ", 1)[1] for f in found] == [
+        "imports edgeops.service.storage.schema",
+        "imports sqlalchemy",
+        "calls .execute()",
+    ], found
+
+
 def test_prefix_check_catches_a_device_import_of_the_server(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from edgeops.service.db import Store\n    import edgeops.drift\n")
+    bad.write_text(
+        "def f():\n    from edgeops.service.storage import Store\n    import edgeops.drift\n"
+    )
     names = [name for _, name in _imports(bad)]
-    assert "edgeops.service.db" in names and "edgeops.drift" in names
+    assert "edgeops.service.storage.Store" in names and "edgeops.drift" in names
 
 
 def test_device_agent_import_stays_light() -> None:

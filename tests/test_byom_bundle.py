@@ -406,10 +406,10 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
             assert _wait(  # the span of all three
                 lambda: any(
                     r["feature"] == "sr" and r["samples"] >= 600
-                    for r in service.store.drift_rows(device=name)
+                    for r in service.store.drift.rows(device=name)
                 )
             )
-            assert not [r for r in service.store.drift_rows(device=name) if r["drifted"]]
+            assert not [r for r in service.store.drift.rows(device=name) if r["drifted"]]
             for _ in range(3):
                 agent.predict({"input": calm["input"] * 8, "state": calm["state"], "sr": 16000})
                 agent.flush_window()
@@ -417,12 +417,12 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
             assert _wait(
                 lambda: any(
                     r["feature"] == "input:std[c0]" and r["drifted"]
-                    for r in service.store.drift_rows(device=name)
+                    for r in service.store.drift.rows(device=name)
                 )
             )
         finally:
             agent.stop()
-        rows = service.store.drift_rows(device=name)
+        rows = service.store.drift.rows(device=name)
     features = {(r["kind"], r["feature"]) for r in rows}
     assert {("input", f) for f in INPUT_WINDOWS} <= features, features
     assert ("output", "class") in features

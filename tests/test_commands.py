@@ -335,11 +335,12 @@ def test_time_checks_use_the_devices_clock() -> None:
 
 def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -> None:
     from edgeops.core.errors import UsageError
-    from edgeops.service import db
+    from edgeops.service import storage
     from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
 
     url = f"sqlite:///{tmp_path / 'service.db'}"
-    one, two = db.Store(db.connect(url)), db.Store(db.connect(url))  # two service processes
+    # two service processes
+    one, two = storage.Store(storage.connect(url)), storage.Store(storage.connect(url))
     signer = CommandSigner(one, KEY)
     other = CommandSigner(two, KEY)
     draft = CommandDraft("c1", wire.PingArgs(), NOW, NOW + 60)
@@ -366,8 +367,8 @@ def test_the_service_numbers_commands_per_device_and_signs_them(tmp_path: Any) -
     topics_ = [t for t, _ in signer.issue(batch)]
     assert topics_ == ["edgeops/v1/lab/pi-01/cmd", "edgeops/v1/lab/pi-02/cmd"]
     # Counters are at least the time in microseconds: a new database does not go back.
-    fresh = db.Store(db.connect(f"sqlite:///{tmp_path / 'new.db'}"))
-    (after,) = fresh.next_counters([("lab", "pi-01")])
+    fresh = storage.Store(storage.connect(f"sqlite:///{tmp_path / 'new.db'}"))
+    (after,) = fresh.counters.next([("lab", "pi-01")])
     assert after > max(pi01)
     # Without a key the service sends unsigned commands (devices refuse them by default).
     ((_, bare),) = CommandSigner(one, None).issue(batch[:1])

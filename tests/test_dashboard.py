@@ -113,7 +113,7 @@ def live(
         with Fleet(fleet_cfg) as fleet:
 
             def alerted() -> set[str]:
-                return {a["device"] for a in service.store.active_alerts(name)}
+                return {a["device"] for a in service.store.alerts.active(name)}
 
             _until(lambda: set(DRIFTED) <= alerted(), 120, "alerts on both drifted devices")
             # A deployment to one calm device that bakes for an hour once it is updated: it stays
@@ -372,7 +372,7 @@ def test_the_metrics_count_the_alerts_the_pages_show(live: Live) -> None:
     from tests.test_prometheus import scrape, value
 
     _, samples = scrape(f"{live.url}/metrics", live.read)
-    active = live.service.store.active_alerts(live.name)
+    active = live.service.store.alerts.active(live.name)
     for kind in ("input", "output", "dataset"):
         expected = sum(a["kind"] == kind for a in active)
         assert expected >= 2  # both drifted devices

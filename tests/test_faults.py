@@ -30,11 +30,12 @@ import pytest
 import sqlalchemy as sa
 
 from edgeops.core import topics, wire
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.config import ServiceConfig
 from edgeops.service.report import get, post
 from edgeops.service.rollout_policy import RolloutPolicy
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.simulate import Fleet, FleetConfig
 from edgeops.testing import (
     Mosquitto,
@@ -150,7 +151,7 @@ class Window:
 
 
 def stored_windows(engine: sa.Engine, fleet: str) -> list[Window]:
-    w = db.windows.c
+    w = schema.windows.c
     q = (
         sa.select(
             w.device,
@@ -276,7 +277,7 @@ def check_windows(
 
     def missing() -> int:
         with engine.connect() as conn:
-            w = db.windows.c
+            w = schema.windows.c
             rows = conn.execute(sa.select(w.device, w.boot, w.seq).where(w.fleet == fleet))
             have = {tuple(r) for r in rows}
         return len(set(closed.windows) - have)
@@ -330,7 +331,9 @@ def test_a_broker_down_for_20_s_mid_rollout_loses_no_window_and_the_rollout_comp
             )
 
             def known() -> bool:
-                return {d["device"] for d in service.store.devices(name)} >= set(fleet.device_ids)
+                return {d["device"] for d in service.store.devices.all(name)} >= set(
+                    fleet.device_ids
+                )
 
             def status() -> dict[str, Any]:
                 return service.rollouts.status(dep["id"])
@@ -455,7 +458,7 @@ def test_a_service_killed_mid_rollout_resumes_it_and_loses_no_window(
     monkeypatch.setenv("EDGEOPS_TOKEN", make_api_token(db_url, "deploy"))  # for get and post
     with Mosquitto(directory=tmp_path / "mosquitto") as broker:
         p = serve(broker.port)
-        engine = db.connect(db_url)
+        engine = storage.connect(db_url)
         fleet = Fleet(
             fleet_config(
                 broker.port,

@@ -269,11 +269,11 @@ def test_the_service_and_a_simulated_fleet_run_over_tls(
                 assert fleet.online == 3, fleet.connect_problem
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
-                    seen = {r["device"] for r in service.store.devices(FLEET)}
+                    seen = {r["device"] for r in service.store.devices.all(FLEET)}
                     if seen >= set(ids) and service.counters.stored_windows >= 6:
                         break
                     time.sleep(0.2)
-                assert {r["device"] for r in service.store.devices(FLEET)} >= set(ids)
+                assert {r["device"] for r in service.store.devices.all(FLEET)} >= set(ids)
                 assert service.counters.stored_windows >= 6
                 assert sum(service.counters.rejected.values()) == 0
 

@@ -29,11 +29,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_agent.agent import Agent
 from edgeops.core import topics, wire
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.config import IntakeLimits, Retention, ServiceConfig
 from edgeops.service.evaluation import EvaluationQueue
 from edgeops.service.report import ServiceClient
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.testing import Mosquitto, Postgres, free_port, make_api_token
 from tests.hostile import Hostile, hostile_messages
 from tests.test_agent import make_config
@@ -215,14 +216,14 @@ def test_a_hostile_flood_cannot_stop_the_intake_through_a_kill_and_a_restart(
             pub.send([(t, p) for t, p, _ in stream[third : 2 * third]])  # queued while down
             serve.start()
             pub.send([(t, p) for t, p, _ in stream[2 * third :]])
-            engine = db.connect(database)
+            engine = storage.connect(database)
             try:
 
                 def stored() -> int:
                     with engine.begin() as conn:
                         return int(
                             conn.execute(
-                                sa.select(sa.func.count()).select_from(db.windows)
+                                sa.select(sa.func.count()).select_from(schema.windows)
                             ).scalar_one()
                         )
 
@@ -237,11 +238,13 @@ def test_a_hostile_flood_cannot_stop_the_intake_through_a_kill_and_a_restart(
                     keys = [
                         tuple(r)
                         for r in conn.execute(
-                            sa.select(db.windows.c.device, db.windows.c.boot, db.windows.c.seq)
+                            sa.select(
+                                schema.windows.c.device, schema.windows.c.boot, schema.windows.c.seq
+                            )
                         )
                     ]
                     dead = conn.execute(
-                        sa.select(db.dead_letters.c.reason, db.dead_letters.c.sha256)
+                        sa.select(schema.dead_letters.c.reason, schema.dead_letters.c.sha256)
                     ).all()
             finally:
                 engine.dispose()
@@ -317,7 +320,7 @@ def test_a_device_past_its_rate_and_new_devices_past_the_quota_are_refused_and_c
     s.handle_batch([(topics.telemetry(FLEET, "noisy"), wire.encode(t)) for t in noisy])
     assert s.counters.stored_windows == 10 and s.counters.rejected["rate limited"] == 20
     # rate-limited messages are counted, not kept as dead letters (that would be the flood)
-    assert s.store.dead_letters() == []
+    assert s.store.telemetry.dead_letters() == []
     many = [fresh(real_windows[0], f"new-{i}", "b", 0) for i in range(12)]
     s.handle_batch([(topics.telemetry(FLEET, t.device), wire.encode(t)) for t in many])
     # "noisy" took one of the five new-device places
@@ -336,15 +339,15 @@ def test_a_message_the_database_refuses_is_split_out_and_dead_lettered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     s = make_service()
-    add_batch = s.store.add_batch
+    add_batch = s.store.telemetry.add_batch
     poison = "poison"
 
-    def refusing(new_windows: Any = (), *a: Any, **kw: Any) -> db.StoredBatch:
+    def refusing(new_windows: Any = (), *a: Any, **kw: Any) -> storage.StoredBatch:
         if any(w.telemetry.device == poison for w in new_windows):
             raise sa.exc.DataError("INSERT", {}, Exception("value too long for this column"))
         return add_batch(new_windows, *a, **kw)
 
-    monkeypatch.setattr(s.store, "add_batch", refusing)
+    monkeypatch.setattr(s.store.telemetry, "add_batch", refusing)
     acked: list[int] = []
     s.intake.ack = lambda batch: acked.extend(d.mid for d in batch)
     windows = [fresh(real_windows[i % 4], f"d{i}", "b", i) for i in range(31)]
@@ -359,7 +362,7 @@ def test_a_message_the_database_refuses_is_split_out_and_dead_lettered(
     assert len(outcome.windows) == 31 and outcome.dead_letters == 1
     assert sorted(acked) == list(range(32))  # every message acked, the poison too
     assert s.counters.rejected["storage"] == 1
-    (dead,) = s.store.dead_letters()
+    (dead,) = s.store.telemetry.dead_letters()
     assert dead["reason"] == "storage" and "too long" in dead["detail"]
     assert dead["size"] == len(batch[17].payload) == len(dead["payload"])  # kept whole
 
@@ -453,14 +456,14 @@ def test_retention_purges_old_rows_and_keeps_the_newest_dead_letters(
     old, new = now - 20 * 86400, now
     for i, when in enumerate([old, old, new]):
         t = fresh(real_windows[0], "d", "b", i)
-        s.store.add_batch([db.NewWindow(FLEET, t, wire.encode(t))], now=when)
+        s.store.telemetry.add_batch([storage.NewWindow(FLEET, t, wire.encode(t))], now=when)
     # in arrival order, each a second after the one before
-    dead = [db.DeadLetter(now - 29 + i, "t", "bad field", "x", b"p" * 10) for i in range(30)]
-    s.store.add_batch(dead=dead, now=now)
+    dead = [storage.DeadLetter(now - 29 + i, "t", "bad field", "x", b"p" * 10) for i in range(30)]
+    s.store.telemetry.add_batch(dead=dead, now=now)
     deleted = s.store.purge(Retention(windows=14, dead_letter_rows=12), now=now, chunk=7)
     assert deleted["windows"] == 2 and deleted["dead_letters"] == 18
-    assert s.store.count_rows(db.windows) == 1 and s.store.count_rows(db.dead_letters) == 12
-    kept = {round(now - r["received"]) for r in s.store.dead_letters()}
+    assert s.store.count_rows(schema.windows) == 1 and s.store.count_rows(schema.dead_letters) == 12
+    kept = {round(now - r["received"]) for r in s.store.telemetry.dead_letters()}
     assert kept == set(range(12))  # the newest
 
 
@@ -480,9 +483,9 @@ def test_spans_follow_arrival_not_the_device_clock(
             count=300,
         )
         s.handle(topics.telemetry(FLEET, "clock"), wire.encode(t))
-    (newest,) = s.store.recent_windows(device="clock", limit=1)
+    (newest,) = s.store.telemetry.recent_windows(device="clock", limit=1)
     assert newest.telemetry.seq == 4  # the last to arrive, not the latest clock
-    span = s.store.device_span(
+    span = s.store.telemetry.device_span(
         newest, since=newest.received - 600, min_samples=500, limit=30, known={}
     )
     assert [w.telemetry.seq for w in span] == [4, 3]
@@ -504,16 +507,16 @@ def test_a_window_flushed_after_a_rollback_does_not_undo_the_devices_model(
     flushed = msgspec.structs.replace(
         fresh(real_windows[0], "rb", "b", 2), model=newer, window_end=now - 1.1, sent=now - 0.5
     )
-    s.store.set_status(FLEET, status)
-    s.store.add_window(FLEET, flushed, wire.encode(flushed))
-    row = s.store.device(FLEET, "rb")
+    s.store.telemetry.set_status(FLEET, status)
+    s.store.telemetry.add_window(FLEET, flushed, wire.encode(flushed))
+    row = s.store.devices.get(FLEET, "rb")
     assert row is not None and row["model_version"] == served.version
     # A window closed after the status names the model the device serves now.
     later = msgspec.structs.replace(
         fresh(real_windows[1], "rb", "b", 3), model=newer, window_end=now, sent=now
     )
-    s.store.add_window(FLEET, later, wire.encode(later))
-    row = s.store.device(FLEET, "rb")
+    s.store.telemetry.add_window(FLEET, later, wire.encode(later))
+    row = s.store.devices.get(FLEET, "rb")
     assert row is not None and row["model_version"] == "1.1.0"
 
 
@@ -535,7 +538,7 @@ def test_one_fleet_that_fails_to_evaluate_does_not_stop_the_others(
 
     monkeypatch.setattr(s.engine, "_evaluate", broken_for_b)
     assert s.engine.evaluate_fleets() == 1
-    fleets = {r["fleet"] for r in s.store.drift_rows(device="_fleet")}
+    fleets = {r["fleet"] for r in s.store.drift.rows(device="_fleet")}
     assert fleets == {"a", "c"}
     assert s.stats()["evaluation_errors"] == 1
 
@@ -568,7 +571,7 @@ def test_reads_survive_a_row_that_no_longer_decodes(
         "payload": msgspec.json.encode(bad),
     }
     with s.store.begin() as conn:
-        conn.execute(sa.insert(db.windows), [row])
+        conn.execute(sa.insert(schema.windows), [row])
     summary = device_summary(s, FLEET, "d")
     assert summary.latency is not None and summary.latency.windows == 1
     assert summary.predictions == good.count
@@ -582,8 +585,10 @@ def test_the_evaluation_queue_coalesces_per_device_and_is_bounded(
 ) -> None:
     q = EvaluationQueue(max_keys=3, keep=2)
 
-    def stored(i: int, device: str) -> db.StoredWindow:
-        return db.StoredWindow(i, FLEET, device, fresh(real_windows[0], device, "b", i), float(i))
+    def stored(i: int, device: str) -> storage.StoredWindow:
+        return storage.StoredWindow(
+            i, FLEET, device, fresh(real_windows[0], device, "b", i), float(i)
+        )
 
     q.put([stored(1, "a"), stored(2, "b"), stored(3, "a"), stored(4, "a")])
     assert len(q) == 2 and q.coalesced == 2

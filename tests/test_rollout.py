@@ -22,10 +22,10 @@ import sqlalchemy as sa
 
 from device_agent.agent import Agent
 from edgeops.core.errors import AccessDenied, UsageError
-from edgeops.service import db
 from edgeops.service import rollout_policy as ro
 from edgeops.service.config import ServiceConfig
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.testing import Mosquitto, write_bad_bundles
 from tests.test_agent import FLEET, make_config
 
@@ -263,7 +263,7 @@ def _finished(service: Service, dep_id: str, timeout: float = 90.0) -> dict[str,
 
 
 def _known(service: Service, fleet: Fleet) -> bool:
-    return {d["device"] for d in service.store.devices(FLEET)} >= set(fleet.agents)
+    return {d["device"] for d in service.store.devices.all(FLEET)} >= set(fleet.agents)
 
 
 FAST = ro.RolloutPolicy(
@@ -285,7 +285,11 @@ def _consistent_on_old(service: Service, fleet: Fleet, status: dict[str, Any]) -
     assert set(fleet.versions().values()) == {"1.0.0"}
     assert _until(
         lambda: (
-            {d["model_version"] for d in service.store.devices(FLEET) if d["device"] in fleet.ids}
+            {
+                d["model_version"]
+                for d in service.store.devices.all(FLEET)
+                if d["device"] in fleet.ids
+            }
             == {"1.0.0"}
         ),
         10,
@@ -353,11 +357,11 @@ def test_a_good_bundle_rolls_out_stage_by_stage(
             # these four must be among those it counts on 1.1.0.
             mine = lambda: {  # noqa: E731
                 d["device"]: d["model_version"]
-                for d in service.store.devices(FLEET)
+                for d in service.store.devices.all(FLEET)
                 if d["device"] in fleet.ids
             }
             assert _until(lambda: set(mine().values()) == {"1.1.0"} and len(mine()) == 4, 60)
-            assert service.store.models()[-1]["devices"].get(FLEET, 0) >= 4
+            assert service.store.models.all()[-1]["devices"].get(FLEET, 0) >= 4
             r = cli("models", "list", "--url", url)
             assert r.code == 0 and "1.1.0" in r.out and f"{FLEET}: " in r.out
             r = cli("deploy", "list", "--url", url)
@@ -408,9 +412,9 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
         manifest = service.register_bundle(bundle)
         if case == "hash":  # the stored bytes no longer match the sha256 devices are given
             with service.store.begin() as conn:
-                data = conn.execute(sa.select(db.bundles.c.data)).scalar_one()
+                data = conn.execute(sa.select(schema.bundles.c.data)).scalar_one()
                 flipped = data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
-                conn.execute(sa.update(db.bundles).values(data=flipped))
+                conn.execute(sa.update(schema.bundles).values(data=flipped))
         assert _until(lambda: _known(service, fleet))
         t0 = time.monotonic()
         status = service.deploy(
@@ -452,7 +456,7 @@ def test_an_offline_device_times_out_as_the_policy_says_and_refuses_the_stale_co
             assert _until(lambda: _known(service, fleet))
             offline = fleet.ids[2]
             fleet.stop(offline)
-            assert _until(lambda: not service.store.device(FLEET, offline)["online"])  # type: ignore[index]
+            assert _until(lambda: not service.store.devices.get(FLEET, offline)["online"])  # type: ignore[index]
             skip = ro.RolloutPolicy.from_dict(
                 {**FAST.to_dict(), "stages": [100], "timeout": 4.0, "on_timeout": "skip"}
             )
@@ -470,7 +474,7 @@ def test_an_offline_device_times_out_as_the_policy_says_and_refuses_the_stale_co
             assert _until(
                 lambda: any(
                     e["kind"] == "command-rejected" and e["data"]["reason"] == "expired"
-                    for e in service.store.events_of(FLEET, offline)
+                    for e in service.store.telemetry.events_of(FLEET, offline)
                 ),
                 20,
             )
@@ -673,7 +677,7 @@ def test_a_drift_alert_deploys_the_bundle_its_policy_names(
                     len(
                         [
                             d
-                            for d in service.store.devices(FLEET)
+                            for d in service.store.devices.all(FLEET)
                             if d["device"].startswith(f"alert{tag}")
                         ]
                     )
@@ -742,8 +746,8 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
                 holder = a.rollouts.status(dep["id"])
                 with a.store.begin() as conn:
                     owner = conn.execute(
-                        sa.select(db.deployments.c.lease_owner).where(
-                            db.deployments.c.id == dep["id"]
+                        sa.select(schema.deployments.c.lease_owner).where(
+                            schema.deployments.c.id == dep["id"]
                         )
                     ).scalar_one()
                 assert owner == a.client_id, owner
@@ -756,8 +760,8 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
                     with b.store.begin() as conn:
                         return str(
                             conn.execute(
-                                sa.select(db.deployments.c.lease_owner).where(
-                                    db.deployments.c.id == dep["id"]
+                                sa.select(schema.deployments.c.lease_owner).where(
+                                    schema.deployments.c.id == dep["id"]
                                 )
                             ).scalar_one()
                         )
@@ -769,7 +773,7 @@ def test_two_services_on_postgresql_step_a_deployment_once_and_take_over(
                 assert set(fleet.versions().values()) == {"1.1.0"}
                 assert holder["state"] == "running"
                 # Each device was sent its update once by one of them (no repeats were needed).
-                events = [e for d in fleet.ids for e in b.store.events_of(FLEET, d)]
+                events = [e for d in fleet.ids for e in b.store.telemetry.events_of(FLEET, d)]
                 downloads = [e for e in events if e["kind"] == "update-downloading"]
                 assert len(downloads) == 3, [(e["device"], e["command_id"]) for e in downloads]
         finally:

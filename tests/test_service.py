@@ -91,19 +91,19 @@ def test_drifted_devices_alert_and_the_others_do_not(
             for a in agents:
                 _serve_windows(a, digits_images, 3, rng)  # three calm windows each
             assert _wait(lambda: service.counters.stored_windows >= 9)
-            assert service.store.active_alerts() == []
+            assert service.store.alerts.active() == []
             drifted = agents[2]
             _serve_windows(drifted, digits_images, 2, rng, shift=5.0)  # drift: two windows
             for a in agents[:2]:
                 _serve_windows(a, digits_images, 2, rng)
             assert _wait(lambda: service.counters.stored_windows >= 15)
-            alerts = service.store.active_alerts()
+            alerts = service.store.alerts.active()
             assert {a["device"] for a in alerts} == {names[2]}, alerts
             features = {(a["kind"], a["feature"]) for a in alerts}
             assert ("input", "image:mean[c0]") in features
             assert ("dataset", "*") in features
             # Distances are stored for every device, alert or not.
-            calm = service.store.drift_rows(device=names[0])
+            calm = service.store.drift.rows(device=names[0])
             assert calm and all(r["drifted"] in (False, None) for r in calm if r["kind"] == "input")
             # The retained alert message is on the broker.
             got: list[wire.Alert] = []
@@ -118,7 +118,7 @@ def test_drifted_devices_alert_and_the_others_do_not(
             assert {a.feature for a in got[-1].alerts} >= {"image:mean[c0]"}
             # Back to normal: the alert clears after K calm windows.
             _serve_windows(drifted, digits_images, 3, rng)
-            assert _wait(lambda: service.store.active_alerts(device=names[2]) == [], 15)
+            assert _wait(lambda: service.store.alerts.active(device=names[2]) == [], 15)
             # The CLI reads it all through the REST API, with a read token.
             url = service.http.address
             assert cli("fleet", "status", "--url", url).code == AccessDenied.exit_code
@@ -166,11 +166,11 @@ def test_bad_and_duplicate_messages_are_counted_not_stored(
         assert c.stored_windows == 1 and c.duplicates == 1 and c.rejected["topic"] == 2
         assert c.rejected["not json"] == 1 and c.rejected["unknown major version"] == 1
         assert c.rejected["oversized"] == 1
-        from edgeops.service import db
+        from edgeops.service.storage import schema
 
-        assert service.store.count_rows(db.windows) == 1
+        assert service.store.count_rows(schema.windows) == 1
         # every refused message is kept with its reason, and none of them as a window
-        dead = service.store.dead_letters()
+        dead = service.store.telemetry.dead_letters()
         assert sorted(d["reason"] for d in dead) == sorted(
             ["not json", "unknown major version", "oversized", "topic", "topic"]
         )
@@ -221,8 +221,8 @@ def test_two_services_share_the_load_with_postgresql_and_ride_out_a_database_out
             finally:
                 for a in agents:
                     a.stop()
-            from edgeops.service import db
+            from edgeops.service.storage import schema
 
-            assert total() == one.store.count_rows(db.windows) == 60 + 4  # 15 each + final
+            assert total() == one.store.count_rows(schema.windows) == 60 + 4  # 15 each + final
             assert one.counters.stored_windows > 0 and two.counters.stored_windows > 0
             assert one.counters.duplicates + two.counters.duplicates == 0

@@ -21,10 +21,11 @@ import sqlalchemy as sa
 
 from device_agent.agent import Agent
 from edgeops.core import wire
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.config import ModelPolicy, ReferencePolicy, ServiceConfig
 from edgeops.service.report import drift_report
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from tests.test_agent import make_config
 
 FLEET = "refs"
@@ -107,16 +108,18 @@ class Device:
             window_end=now, model=model,
         )  # fmt: skip
         self.seq += 1
-        stored = self.service.store.add_batch([db.NewWindow(FLEET, t, wire.encode(t))])
+        stored = self.service.store.telemetry.add_batch(
+            [storage.NewWindow(FLEET, t, wire.encode(t))]
+        )
         for w in stored.windows:
             self.service.engine.evaluate_device(w, {x.id: x for x in stored.windows})
 
     def latest(self, reference: str, kind: str = "dataset") -> list[dict[str, Any]]:
-        rows = self.service.store.drift_rows(device=self.name)
+        rows = self.service.store.drift.rows(device=self.name)
         return [r for r in rows if r["reference"] == reference and r["kind"] == kind]
 
     def alerts(self) -> list[dict[str, Any]]:
-        return self.service.store.active_alerts(device=self.name)
+        return self.service.store.alerts.active(device=self.name)
 
 
 def replace_version(t: wire.Telemetry, version: str) -> wire.ModelRef:
@@ -137,7 +140,7 @@ def test_a_device_reference_gives_a_second_verdict_and_the_policy_says_which_ale
     dev = Device(s, "dark-1")
     for t in windows["dark"][:4]:
         dev.send(t)
-    (ref,) = s.store.references(device="dark-1")
+    (ref,) = s.store.references.all(device="dark-1")
     assert ref["state"] == "ready" and ref["rows"] == 1200
     assert dev.latest("training")[0]["drifted"] is True  # differs from the training data
     for t in windows["dark"][4:8]:
@@ -165,11 +168,11 @@ def test_by_default_both_verdicts_alert_and_unhealthy_spans_stay_out_of_the_refe
         dev.send(t)
     active = dev.alerts()
     assert active and {a["reference"] for a in active} == {"training"}
-    (ref,) = s.store.references(device="calm-1")
+    (ref,) = s.store.references.all(device="calm-1")
     assert ref["state"] == "collecting" and ref["rows"] == 600
     for t in windows["calm"][2:8]:
         dev.send(t)
-    (ref,) = s.store.references(device="calm-1")
+    (ref,) = s.store.references.all(device="calm-1")
     assert ref["state"] == "ready"
     assert dev.alerts() == []  # cleared after two clean verdicts
     assert dev.latest("deploy")[0]["drifted"] is False
@@ -186,7 +189,7 @@ def test_alerts_close_with_a_reason_when_the_device_leaves_their_version(
     assert raised and {a["model_version"] for a in raised} == {"1.0.0"}
     dev.send(windows["calm"][0], version="1.1.0")  # not registered: stored, not evaluated
     assert dev.alerts() == []
-    closed = [a for a in s.store.all_alerts() if a["device"] == "moving-1"]
+    closed = [a for a in s.store.alerts.all() if a["device"] == "moving-1"]
     assert all(a["cleared"] is not None for a in closed)
     assert {a["cleared_reason"] for a in closed} == {
         "the device no longer runs the model it was raised against (now digits 1.1.0)"
@@ -203,7 +206,7 @@ def test_the_report_says_why_each_verdict_was_reached(
     dev = Device(s, "why-1")
     for t in [*windows["calm"][:4], *windows["bright"][:2]]:
         dev.send(t)
-    rows = s.store.drift_rows(device="why-1")
+    rows = s.store.drift.rows(device="why-1")
     inputs = [r for r in rows if r["kind"] == "input"]
     assert {r["reference"] for r in inputs} == {"training", "deploy"}
     for r in inputs:
@@ -212,7 +215,7 @@ def test_the_report_says_why_each_verdict_was_reached(
         assert {"js", "psi", "mean", "missing"} <= tests
         for c in r["checks"]:
             assert c["over"] == (c["value"] >= max(c["threshold"], c["floor"]))
-    text = drift_report({"drift": rows, "blind_spots": {}, "references": s.store.references()})
+    text = drift_report({"drift": rows, "blind_spots": {}, "references": s.store.references.all()})
     print(text)
     assert "why:" in text and "since deploy" in text and "training data" in text
     assert "floor" in text and "threshold" in text and "DRIFT" in text
@@ -223,15 +226,15 @@ def test_the_report_says_why_each_verdict_was_reached(
 
 def test_a_database_made_before_the_new_columns_gets_them(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = db.connect(url)
+    engine = storage.connect(url)
     with engine.begin() as conn:  # as a database of the first release: without the columns
-        for table, columns in db._COLUMNS_ADDED.items():
+        for table, columns in schema.COLUMNS_ADDED.items():
             for column in columns:
                 conn.execute(sa.text(f'ALTER TABLE {table} DROP COLUMN "{column}"'))
     engine.dispose()
-    engine = db.connect(url)
+    engine = storage.connect(url)
     inspector = sa.inspect(engine)
-    for table, columns in db._COLUMNS_ADDED.items():
+    for table, columns in schema.COLUMNS_ADDED.items():
         have = {c["name"] for c in inspector.get_columns(table)}
         assert set(columns) <= have
     engine.dispose()
@@ -267,17 +270,17 @@ def test_an_unreadable_stored_reference_is_collected_again(
     dev = Device(s, "hostile-1")
     for t in windows["calm"][:4]:
         dev.send(t)
-    assert s.store.references(device="hostile-1")[0]["state"] == "ready"
+    assert s.store.references.all(device="hostile-1")[0]["state"] == "ready"
     for bad in ({"profile": {"version": 99}}, {"design_effects": {"x": -1}}, [1, 2]):
         with s.store.begin() as conn:
-            conn.execute(sa.update(db.device_references).values(data=bad))
+            conn.execute(sa.update(schema.device_references).values(data=bad))
         s.engine._references.clear()  # as a process that has not read it yet
         dev.send(windows["calm"][4])
-        (ref,) = s.store.references(device="hostile-1")
+        (ref,) = s.store.references.all(device="hostile-1")
         assert ref["state"] == "collecting" and ref["rows"] == 300
         for t in windows["calm"][5:8]:
             dev.send(t)
-        assert s.store.references(device="hostile-1")[0]["state"] == "ready"
+        assert s.store.references.all(device="hostile-1")[0]["state"] == "ready"
 
 
 def test_a_latency_budget_is_a_verdict_stored_and_alerted_like_the_others(

@@ -17,10 +17,10 @@ from litestar.testing import TestClient
 from device_agent.agent import Agent
 from edgeops.core import topics, wire
 from edgeops.core.latency import merge_wire
-from edgeops.service import db
 from edgeops.service.api import make_app
 from edgeops.service.config import ServiceConfig
 from edgeops.service.server import Service
+from edgeops.service.storage import schema
 from edgeops.service.views import MAX_POINTS
 from tests.test_agent import FLEET, make_config
 
@@ -80,7 +80,7 @@ def test_the_device_view_merges_histograms_and_draws_checks(fed) -> None:  # typ
     assert a["p95_ms"][filled[0]] == pytest.approx(merged.quantile(0.95))
     series = {(s["feature"], s["kind"], s["reference"]): s for s in v["drift"]}
     assert series and all(len(s["t"]) == 1 for s in series.values())  # the newest per bucket
-    stored = service.store.drift_rows(device=device, latest=True)
+    stored = service.store.drift.rows(device=device, latest=True)
     checked = 0
     for row in stored:
         if row["scope"] != "device" or not row["checks"]:
@@ -105,7 +105,7 @@ def test_windows_stored_before_the_latency_column_read_from_their_payload(fed) -
     service, client, device, _ = fed
     before = client.get(f"/v1/views/devices/{device}").json()["activity"]
     with service.store.begin() as conn:
-        conn.execute(sa.update(db.windows).values(latency=None))
+        conn.execute(sa.update(schema.windows).values(latency=None))
     after = client.get(f"/v1/views/devices/{device}").json()["activity"]
     assert after["p95_ms"] == before["p95_ms"] and after["p50_ms"] == before["p50_ms"]
     assert any(p is not None for p in after["p95_ms"])
@@ -198,8 +198,8 @@ def test_the_model_view_reads_fidelity_from_the_conversion_report(fed) -> None: 
         converted_accuracy=0.965,
     ).to_dict()
     with service.store.begin() as conn:
-        (manifest,) = conn.execute(sa.select(db.models.c.manifest)).scalars()
-        conn.execute(sa.update(db.models).values(manifest={**manifest, "fidelity": fid}))
+        (manifest,) = conn.execute(sa.select(schema.models.c.manifest)).scalars()
+        conn.execute(sa.update(schema.models).values(manifest={**manifest, "fidelity": fid}))
     (version,) = client.get("/v1/views/models/digits").json()["versions"]
     got = version["fidelity"]
     assert got["agreement"] == 0.99 and got["samples"] == 300

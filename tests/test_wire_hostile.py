@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,7 @@ from edgeops.core import events, wire
 from edgeops.core.errors import WireError
 from edgeops.core.latency import merge_wire
 from edgeops.core.window.merge import merge_windows
-from edgeops.service import db
+from edgeops.service.storage import schema
 from tests.test_wire import MODEL, header, messages, telemetry
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -82,9 +83,9 @@ def column_limits() -> dict[tuple[str, str], int]:
     """(table, column) -> its string length."""
     return {
         (t.name, c.name): int(c.type.length)
-        for t in db.md.sorted_tables
+        for t in schema.md.sorted_tables
         for c in t.columns
-        if isinstance(c.type, db.sa.String) and c.type.length
+        if isinstance(c.type, sa.String) and c.type.length
     }
 
 

@@ -38,13 +38,13 @@ class _Tokens:
 
     def __init__(self, config_path: Path | None, db_url: str | None) -> None:
         require("sqlalchemy", "service")
-        from edgeops.service import db
+        from edgeops.service import storage
         from edgeops.service.auth import Tokens
         from edgeops.service.config import load_service_config
 
         url = load_service_config(config_path, env={}, db=db_url).db
-        self.engine = db.connect(url)
-        self.tokens: Tokens = Tokens(db.Store(self.engine))
+        self.engine = storage.connect(url)
+        self.tokens: Tokens = Tokens(storage.Store(self.engine))
 
     def __enter__(self) -> Tokens:
         return self.tokens

@@ -311,14 +311,14 @@ class Watch:
         return set(self.first_alert)
 
     def references_ready(self, version: str) -> set[str]:
-        refs = self.service.store.references()
+        refs = self.service.store.references.all()
         return {
             r["device"] for r in refs if r["model_version"] == version and r["state"] == "ready"
         }
 
     def judged_since_deploy(self, version: str, n: int) -> set[str]:
         """Devices with at least ``n`` dataset verdicts since deploy on ``version``."""
-        rows = self.service.store.drift_rows(model=("digits", version), latest=False)
+        rows = self.service.store.drift.rows(model=("digits", version), latest=False)
         seen: dict[str, int] = {}
         for r in rows:
             if r["reference"] == "deploy" and r["kind"] == "dataset" and r["drifted"] is not None:
@@ -328,14 +328,14 @@ class Watch:
     def verdicts(self, version: str) -> dict[str, dict[str, str]]:
         """Each device's latest dataset verdict on ``version``, per reference."""
         out: dict[str, dict[str, str]] = {}
-        for r in self.service.store.drift_rows(model=("digits", version)):
+        for r in self.service.store.drift.rows(model=("digits", version)):
             if r["kind"] == "dataset" and r["scope"] == "device":
                 v = "-" if r["drifted"] is None else ("drifted" if r["drifted"] else "clean")
                 out.setdefault(r["device"], {})[r["reference"]] = v
         return out
 
     def poll(self) -> None:
-        for a in self.service.store.all_alerts():
+        for a in self.service.store.alerts.all():
             where = "fleet-wide" if a["device"] == "_fleet" else a["device"]
             if a["id"] not in self.seen:
                 self.seen.add(a["id"])

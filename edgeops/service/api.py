@@ -187,10 +187,10 @@ def _validation(exc: ValidationException) -> str:
 def device_summary(service: Service, fleet: str, device: str) -> t.DeviceSummary:
     """Everything the service knows about one device."""
     store = service.store
-    record = store.device(fleet, device)
+    record = store.devices.get(fleet, device)
     if record is None:
         raise KeyError(device)
-    recent = store.recent_windows(fleet=fleet, device=device, limit=30)
+    recent = store.telemetry.recent_windows(fleet=fleet, device=device, limit=30)
     latency = None
     if any(w.telemetry.latency.count for w in recent):
         h = merge_wire([w.telemetry.latency for w in recent if w.telemetry.latency.count])
@@ -207,9 +207,9 @@ def device_summary(service: Service, fleet: str, device: str) -> t.DeviceSummary
         predictions=sum(w.telemetry.count for w in recent),
         errors=sum(w.telemetry.errors for w in recent),
         bad_inputs=sum(w.telemetry.bad_inputs for w in recent),
-        alerts=t.typed(store.active_alerts(fleet=fleet, device=device), list[t.Alert]),
-        drift=t.typed(store.drift_rows(fleet=fleet, device=device), list[t.DriftRow]),
-        events=t.typed(store.events_of(fleet, device, limit=20), list[t.Event]),
+        alerts=t.typed(store.alerts.active(fleet=fleet, device=device), list[t.Alert]),
+        drift=t.typed(store.drift.rows(fleet=fleet, device=device), list[t.DriftRow]),
+        events=t.typed(store.telemetry.events_of(fleet, device, limit=20), list[t.Event]),
     )
 
 
@@ -270,8 +270,8 @@ def make_app(service: Service) -> Litestar:
     )
     def fleet_status(fleet: str | None = None) -> t.Fleet:
         """Every device: presence, model, agent version, last seen, active alerts."""
-        devices = store.devices(fleet)
-        active = store.active_alerts(fleet)
+        devices = store.devices.all(fleet)
+        active = store.alerts.active(fleet)
         per: dict[tuple[str, str], int] = {}
         for a in active:
             per[(a["fleet"], a["device"])] = per.get((a["fleet"], a["device"]), 0) + 1
@@ -294,7 +294,7 @@ def make_app(service: Service) -> Litestar:
     )
     def device_detail(device: str, fleet: str | None = None) -> t.DeviceSummary:
         """One device: its record, latency percentiles, errors, alerts, drift, recent events."""
-        matches = store.find_device(device)
+        matches = store.devices.find(device)
         if fleet is not None:
             matches = [m for m in matches if m["fleet"] == fleet]
         if not matches:
@@ -321,7 +321,7 @@ def make_app(service: Service) -> Litestar:
     ) -> t.Drift:
         """The latest verdict per feature and reference (every row with all=1): distances,
         every check, the reason; the baselines' blind spots; the per-device references."""
-        rows = store.drift_rows(
+        rows = store.drift.rows(
             model=None if model is None else (model, version),
             since=since,
             device=device,
@@ -330,7 +330,7 @@ def make_app(service: Service) -> Litestar:
         return t.Drift(
             drift=t.typed(rows, list[t.DriftRow]),
             blind_spots=blind_spots(service, rows),
-            references=t.typed(store.references(device=device), list[t.Reference]),
+            references=t.typed(store.references.all(device=device), list[t.Reference]),
         )
 
     @get(
@@ -345,7 +345,7 @@ def make_app(service: Service) -> Litestar:
         all: Annotated[bool, Parameter(description="Cleared alerts too")] = False,
     ) -> t.Alerts:
         """Active alerts (every alert with all=1)."""
-        rows = store.all_alerts() if all else store.active_alerts()
+        rows = store.alerts.all() if all else store.alerts.active()
         return t.Alerts(t.typed(rows, list[t.Alert]))
 
     @get(
@@ -359,7 +359,7 @@ def make_app(service: Service) -> Litestar:
     )
     def model_list() -> t.Models:
         """Registered bundles: versions, lineage, the devices running each."""
-        return t.Models(t.typed(store.models(), list[t.Model]))
+        return t.Models(t.typed(store.models.all(), list[t.Model]))
 
     @post(
         "/v1/models",
@@ -414,7 +414,7 @@ def make_app(service: Service) -> Litestar:
     ) -> t.DeadLetters:
         """Refused messages kept with their reason, newest first."""
         return t.DeadLetters(
-            t.typed(store.dead_letters(reason=reason, limit=limit), list[t.DeadLetter])
+            t.typed(store.telemetry.dead_letters(reason=reason, limit=limit), list[t.DeadLetter])
         )
 
     @get(

@@ -31,10 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-import sqlalchemy as sa
-
 from edgeops.core.errors import UsageError
-from edgeops.service import db
+from edgeops.service.storage import Store
 
 Role = Literal["read", "deploy", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -80,7 +78,7 @@ class TokenInfo:
 class Tokens:
     """The REST API's tokens in the service's database (thread-safe)."""
 
-    def __init__(self, store: db.Store, *, touch_every: float = 60.0) -> None:
+    def __init__(self, store: Store, *, touch_every: float = 60.0) -> None:
         self.store = store
         self.touch_every = touch_every
         """A token's ``last_used`` is written at most this often (seconds): a read-heavy
@@ -95,56 +93,32 @@ class Tokens:
             )
         kind = role(role_name)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        t = db.api_tokens.c
-        with self.store.begin() as conn:
-            if conn.execute(sa.select(t.name).where(t.name == name)).first() is not None:
-                raise UsageError(f"a token named {name!r} exists; revoke it first")
-            conn.execute(
-                sa.insert(db.api_tokens).values(
-                    name=name, role=kind, digest=digest(token), created=time.time()
-                )
-            )
+        self.store.tokens.add(name, kind, digest(token), time.time())
         return token
 
     def list(self) -> list[TokenInfo]:
         """Every token, oldest first."""
-        t = db.api_tokens.c
-        q = sa.select(t.name, t.role, t.created, t.last_used).order_by(t.created, t.name)
-        with self.store.begin() as conn:
-            return [TokenInfo(n, role(r), c, u) for n, r, c, u in conn.execute(q)]
+        return [TokenInfo(n, role(r), c, u) for n, r, c, u in self.store.tokens.all()]
 
     def revoke(self, name: str) -> None:
         """Delete a token: requests carrying it are refused from now on."""
-        with self.store.begin() as conn:
-            gone = conn.execute(sa.delete(db.api_tokens).where(db.api_tokens.c.name == name))
-        if gone.rowcount == 0:
+        if not self.store.tokens.delete(name):
             raise UsageError(f"no token named {name!r}")
 
     def count(self, role_name: Role | None = None) -> int:
         """How many tokens there are (of ``role_name``, if given)."""
-        t = db.api_tokens.c
-        q = sa.select(sa.func.count()).select_from(db.api_tokens)
-        if role_name is not None:
-            q = q.where(t.role == role_name)
-        with self.store.begin() as conn:
-            return int(conn.execute(q).scalar_one())
+        return self.store.tokens.count(role_name)
 
     def check(self, token: str) -> TokenInfo | None:
         """The token's name and role, or None when it is malformed, unknown or revoked."""
         if not _TOKEN.fullmatch(token):
             return None
-        t = db.api_tokens.c
-        key = digest(token)
-        with self.store.begin() as conn:
-            row = conn.execute(
-                sa.select(t.name, t.role, t.created, t.last_used).where(t.digest == key)
-            ).first()
-            if row is None or row[1] not in ROLES:
-                return None
-            now = time.time()
-            if row[3] is None or now - row[3] > self.touch_every:
-                conn.execute(sa.update(db.api_tokens).where(t.digest == key).values(last_used=now))
-        return TokenInfo(row[0], role(row[1]), row[2], row[3])
+        row = self.store.tokens.use(
+            digest(token), roles=ROLES, now=time.time(), touch_every=self.touch_every
+        )
+        if row is None:
+            return None
+        return TokenInfo(row.name, role(row.role), row.created, row.last_used)
 
 
 class BundleLinks:
@@ -159,7 +133,7 @@ class BundleLinks:
         self.valid_for = valid_for
 
     @classmethod
-    def of(cls, store: db.Store, *, valid_for: float) -> BundleLinks:
+    def of(cls, store: Store, *, valid_for: float) -> BundleLinks:
         """Links signed with the database's shared secret (made on first use)."""
         return cls(store.secret(LINK_SECRET), valid_for=valid_for)
 

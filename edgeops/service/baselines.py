@@ -123,7 +123,7 @@ class Baselines:
             checked = self._missing.get(key)
             if checked is not None and now - checked < self.recheck:
                 return None
-        manifest = self.store.model(name, version)
+        manifest = self.store.models.manifest(name, version)
         baseline: Baseline | None = None
         if manifest is not None:
             try:

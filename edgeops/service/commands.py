@@ -2,10 +2,11 @@
 
 A :class:`CommandDraft` says what to tell a device (its arguments, when it was issued, until
 when it holds); :meth:`CommandSigner.issue` turns drafts into :class:`edgeops.core.wire.Command`
-messages: a counter per device from the database (:meth:`edgeops.service.db.Store.next_counters`,
-shared by every service process) and a signature by the command key
-(:func:`edgeops.core.commands.sign`). Without a command key the commands go out unsigned, which
-devices refuse unless they are in development mode; the service says so loudly at start.
+messages: a counter per device from the database
+(:meth:`edgeops.service.storage.counters.CounterRows.next`, shared by every service process)
+and a signature by the command key (:func:`edgeops.core.commands.sign`). Without a command key
+the commands go out unsigned, which devices refuse unless they are in development mode; the
+service says so loudly at start.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from edgeops.core import commands, topics, wire
 from edgeops.core.errors import UsageError
 from edgeops.core.signing import SigningKey, load_signing_key
-from edgeops.service import db
+from edgeops.service.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class CommandSigner:
 
     def __init__(
         self,
-        store: db.Store,
+        store: Store,
         key: SigningKey | None,
         *,
         bundle_key_ids: Iterable[str] = (),
@@ -68,7 +69,7 @@ class CommandSigner:
 
     @classmethod
     def from_file(
-        cls, store: db.Store, path: Path | None, *, bundle_key_ids: Iterable[str] = ()
+        cls, store: Store, path: Path | None, *, bundle_key_ids: Iterable[str] = ()
     ) -> CommandSigner:
         key = None if path is None else load_signing_key(path)
         return cls(store, key, bundle_key_ids=bundle_key_ids)
@@ -80,7 +81,7 @@ class CommandSigner:
     def issue(self, batch: Sequence[Addressed]) -> list[tuple[str, wire.Command]]:
         """``(topic, command)`` for each draft: numbered (one transaction for the batch), then
         signed."""
-        counters = self.store.next_counters([(a.fleet, a.device) for a in batch])
+        counters = self.store.counters.next([(a.fleet, a.device) for a in batch])
         out = []
         for a, counter in zip(batch, counters, strict=True):
             cmd = wire.Command(

@@ -122,7 +122,7 @@ def page_html(name: str) -> bytes:
 
 def _one(service: Service, device: str, fleet: str | None) -> str:
     """The fleet of ``device`` (404: none; 400: several and no ``fleet``)."""
-    matches = service.store.find_device(device)
+    matches = service.store.devices.find(device)
     if fleet is not None:
         matches = [m for m in matches if m["fleet"] == fleet]
     if not matches:

@@ -43,10 +43,10 @@ from typing import Any
 from edgeops import drift as d
 from edgeops.core import topics, wire
 from edgeops.core.window.merge import merge_windows
-from edgeops.service import db
 from edgeops.service.baselines import Baseline, Baselines
 from edgeops.service.config import ReferencePolicy, ServiceConfig
 from edgeops.service.logs import SafeLog
+from edgeops.service.storage import Store, StoredWindow
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Engine:
 
     def __init__(
         self,
-        store: db.Store,
+        store: Store,
         config: ServiceConfig,
         publish: Callable[[str, bytes], None] | None = None,
         deploy: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -85,7 +85,7 @@ class Engine:
     # --- spans --------------------------------------------------------------------------------
 
     def evaluate_device(
-        self, newest: db.StoredWindow, known: Mapping[int, db.StoredWindow] | None = None
+        self, newest: StoredWindow, known: Mapping[int, StoredWindow] | None = None
     ) -> None:
         """Evaluate a device's span ending at its window ``newest`` (the newest of a batch).
 
@@ -105,7 +105,7 @@ class Engine:
         if t.count >= need or self.config.span_windows <= 1:
             span = [newest]
         else:
-            span = self.store.device_span(
+            span = self.store.telemetry.device_span(
                 newest,
                 since=newest.received - self.config.span_seconds,
                 min_samples=need,
@@ -123,7 +123,7 @@ class Engine:
         if self._running.get(key) == (name, version):
             return
         with self.store.begin() as conn:
-            closed = self.store.close_other_versions(
+            closed = self.store.alerts.close_other_versions(
                 conn, fleet, device, name, version, time.time()
             )
         self._running[key] = (name, version)
@@ -144,8 +144,8 @@ class Engine:
         supervisor's heartbeat). Fleet-wide alerts of a version no device of the fleet ran in
         the span are closed, with that reason. The groups that failed."""
         since = time.time() - self.config.span_seconds
-        groups: dict[tuple[str, str, str], list[db.StoredWindow]] = {}
-        for r in self.store.recent_windows(since=since, limit=20_000):
+        groups: dict[tuple[str, str, str], list[StoredWindow]] = {}
+        for r in self.store.telemetry.recent_windows(since=since, limit=20_000):
             m = r.telemetry.model
             if m is not None:
                 groups.setdefault((r.fleet, m.name, m.version), []).append(r)
@@ -153,7 +153,7 @@ class Engine:
         for fleet in sorted({f for f, _, _ in groups}):
             running = {(n, v) for f, n, v in groups if f == fleet}
             with self.store.begin() as conn:
-                closed = self.store.close_fleet_alerts_of(
+                closed = self.store.alerts.close_fleet_alerts_of(
                     conn, fleet, running, time.time(), FLEET_SCOPE_DEVICE
                 )
             if closed:
@@ -161,7 +161,7 @@ class Engine:
         for (fleet, name, version), rows in groups.items():
             try:
                 policy = self.config.policy(name)
-                per_device: dict[str, list[db.StoredWindow]] = {}
+                per_device: dict[str, list[StoredWindow]] = {}
                 for r in rows:  # newest first: each device's span is its newest windows
                     per_device.setdefault(r.device, []).append(r)
                 span = [
@@ -200,7 +200,7 @@ class Engine:
         device: str,
         name: str,
         version: str,
-        span: Sequence[db.StoredWindow],
+        span: Sequence[StoredWindow],
         baseline: Baseline,
         healthy: bool,
     ) -> d.Reference | None:
@@ -215,7 +215,7 @@ class Engine:
         now = time.time()
         ref: d.Reference | None
         with self.store.begin() as conn:
-            row = self.store.lock_reference(conn, fleet, device, name, version, now)
+            row = self.store.references.lock(conn, fleet, device, name, version, now)
             ref = None
             if row["state"] == "ready":
                 try:
@@ -229,7 +229,7 @@ class Engine:
                     row.update(state="collecting", rows=0, window_ids=[], data=None, ready=None)
             if ref is None:
                 ref = self._collect(row, span, baseline, policy, now, healthy)
-                self.store.save_reference(conn, row)
+                self.store.references.save(conn, row)
         if ref is not None:
             self._references[key] = ref
             if len(self._references) > MAX_CACHED:
@@ -239,7 +239,7 @@ class Engine:
     def _collect(
         self,
         row: dict[str, Any],
-        span: Sequence[db.StoredWindow],
+        span: Sequence[StoredWindow],
         baseline: Baseline,
         policy: ReferencePolicy,
         now: float,
@@ -261,7 +261,10 @@ class Engine:
             return None
         known = {w.id: w for w in span}
         missing = [i for i in ids if i not in known]
-        found = {w.id: w for w in self.store.windows_by_id(row["fleet"], row["device"], missing)}
+        found = {
+            w.id: w
+            for w in self.store.telemetry.windows_by_id(row["fleet"], row["device"], missing)
+        }
         windows = [(known.get(i) or found.get(i)) for i in ids]
         tele = [w.telemetry for w in windows if w is not None]
         ref = d.reference_from_windows(baseline.profile, tele, rows=row["rows"])
@@ -282,7 +285,7 @@ class Engine:
         device: str,
         name: str,
         version: str,
-        span: Sequence[db.StoredWindow],
+        span: Sequence[StoredWindow],
         window_id: int,
     ) -> None:
         base = self._baseline(name, version)
@@ -386,8 +389,8 @@ class Engine:
         now = time.time()
         keys = [v.key(scope, fleet, device, name, version) for v in verdicts]
         with self.store.begin() as conn:
-            self.store.add_drift(conn, records)
-            states = self.store.lock_alert_states(conn, keys, now)
+            self.store.drift.add(conn, records)
+            states = self.store.alerts.lock_states(conn, keys, now)
             updates: list[dict[str, Any]] = []
             raised: list[dict[str, Any]] = []
             cleared: list[str] = []
@@ -428,9 +431,9 @@ class Engine:
                     cleared.append(key)
                 if transition != "none":
                     changed.append((v.kind, v.feature, transition, dict(v.detail)))
-            self.store.save_alert_states(conn, updates)
-            self.store.raise_alerts(conn, raised)
-            self.store.clear_alerts(conn, cleared, now)
+            self.store.alerts.save_states(conn, updates)
+            self.store.alerts.add(conn, raised)
+            self.store.alerts.clear(conn, cleared, now)
         for kind, feature, what, _ in changed:
             log.warning(
                 "alert %s: %s %s %s %s %s/%s",
@@ -448,7 +451,7 @@ class Engine:
         """Publish the device's current alerts, retained."""
         if self.publish is None:
             return
-        active = self.store.active_alerts(fleet=fleet, device=device)
+        active = self.store.alerts.active(fleet=fleet, device=device)
         msg = wire.Alert(
             fleet=fleet,
             device=device,

@@ -25,8 +25,8 @@ from prometheus_client import Histogram
 
 from edgeops.core.errors import EdgeOpsError
 from edgeops.core.latency import LogHistogram
-from edgeops.service import db
 from edgeops.service.logs import SafeLog
+from edgeops.service.storage import StoredWindow
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ Key = tuple[str, str, str, str]
 class Pending:
     """One device's pending evaluation."""
 
-    newest: db.StoredWindow
-    known: dict[int, db.StoredWindow] = field(default_factory=dict)
+    newest: StoredWindow
+    known: dict[int, StoredWindow] = field(default_factory=dict)
     """Windows stored since the last evaluation (at most ``keep`` of the newest)."""
     first_arrival: float = 0.0
     """When the oldest window it accounts for arrived (the service's clock)."""
@@ -69,7 +69,7 @@ class EvaluationQueue:
         with self._cond:
             return len(self._pending)
 
-    def put(self, windows: Sequence[db.StoredWindow]) -> None:
+    def put(self, windows: Sequence[StoredWindow]) -> None:
         with self._cond:
             for w in windows:
                 m = w.telemetry.model
@@ -123,7 +123,7 @@ class Evaluator:
     def __init__(
         self,
         queue: EvaluationQueue,
-        evaluate: Callable[[db.StoredWindow, dict[int, db.StoredWindow]], None],
+        evaluate: Callable[[StoredWindow, dict[int, StoredWindow]], None],
         *,
         busy: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,

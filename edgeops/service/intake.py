@@ -41,11 +41,11 @@ from typing import Any
 
 from edgeops.core import events, topics, wire
 from edgeops.core.errors import WireError
-from edgeops.service import db
 from edgeops.service.baselines import Baselines
 from edgeops.service.config import ServiceConfig
 from edgeops.service.limits import Buckets, KnownKeys, TokenBucket
 from edgeops.service.logs import SafeLog, clip
+from edgeops.service.storage import DeadLetter, NewWindow, Store, StoredWindow
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ class _Item:
     delivery: Delivery
     fleet: str = ""
     message: wire.DeviceMessage | None = None
-    dead: db.DeadLetter | None = None
+    dead: DeadLetter | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What one batch came to."""
 
-    windows: list[db.StoredWindow]
+    windows: list[StoredWindow]
     events: int = 0
     statuses: int = 0
     duplicates: int = 0
@@ -129,12 +129,12 @@ class Intake:
 
     def __init__(
         self,
-        store: db.Store,
+        store: Store,
         baselines: Baselines,
         config: ServiceConfig,
         *,
         ack: Callable[[Sequence[Delivery]], None] | None = None,
-        on_stored: Callable[[list[db.StoredWindow]], None] | None = None,
+        on_stored: Callable[[list[StoredWindow]], None] | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -250,7 +250,7 @@ class Intake:
         if not self._dead_letter_budget.take(time.monotonic()):
             self.counters.dead_letters_dropped += 1
             return None
-        return _Item(d, dead=db.DeadLetter(d.received, d.topic, reason, detail, d.payload))
+        return _Item(d, dead=DeadLetter(d.received, d.topic, reason, detail, d.payload))
 
     def _check(self, d: Delivery) -> _Item:
         """The delivery checked: a message to store, or a refusal (a dead letter, or nothing
@@ -331,7 +331,7 @@ class Intake:
         unknown = sorted(k for k in keys if k not in self._known)
         refused: set[tuple[str, str]] = set()
         if unknown:
-            for k in self.store.known_devices(unknown):
+            for k in self.store.devices.known(unknown):
                 self._known.add(k)
             for k in unknown:
                 if k in self._known:
@@ -385,22 +385,22 @@ class Intake:
                 return self._give_up(items[0], problem)
 
     def _store_once(self, items: list[_Item]) -> Outcome:
-        new_windows: list[db.NewWindow] = []
+        new_windows: list[NewWindow] = []
         new_events: list[tuple[str, wire.Event]] = []
         statuses: list[tuple[str, wire.Status]] = []
-        dead: list[db.DeadLetter] = []
+        dead: list[DeadLetter] = []
         for it in items:
             m = it.message
             if it.dead is not None:
                 dead.append(it.dead)
             elif isinstance(m, wire.Telemetry):
-                new_windows.append(db.NewWindow(it.fleet, m, it.delivery.payload))
+                new_windows.append(NewWindow(it.fleet, m, it.delivery.payload))
             elif isinstance(m, wire.Event):
                 new_events.append((it.fleet, m))
             elif isinstance(m, wire.Status):
                 statuses.append((it.fleet, m))
         received = max(it.delivery.received for it in items)
-        stored = self.store.add_batch(
+        stored = self.store.telemetry.add_batch(
             new_windows,
             new_events,
             statuses,
@@ -420,9 +420,11 @@ class Intake:
         self.counters.rejected["storage"] += 1
         d = item.delivery
         self._log.error("storage", "the database refused a message on %s: %s", d.topic, problem)
-        dead = db.DeadLetter(d.received, d.topic, "storage", problem, d.payload)
+        dead = DeadLetter(d.received, d.topic, "storage", problem, d.payload)
         try:
-            self.store.add_batch(dead=[dead], dead_letter_bytes=len(d.payload), now=d.received)
+            self.store.telemetry.add_batch(
+                dead=[dead], dead_letter_bytes=len(d.payload), now=d.received
+            )
         except Exception as e:
             self._log.error("lost", "a dead letter could not be stored: %s", e)
             return Outcome([])

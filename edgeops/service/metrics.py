@@ -32,12 +32,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edgeops.service import db
 from edgeops.service.intake import REASONS
 from edgeops.service.rollouts import STATES
 
@@ -145,20 +143,8 @@ class ServiceCollector(Collector):
         )
 
     def _database(self) -> Iterator[Metric]:
-        a, d, dev = db.alerts.c, db.deployments.c, db.devices.c
-        with self.service.store.begin() as conn:
-            alerts = conn.execute(
-                sa.select(a.fleet, a.kind, sa.func.count())
-                .where(a.cleared.is_(None))
-                .group_by(a.fleet, a.kind)
-            ).all()
-            deployments: dict[str, int] = {
-                state: int(n)
-                for state, n in conn.execute(sa.select(d.state, sa.func.count()).group_by(d.state))
-            }
-            devices = conn.execute(
-                sa.select(dev.fleet, dev.online, sa.func.count()).group_by(dev.fleet, dev.online)
-            ).all()
+        found = self.service.store.dashboard.counts()
+        alerts, deployments, devices = found.alerts, found.deployments, found.devices
         active = GaugeMetricFamily(
             "edgeops_alerts_active", "Active alerts, per fleet and kind", labels=["fleet", "kind"]
         )

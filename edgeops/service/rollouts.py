@@ -32,31 +32,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from edgeops.core import events, wire
 from edgeops.core.errors import RolloutError
 from edgeops.core.latency import merge_wire
-from edgeops.service import db
 from edgeops.service import rollout_policy as ro
-from edgeops.service.bundles import find_bundle
 from edgeops.service.commands import Addressed, CommandDraft
+from edgeops.service.storage import Connection, Store, decode_stored
+from edgeops.service.storage.deployments import ACTIVE
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("running", "aborting")
 STATES = (*ACTIVE, "completed", "aborted")
 """Every state a deployment can be in."""
-DEP = db.deployments.c
-DD = db.deployment_devices.c
-
-_DEVICE_FIELDS = ("state", "sent", "last_sent", "decided", "reason", "health")
-_SET_DEVICE = (
-    sa.update(db.deployment_devices)
-    .where(DD.deployment == sa.bindparam("b_dep"), DD.device == sa.bindparam("b_dev"))
-    .values({k: sa.bindparam(k) for k in (*_DEVICE_FIELDS, "updated")})
-)
 
 SendCommands = Callable[[Sequence[Addressed]], object]
 """``send(batch)`` numbers, signs and publishes commands to devices."""
@@ -67,7 +55,7 @@ class Rollouts:
 
     def __init__(
         self,
-        store: db.Store,
+        store: Store,
         *,
         send: SendCommands,
         bundle_url: Callable[[str], str],
@@ -101,22 +89,16 @@ class Rollouts:
             raise RolloutError("give the fleet to deploy to (--fleet)")
         now = time.time()
         dep_id = f"d{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
+        rows = self.store.deployments
         with self.store.begin() as conn:
             if once:
-                existing = conn.execute(
-                    sa.select(DEP.id).where(
-                        DEP.fleet == fleet, DEP.model_name == name, DEP.model_version == version
-                    )
-                ).first()
+                existing = rows.find(conn, fleet, name, version)
                 if existing is not None:
-                    return self._status(conn, existing[0])
-            bundle = find_bundle(conn, name, version)
+                    return self._status(conn, existing)
+            bundle = self.store.models.find_bundle(conn, name, version)
             if bundle is None:
                 raise RolloutError(f"no bundle {name} {version} is registered with the service")
-            known = conn.execute(
-                sa.select(db.devices).where(db.devices.c.fleet == fleet)
-            ).mappings()
-            by_id = {d["device"]: dict(d) for d in known}
+            by_id = rows.fleet_devices(conn, fleet)
             chosen = _targets(by_id, name, devices, selector)
             todo = [d for d in chosen if by_id[d].get("model_sha256") != bundle["model_sha256"]]
             if not todo:
@@ -130,9 +112,9 @@ class Rollouts:
             stage_of = [
                 next(i for i, s in enumerate(sizes) if pos < s) for pos in range(len(order))
             ]
-            cursor = conn.execute(sa.select(sa.func.max(db.events.c.id))).scalar() or 0
-            conn.execute(
-                sa.insert(db.deployments).values(
+            rows.add(
+                conn,
+                dict(
                     id=dep_id,
                     fleet=fleet,
                     model_name=name,
@@ -156,14 +138,11 @@ class Rollouts:
                     created=now,
                     updated=now,
                     finished=None,
-                    event_cursor=int(cursor),
+                    event_cursor=rows.newest_event(conn),
                     lease_owner=None,
                     lease_until=0.0,
                     history=[[now, "created", f"{len(order)} devices in {len(sizes)} stages"]],
-                )
-            )
-            conn.execute(
-                sa.insert(db.deployment_devices),
+                ),
                 [
                     {
                         "deployment": dep_id,
@@ -207,38 +186,21 @@ class Rollouts:
             return self._status(conn, dep_id)
 
     def deployments(self, *, active: bool = False) -> list[dict[str, Any]]:
-        q = sa.select(db.deployments).order_by(DEP.created.desc())
-        if active:
-            q = q.where(DEP.state.in_(ACTIVE))
-        with self.store.begin() as conn:
-            rows = [dict(r) for r in conn.execute(q).mappings()]
-            counts: dict[str, dict[str, int]] = {}
-            for dep, state, n in conn.execute(
-                sa.select(DD.deployment, DD.state, sa.func.count()).group_by(
-                    DD.deployment, DD.state
-                )
-            ):
-                counts.setdefault(dep, {})[state] = int(n)
+        rows = self.store.deployments.all(active=active)
         for r in rows:
-            r["devices"] = counts.get(r["id"], {})
             for k in ("lease_owner", "lease_until", "event_cursor", "history"):
                 r.pop(k, None)
         return rows
 
     def _row(self, conn: Connection, dep_id: str, *, lock: bool = False) -> dict[str, Any]:
-        q = sa.select(db.deployments).where(DEP.id == dep_id)
-        row = conn.execute(q.with_for_update() if lock else q).mappings().first()
+        row = self.store.deployments.get(conn, dep_id, lock=lock)
         if row is None:
             raise RolloutError(f"no deployment {dep_id!r}")
-        return dict(row)
-
-    def _devices(self, conn: Connection, dep_id: str) -> list[dict[str, Any]]:
-        q = sa.select(db.deployment_devices).where(DD.deployment == dep_id).order_by(DD.position)
-        return [dict(r) for r in conn.execute(q).mappings()]
+        return row
 
     def _status(self, conn: Connection, dep_id: str) -> dict[str, Any]:
         dep = self._row(conn, dep_id)
-        devs = self._devices(conn, dep_id)
+        devs = self.store.deployments.devices(conn, dep_id)
         policy = ro.RolloutPolicy.from_dict(dep["policy"])
         t = ro.tally([d["state"] for d in devs], policy)
         counts: dict[str, int] = {}
@@ -279,10 +241,7 @@ class Rollouts:
 
     def tick(self, only: str | None = None) -> None:
         """Step every active deployment this process holds (or can take) the lease of."""
-        with self.store.begin() as conn:
-            q = sa.select(DEP.id).where(DEP.state.in_(ACTIVE)).order_by(DEP.created)
-            ids = [r[0] for r in conn.execute(q if only is None else q.where(DEP.id == only))]
-        for dep_id in ids:
+        for dep_id in self.store.deployments.active_ids(only):
             try:
                 self._step(dep_id)
             except Exception:
@@ -290,36 +249,21 @@ class Rollouts:
 
     def release(self) -> None:
         """Give up this process's leases (on a clean stop), so another process takes over."""
-        with self.store.begin() as conn:
-            conn.execute(
-                sa.update(db.deployments)
-                .where(DEP.lease_owner == self.owner)
-                .values(lease_owner=None, lease_until=0.0)
-            )
-
-    def _take_lease(self, conn: Connection, dep_id: str, now: float) -> bool:
-        res = conn.execute(
-            sa.update(db.deployments)
-            .where(
-                DEP.id == dep_id,
-                DEP.state.in_(ACTIVE),
-                sa.or_(DEP.lease_owner == self.owner, DEP.lease_until < now),
-            )
-            .values(lease_owner=self.owner, lease_until=now + self.lease)
-        )
-        return res.rowcount == 1
+        self.store.deployments.release(self.owner)
 
     def _step(self, dep_id: str) -> None:
         now = time.time()
         outbox: list[Addressed] = []
         with self.store.begin() as conn:  # a short transaction of its own
-            if not self._take_lease(conn, dep_id, now):
+            if not self.store.deployments.take_lease(
+                conn, dep_id, self.owner, now, now + self.lease
+            ):
                 return
         with self.store.begin() as conn:
             dep = self._row(conn, dep_id, lock=True)
             if dep["lease_owner"] != self.owner:  # taken over meanwhile (a very slow step)
                 return
-            devs = {d["device"]: d for d in self._devices(conn, dep_id)}
+            devs = {d["device"]: d for d in self.store.deployments.devices(conn, dep_id)}
             changed: dict[str, dict[str, Any]] = {}
             self._read_events(conn, dep, devs, changed, now)
             policy = ro.RolloutPolicy.from_dict(dep["policy"])
@@ -328,19 +272,8 @@ class Rollouts:
                 self._run(conn, dep, devs, changed, policy, outbox, now)
             if dep["state"] == "aborting":
                 self._unwind(conn, dep, devs, changed, policy, outbox, now)
-            if changed:  # one executemany: the write lock is held for as short as it can be
-                conn.execute(
-                    _SET_DEVICE,
-                    [
-                        {
-                            "b_dep": dep_id,
-                            "b_dev": d["device"],
-                            **{k: d[k] for k in _DEVICE_FIELDS},
-                            "updated": now,
-                        }
-                        for d in changed.values()
-                    ],
-                )
+            # one executemany: the write lock is held for as short as it can be
+            self.store.deployments.save_devices(conn, dep_id, list(changed.values()), now)
         if outbox:  # after the commit: the rows say they were sent
             self.send(outbox)
 
@@ -352,16 +285,9 @@ class Rollouts:
         changed: dict[str, dict[str, Any]],
         now: float,
     ) -> None:
-        e = db.events.c
-        rows = conn.execute(
-            sa.select(e.id, e.device, e.kind, e.message, e.command_id, e.data)
-            .where(
-                e.command_id.like(f"{dep['id']}/%"),
-                e.id > dep["event_cursor"],
-                e.fleet == dep["fleet"],
-            )
-            .order_by(e.id)
-        ).all()
+        rows = self.store.deployments.events_since(
+            conn, dep["id"], dep["fleet"], dep["event_cursor"]
+        )
         for eid, device, kind, message, command_id, data in rows:
             dep["event_cursor"] = max(dep["event_cursor"], int(eid))
             d = devs.get(device)
@@ -500,28 +426,25 @@ class Rollouts:
         committed = [d for d in in_stage if d["state"] == ro.COMMITTED]
         if not committed:
             return None
-        w = db.windows.c
-        new_rows: list[Any] = []
-        old_rows: list[Any] = []
+        payloads = self.store.deployments.window_payloads
+        new_rows: list[bytes] = []
+        old_rows: list[bytes] = []
         for d in committed:
-            q = sa.select(w.payload).where(w.fleet == dep["fleet"], w.device == d["device"])
             # the service's clock (when windows arrived), not the devices'
-            new_rows += conn.execute(
-                q.where(
-                    w.model_version == dep["model_version"],
-                    w.received >= (d["decided"] or 0.0),
-                )
-            ).all()
+            new_rows += payloads(
+                conn, dep["fleet"], d["device"], dep["model_version"], since=d["decided"] or 0.0
+            )
             if d["from_version"] is not None and d["sent"] is not None:
-                old_rows += conn.execute(
-                    q.where(
-                        w.model_version == d["from_version"],
-                        w.received <= d["sent"],
-                        w.received >= d["sent"] - 600.0,
-                    )
-                ).all()
-        new = _serving([r[0] for r in new_rows])
-        old = _serving([r[0] for r in old_rows]) if old_rows else None
+                old_rows += payloads(
+                    conn,
+                    dep["fleet"],
+                    d["device"],
+                    d["from_version"],
+                    since=d["sent"] - 600.0,
+                    until=d["sent"],
+                )
+        new = _serving(new_rows)
+        old = _serving(old_rows) if old_rows else None
         return ro.regression_verdict(new, old, policy)
 
     def _advance(self, conn: Connection, dep: dict[str, Any], now: float) -> None:
@@ -541,17 +464,13 @@ class Rollouts:
 
     def _set(self, conn: Connection, dep: dict[str, Any], now: float, **values: Any) -> None:
         dep.update(values, updated=now)
-        conn.execute(
-            sa.update(db.deployments)
-            .where(DEP.id == dep["id"])
-            .values(**values, updated=now, event_cursor=dep["event_cursor"])
+        self.store.deployments.update(
+            conn, dep["id"], **values, updated=now, event_cursor=dep["event_cursor"]
         )
 
     def _note(self, conn: Connection, dep: dict[str, Any], now: float, what: str) -> None:
         dep["history"] = [*dep["history"], [now, dep["state"], what]]
-        conn.execute(
-            sa.update(db.deployments).where(DEP.id == dep["id"]).values(history=dep["history"])
-        )
+        self.store.deployments.update(conn, dep["id"], history=dep["history"])
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -639,7 +558,7 @@ def _targets(
 
 def _serving(payloads: Sequence[bytes]) -> ro.Serving:
     """Merge telemetry windows into one model's serving record."""
-    tele = [t for t in (db.decode_stored(p) for p in payloads) if t is not None]
+    tele = [t for t in (decode_stored(p) for p in payloads) if t is not None]
     lat = [t.latency for t in tele if t.latency.count]
     p95 = merge_wire(lat).quantile(0.95) if lat else None
     return ro.Serving(

@@ -40,7 +40,7 @@ from edgeops.core.bundle import Bundle
 from edgeops.core.errors import BrokerError, BundleError, EdgeOpsError
 from edgeops.core.manifest import Manifest
 from edgeops.core.signing import load_verify_keys
-from edgeops.service import db
+from edgeops.service import storage
 from edgeops.service.auth import BundleLinks, Tokens
 from edgeops.service.baselines import Baselines
 from edgeops.service.bundles import BundleStore
@@ -75,8 +75,8 @@ class Service:
 
             config = replace(config, intake=replace(config.intake, batch_size=batch_size))
         self.config = config
-        self.engine_db = db.connect(config.db)
-        self.store = db.Store(self.engine_db)
+        self.engine_db = storage.connect(config.db)
+        self.store = storage.Store(self.engine_db)
         self.tokens = Tokens(self.store)
         """The REST API's tokens (:mod:`edgeops.service.auth`)."""
         self.links = BundleLinks.of(self.store, valid_for=config.bundle_link_seconds)
@@ -351,7 +351,7 @@ class Service:
                 )
                 raise
         self.bundles.add(data, info, hashlib.sha256(data).hexdigest())
-        self.store.add_model(manifest, info)
+        self.store.models.add(manifest, info)
         self.baselines.forget_missing(info.name, info.version)
         log.info("registered %s %s", info.name, info.version)
         return info
@@ -383,7 +383,7 @@ class Service:
     ) -> dict[str, Any]:
         """Start a staged deployment of a registered bundle (``NAME-VERSION`` or
         ``NAME:VERSION``); its status."""
-        name, version = self.store.resolve_model(bundle)
+        name, version = self.store.models.resolve(bundle)
         self.public_url()  # devices must be able to download the bundle: fail now, not later
         status = self.rollouts.create(
             name,

@@ -1,11 +1,10 @@
-"""What the dashboard's data endpoints read: the fleet overview, a device over time, a model's
-versions (:mod:`edgeops.service.view_types`).
+"""What the dashboard's data endpoints show: the fleet overview, a device over time, a model's
+versions (:mod:`edgeops.service.view_types`), from the reads of
+:mod:`edgeops.service.storage.dashboard`.
 
 Reads stay bounded however long the service has run: a device's windows and drift rows are read
-for the view's span only, through the ``(fleet, device, time)`` indexes; latency comes from the
-windows' own ``latency`` column (a few hundred bytes) rather than whole payloads; drift rows are
-thinned in SQL to the newest evaluation per time bucket (found from the index alone) before
-they are read and decoded.
+for the view's span only (drift rows thinned to the newest evaluation per time bucket); latency
+comes from the windows' own ``latency`` column (a few hundred bytes) rather than whole payloads.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
-import sqlalchemy as sa
 
 from edgeops.core import wire
 from edgeops.core.latency import LogHistogram
 from edgeops.service import api_types as t
-from edgeops.service import db
 from edgeops.service import view_types as v
+from edgeops.service.storage import Store
 
 if TYPE_CHECKING:
     from edgeops.service.server import Service
@@ -106,8 +104,8 @@ def merged_latencies(slotted: Sequence[tuple[int, _Latency]]) -> dict[int, LogHi
 
 def overview(service: Service, fleet: str | None = None) -> v.Overview:
     store = service.store
-    devices = store.devices(fleet)
-    active = store.active_alerts(fleet)
+    devices = store.devices.all(fleet)
+    active = store.alerts.active(fleet)
     per: dict[tuple[str, str], int] = defaultdict(int)
     for a in active:
         per[(a["fleet"], a["device"])] += 1
@@ -144,92 +142,26 @@ def device_view(
 ) -> v.DeviceView:
     """``device`` of ``fleet`` over the last ``hours`` (KeyError: no such device)."""
     store = service.store
-    record = store.device(fleet, device)
+    record = store.devices.get(fleet, device)
     if record is None:
         raise KeyError(device)
     now = time.time() if now is None else now
     hours = min(max(hours, 1 / 60), MAX_HOURS)
     since = now - hours * 3600.0
     bucket = hours * 3600.0 / MAX_POINTS
-    w, dr, a = db.windows.c, db.drift.c, db.alerts.c
-    with store.begin() as conn:
-        rows = conn.execute(
-            sa.select(
-                w.received,
-                w["count"],
-                w.errors,
-                w.bad_inputs,
-                w.latency,
-                w.id,
-                w.model_name,
-                w.model_version,
-            )
-            .where(w.fleet == fleet, w.device == device, w.received >= since)
-            .order_by(w.received)
-        ).all()
-        # The newest evaluation in each time bucket, from the (fleet, device, evaluated) index
-        # alone (an evaluation stores all its rows at one time), then only its rows are read.
-        mine = (dr.fleet == fleet, dr.device == device)
-        times = conn.execute(
-            sa.select(sa.func.max(dr.evaluated))
-            .where(*mine, dr.evaluated >= since)
-            .group_by(sa.cast(dr.evaluated / bucket, sa.Integer))
-        ).scalars()
-        drift_rows = conn.execute(
-            sa.select(
-                dr.evaluated,
-                dr.model_version,
-                dr.feature,
-                dr.kind,
-                dr.reference,
-                dr.samples,
-                dr.value,
-                dr.drifted,
-                dr.checks,
-            )
-            .where(*mine, dr.scope == "device", dr.evaluated.in_(list(times)))
-            .order_by(dr.evaluated, dr.id)
-        ).all()
-        alerts = conn.execute(
-            sa.select(db.alerts)
-            .where(
-                a.fleet == fleet,
-                a.device == device,
-                sa.or_(a.cleared.is_(None), a.cleared >= since, a.raised >= since),
-            )
-            .order_by(a.raised)
-        ).mappings()
-        alert_rows = [dict(x) for x in alerts]
-        dd, dep = db.deployment_devices.c, db.deployments.c
-        deployments = conn.execute(
-            sa.select(
-                dep.id,
-                dep.model_name,
-                dep.model_version,
-                dd.from_version,
-                dd.state,
-                dep.state.label("deployment_state"),
-                dep.created,
-                dd.decided,
-                dd.reason,
-            )
-            .select_from(db.deployment_devices.join(db.deployments, dd.deployment == dep.id))
-            .where(dep.fleet == fleet, dd.device == device)
-            .order_by(dep.created.desc())
-            .limit(20)
-        ).mappings()
-        deployment_rows = [dict(x) for x in deployments]
+    history = store.dashboard.device_history(fleet, device, since=since, bucket=bucket)
+    rows = history.windows
     return v.DeviceView(
         now=now,
         since=since,
         bucket_s=bucket,
         device=t.typed(record, t.Device),
         activity=activity(store, rows, since, bucket),
-        drift=drift_series(drift_rows),
-        alerts=t.typed(alert_rows, list[t.Alert]),
-        events=t.typed(store.events_of(fleet, device, limit=30), list[t.Event]),
+        drift=drift_series(history.drift),
+        alerts=t.typed(history.alerts, list[t.Alert]),
+        events=t.typed(store.telemetry.events_of(fleet, device, limit=30), list[t.Event]),
         models=model_spans(rows),
-        deployments=t.typed(deployment_rows, list[v.DeviceDeployment]),
+        deployments=t.typed(history.deployments, list[v.DeviceDeployment]),
     )
 
 
@@ -248,7 +180,7 @@ def model_spans(rows: Sequence[Any]) -> list[v.ModelSpan]:
     return sorted(spans.values(), key=lambda m: m.first)
 
 
-def activity(store: db.Store, rows: Sequence[Any], since: float, bucket: float) -> v.Activity:
+def activity(store: Store, rows: Sequence[Any], since: float, bucket: float) -> v.Activity:
     """Windows ``(received, count, errors, bad_inputs, latency, id, ...)`` in time buckets."""
     predictions = [0] * MAX_POINTS
     errors = [0] * MAX_POINTS
@@ -282,17 +214,11 @@ def activity(store: db.Store, rows: Sequence[Any], since: float, bucket: float) 
     )
 
 
-def _payload_latencies(store: db.Store, ids: Sequence[int]) -> dict[int, _Latency]:
-    out: dict[int, _Latency] = {}
-    w = db.windows.c
-    with store.begin() as conn:
-        for i in range(0, len(ids), 500):
-            q = sa.select(w.id, w.payload).where(w.id.in_(list(ids[i : i + 500])))
-            for wid, payload in conn.execute(q):
-                tele = db.decode_stored(payload, wid)
-                if tele is not None:
-                    out[wid] = _Latency(**msgspec.structs.asdict(tele.latency))
-    return out
+def _payload_latencies(store: Store, ids: Sequence[int]) -> dict[int, _Latency]:
+    return {
+        wid: _Latency(**msgspec.structs.asdict(h))
+        for wid, h in store.dashboard.window_latencies(ids).items()
+    }
 
 
 def drift_series(rows: Sequence[Any]) -> list[v.DriftSeries]:
@@ -348,23 +274,13 @@ def _num(x: Any) -> float | None:
 def model_view(service: Service, name: str) -> v.ModelView:
     """KeyError when no version of ``name`` is registered."""
     store = service.store
-    rows = [r for r in store.models() if r["name"] == name]
+    rows = [r for r in store.models.all() if r["name"] == name]
     if not rows:
         raise KeyError(name)
-    d = db.devices.c
-    with store.begin() as conn:
-        running: dict[str, list[str]] = defaultdict(list)
-        q = (
-            sa.select(d.model_version, d.fleet, d.device)
-            .where(d.model_name == name)
-            .order_by(d.fleet, d.device)
-        )
-        for version, fleet, device in conn.execute(q):
-            if len(running[version]) < RUNNING_ON:
-                running[version].append(f"{fleet}/{device}")
+    running = store.dashboard.running_on(name, per_version=RUNNING_ON)
     versions = []
     for r in rows:
-        manifest = store.model(name, r["version"]) or {}
+        manifest = store.models.manifest(name, r["version"]) or {}
         fid = manifest.get("fidelity")
         conv = manifest.get("conversion")
         versions.append(

@@ -24,7 +24,7 @@ class Postgres:
     """A throwaway PostgreSQL server (initdb + pg_ctl) on a free port, for tests.
 
     PostgreSQL refuses to run as root; as root the server runs as the ``postgres`` user (via
-    ``runuser``). ``url`` is a ``postgresql://`` URL for :func:`edgeops.service.db.connect`.
+    ``runuser``). ``url`` is a ``postgresql://`` URL for :func:`edgeops.service.storage.connect`.
     """
 
     def __init__(self) -> None:
