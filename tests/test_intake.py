@@ -663,5 +663,5 @@ def test_an_events_data_that_is_not_its_kinds_is_kept_counted_and_read_for_nothi
     assert states["typed"]["state"] == states["odd"]["state"] == ro.COMMITTED
     assert states["typed"]["health"] == msgspec.to_builtins(health)
     assert states["odd"]["health"] is None  # nothing read from data that does not fit
-    stored = {e["kind"]: e["data"] for e in s.store.events_of(FLEET, "odd")}
+    stored = {e["kind"]: e["data"] for e in s.store.telemetry.events_of(FLEET, "odd")}
     assert stored == {"update-committed": answers[1][2], "firmware-flashed": answers[2][2]}
