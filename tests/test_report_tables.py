@@ -89,6 +89,14 @@ def _drift_row(**kw: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _event(**kw: Any) -> dict[str, Any]:
+    return {
+        "id": 1, "fleet": "f", "device": "d", "boot": "b", "seq": 1, "sent": 1.0,
+        "kind": "started", "level": "info", "message": "", "command_id": None,
+        "data": {"agent_version": "0.1.0", "commands": "signed"}, **kw,
+    }  # fmt: skip
+
+
 def _deployment(**kw: Any) -> dict[str, Any]:
     return {
         "id": "d1", "fleet": "f", "model_name": "m", "model_version": "2", "state": "running",
@@ -122,7 +130,7 @@ GOOD: dict[str, Any] = {
         "bad_inputs": 0,
         "alerts": [_alert()],
         "drift": [_drift_row()],
-        "events": [],
+        "events": [_event(), _event(kind="update-failed", level="error", message="a\nb " * 40)],
     },
     "drift": {
         "drift": [_drift_row()],
@@ -243,3 +251,17 @@ def test_a_device_that_never_sent_a_window_reads_as_a_report(
             result = cli(*args, "--url", url, "--token", token)
             assert result.code == 0, (args, result.err)
             assert "Traceback" not in result.out + result.err
+
+
+def test_the_device_report_lists_recent_events_one_line_each() -> None:
+    """What a device wrote in an event's message is one clipped line of the table, escaped."""
+    text = device_report(GOOD["device"])
+    events = text.split("recent events:\n", 1)[1].splitlines()
+    assert events[0].split() == ["sent", "kind", "level", "command", "message"]
+    rows = events[2:]  # under the header's rule
+    assert len(rows) == 2 and "started" in rows[0]
+    assert "update-failed" in rows[1] and rows[1].endswith("…")
+    assert len(rows[1]) < 160
+    hostile = device_report({**GOOD["device"], "events": [_event(message="\x1b[2Jx\ry")]})
+    assert "\x1b" not in hostile and "\r" not in hostile and "\\x1b[2Jx y" in hostile
+    assert "recent events" not in device_report(EMPTY["device"])

@@ -340,7 +340,8 @@ def drift_report(data: dict[str, Any]) -> str:
 
 def device_report(data: dict[str, Any]) -> str:
     """``edgeops fleet device``: a device with no window yet, no model, no latency or odd
-    values still reads as a report (dashes where there is nothing to show)."""
+    values still reads as a report (dashes where there is nothing to show). Then its active
+    alerts, its latest drift rows and its recent events, each where there is any."""
     d = data.get("device") if isinstance(data.get("device"), dict) else {}
     assert isinstance(d, dict)
     lat = data.get("latency") if isinstance(data.get("latency"), dict) else {}
@@ -367,7 +368,26 @@ def device_report(data: dict[str, Any]) -> str:
         out += "\n\nactive alerts:\n" + alerts_table(_list(data, "alerts"))
     if _list(data, "drift"):
         out += "\n\ndrift (latest evaluation):\n" + drift_table(_list(data, "drift"))
+    if _list(data, "events"):
+        out += "\n\nrecent events:\n" + events_table(_list(data, "events"))
     return out
+
+
+def events_table(rows: list[dict[str, Any]]) -> str:
+    """A device's events, newest first: when it sent each, its kind and level, the command it
+    answers and its message (one line, clipped; a device wrote it)."""
+    body = [
+        (
+            _stamp(r.get("sent")),
+            r.get("kind"),
+            r.get("level"),
+            r.get("command_id"),
+            clip_words(str(r.get("message") or ""), 70),
+        )
+        for r in rows
+        if isinstance(r, dict)
+    ]
+    return render(("sent", "kind", "level", "command", "message"), body)
 
 
 def _when(t: Any) -> str:
