@@ -61,11 +61,11 @@ def open_runtime(path: str | Path, *, threads: int | None = None) -> Runtime:
     if not p.is_file():
         raise ModelError(f"{p}: no such model file")
     suffix = p.suffix.lower()
-    if suffix == ".tflite":
-        return TFLiteRuntime(p, threads=threads)
-    if suffix == ".onnx":
-        return OnnxRuntime(p, threads=threads)
-    raise ModelError(f"{p}: unsupported model type '{suffix}' (expected .tflite or .onnx)")
+    runtime = RUNTIMES.get(suffix)
+    if runtime is None:
+        expected = " or ".join(RUNTIMES)
+        raise ModelError(f"{p}: unsupported model type '{suffix}' (expected {expected})")
+    return runtime(p, threads=threads)
 
 
 def run_float(runtime: Runtime, x: Array | Sequence[Array]) -> list[npt.NDArray[np.float32]]:
@@ -307,3 +307,12 @@ class OnnxRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Opener(Protocol):
+    def __call__(self, path: str | Path, *, threads: int | None = None) -> Runtime: ...
+
+
+RUNTIMES: dict[str, _Opener] = {".tflite": TFLiteRuntime, ".onnx": OnnxRuntime}
+"""The runtime of each model file type, by suffix (:func:`open_runtime`). A new runtime: a
+class with the :class:`Runtime` protocol above, and its suffix here."""

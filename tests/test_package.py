@@ -240,3 +240,21 @@ print(heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_model_file_no_runtime_opens_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The runtime is chosen by the file's suffix from one table; anything else is a ModelError
+    naming the suffixes there are runtimes for."""
+    from device_agent.runtimes import RUNTIMES, open_runtime
+
+    assert set(RUNTIMES) == {".tflite", ".onnx"}
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"\x80\x02not a model")
+    with pytest.raises(errors.ModelError, match=r"unsupported model type '\.pt' \(expected "):
+        open_runtime(other)
+    with pytest.raises(errors.ModelError, match="no such model file"):
+        open_runtime(tmp_path / "missing.tflite")
+    broken = tmp_path / "broken.ONNX"  # the suffix in any case
+    broken.write_bytes(b"not protobuf")
+    with pytest.raises(errors.ModelError, match="not a loadable ONNX model"):
+        open_runtime(broken)  # opened by onnxruntime, which refuses it

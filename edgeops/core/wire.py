@@ -410,10 +410,14 @@ class PingArgs(_Args, frozen=True, kw_only=True, tag="ping"):
 
 
 CommandArgs = UpdateArgs | RollbackArgs | SetConfigArgs | PingArgs
+"""Every command's arguments. A new command: its record above (tagged with its kind), its
+name here and in :data:`CommandKind`, its ``KIND-done``/``KIND-failed`` records in
+:mod:`edgeops.core.events`, and its handler on the device (``Agent._run_command``)."""
 _KIND_OF: dict[type[_Args], CommandKind] = {
-    cls: cast(CommandKind, cls.__struct_config__.tag)
-    for cls in (UpdateArgs, RollbackArgs, SetConfigArgs, PingArgs)
+    cls: cast(CommandKind, cls.__struct_config__.tag) for cls in get_args(CommandArgs)
 }
+if set(_KIND_OF.values()) != set(COMMAND_KINDS):
+    raise AssertionError("CommandKind and the tags of CommandArgs name other commands")
 
 
 class Command(_Message, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="command"):
