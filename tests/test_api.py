@@ -47,6 +47,7 @@ NEEDS: dict[tuple[str, str], str] = {
     ("POST", "/v1/deployments"): "deploy",
     ("GET", "/v1/deployments/{dep_id}"): "read",
     ("POST", "/v1/deployments/{dep_id}/abort"): "deploy",
+    ("POST", "/v1/devices/{device}/commands"): "deploy",
     ("GET", "/v1/bundles/{sha256}"): "read",  # or a signed link
     ("GET", "/v1/whoami"): "read",
     ("GET", "/metrics"): "read",
@@ -131,6 +132,8 @@ def _call(api: Api, method: str, path: str, headers: dict[str, str]) -> Any:
         return api.client.post(url, content=b"not a bundle", headers=headers)
     if path == "/v1/deployments":
         return api.client.post(url, json={"bundle": "nope-1", "fleet": "f"}, headers=headers)
+    if path.endswith("/commands"):
+        return api.client.post(url, json={"kind": "ping"}, headers=headers)
     return api.client.post(url, headers=headers)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 from dataclasses import replace
@@ -188,6 +189,104 @@ def device(device_id: str, fleet_name: str | None, as_json: bool, **api: Any) ->
     """One device: model, latency percentiles, alerts, drift, events."""
     data = api_client(api).get(f"/v1/devices/{quote(device_id, safe='')}", fleet=fleet_name)
     _out(data, as_json, device_report(data) if not as_json else "")
+
+
+_wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the device's answer (0: send and return).",
+)
+_valid_option = click.option(
+    "--valid-for",
+    type=click.FloatRange(min=1, max=86400),
+    default=300.0,
+    show_default=True,
+    help="Seconds the device may act on it; later it refuses it as expired.",
+)
+
+
+@fleet.command()
+@click.argument("device_id")
+@click.option("--fleet", "fleet_name", default=None, help="The device's fleet, if ambiguous.")
+@_wait_option
+@_valid_option
+@api_options
+@json_option
+def ping(
+    device_id: str,
+    fleet_name: str | None,
+    wait: float,
+    valid_for: float,
+    as_json: bool,
+    **api: Any,
+) -> None:
+    """Ask a device to answer (a signed ping), and wait for its answer."""
+    _command(api, device_id, fleet_name, {"kind": "ping"}, wait, valid_for, as_json)
+
+
+@fleet.command("set-config")
+@click.argument("device_id")
+@click.option("--fleet", "fleet_name", default=None, help="The device's fleet, if ambiguous.")
+@click.option(
+    "--window-seconds",
+    type=float,
+    default=None,
+    help="Telemetry window length, 1 to 3600 s (applies to the window open now).",
+)
+@click.option(
+    "--sample-rate",
+    type=float,
+    default=None,
+    help="Share of predictions whose inputs feed the window's statistics, 0 to 1.",
+)
+@_wait_option
+@_valid_option
+@api_options
+@json_option
+def set_config(
+    device_id: str,
+    fleet_name: str | None,
+    window_seconds: float | None,
+    sample_rate: float | None,
+    wait: float,
+    valid_for: float,
+    as_json: bool,
+    **api: Any,
+) -> None:
+    """Change a device's telemetry settings (a signed set-config), and wait for its answer."""
+    if window_seconds is None and sample_rate is None:
+        raise click.UsageError("give --window-seconds, --sample-rate or both")
+    for hint, value in (("--window-seconds", window_seconds), ("--sample-rate", sample_rate)):
+        if value is not None and not math.isfinite(value):  # the bounds are the wire's
+            raise click.BadParameter(f"{value} is not a finite number", param_hint=hint)
+    body = {"kind": "set-config", "window_seconds": window_seconds, "sample_rate": sample_rate}
+    _command(api, device_id, fleet_name, body, wait, valid_for, as_json)
+
+
+def _command(
+    api: dict[str, Any],
+    device: str,
+    fleet_name: str | None,
+    body: dict[str, Any],
+    wait: float,
+    valid_for: float,
+    as_json: bool,
+) -> None:
+    """Send the command, print the device's answer; exit 21 unless the device carried it out."""
+    from edgeops.core.errors import CommandFailed
+    from edgeops.service.report import answer_line, answered, command_device
+
+    body = {k: v for k, v in {**body, "valid_for": valid_for}.items() if v is not None}
+    sent, answer = command_device(api_client(api), device, body, fleet=fleet_name, wait=wait)
+    line = answer_line(sent, answer, wait)
+    if as_json:
+        click.echo(json.dumps({"sent": sent, "answer": answer}, indent=2, default=str))
+    elif answered(answer) or wait == 0:
+        click.echo(line)
+    if wait > 0 and not answered(answer):
+        raise CommandFailed(line)
 
 
 @click.group()

@@ -211,6 +211,13 @@ class AccessDenied(EdgeOpsError):
     exit_code = 20
 
 
+class CommandFailed(EdgeOpsError):
+    """A device answered a command with ``KIND-failed`` or ``command-rejected``, or did not
+    answer in the time it was given."""
+
+    exit_code = 21
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's text, for wrapping third-party errors in one line."""
     text = str(e).strip()

@@ -7,6 +7,10 @@
     read    GET  /v1/fleet[?fleet=F]              devices: presence, model, last seen, alerts
     read    GET  /v1/devices/{device}[?fleet=F]   one device: record, latency percentiles,
                                                   drift, alerts, recent events
+    deploy  POST /v1/devices/{device}/commands[?fleet=F]
+                                                  sign and send it a ping or a set-config
+                                                  (DeviceCommandRequest); it answers with an
+                                                  event carrying the command's id
     read    GET  /v1/drift[?model=M&version=V&since=T&device=D&all=1]
                                                   latest verdict per feature and reference
                                                   (all rows with all=1): distances, every
@@ -55,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio.to_thread
+import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -69,6 +74,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
+from edgeops.core import wire
 from edgeops.core.bodies import spool_capped
 from edgeops.core.errors import BodyTooLarge, EdgeOpsError, RolloutError
 from edgeops.core.latency import merge_wire
@@ -294,15 +300,44 @@ def make_app(service: Service) -> Litestar:
     )
     def device_detail(device: str, fleet: str | None = None) -> t.DeviceSummary:
         """One device: its record, latency percentiles, errors, alerts, drift, recent events."""
-        matches = store.devices.find(device)
-        if fleet is not None:
-            matches = [m for m in matches if m["fleet"] == fleet]
-        if not matches:
-            raise NotFoundException(f"no device {device!r}")
-        if len(matches) > 1:
-            fleets = ", ".join(m["fleet"] for m in matches)
-            raise ClientException(f"device {device!r} is in several fleets ({fleets}); pass fleet")
-        return device_summary(service, matches[0]["fleet"], device)
+        return device_summary(service, dashboard.device_fleet(service, device, fleet), device)
+
+    @post(
+        "/v1/devices/{device:str}/commands",
+        operation_id="commandDevice",
+        summary="Send a device a command",
+        status_code=202,
+        sync_to_thread=True,
+        responses=refusals(400, 404),
+        **role_options("deploy"),
+    )
+    def device_command(
+        device: str, data: t.DeviceCommandRequest, fleet: str | None = None
+    ) -> t.CommandSent:
+        """Sign and publish a ``ping`` or ``set-config`` for one device. The device answers
+        with an event carrying the command's id: ``KIND-done``, ``KIND-failed`` or
+        ``command-rejected`` (``GET /v1/devices/{device}`` lists it)."""
+        found = dashboard.device_fleet(service, device, fleet)
+        fields = msgspec.structs.asdict(data)
+        valid_for = fields.pop("valid_for")
+        try:
+            args = msgspec.convert(
+                {k: v for k, v in fields.items() if v is not None},
+                wire.PingArgs | wire.SetConfigArgs,
+            )
+        except msgspec.ValidationError as e:
+            raise ClientException(f"bad command: {e}") from None
+        cmd = service.command_device(found, device, args, valid_for=valid_for)
+        return t.CommandSent(
+            id=cmd.id,
+            fleet=cmd.fleet,
+            device=cmd.device,
+            kind=cmd.kind,
+            counter=cmd.counter,
+            issued=cmd.issued,
+            deadline=cmd.deadline,
+            key=cmd.key,
+        )
 
     @get(
         "/v1/drift",
@@ -581,6 +616,7 @@ def make_app(service: Service) -> Litestar:
         route_handlers=[
             fleet_status,
             device_detail,
+            device_command,
             drift_report,
             alert_list,
             model_list,

@@ -11,7 +11,7 @@ check).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -338,6 +338,33 @@ class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True):
     selector: dict[str, str] | None = None
     """Only devices with these labels."""
     policy: PolicyRequest | None = None
+
+
+class DeviceCommandRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/devices/{device}/commands``: a ``ping``, or a ``set-config`` with at least one
+    setting (bounded as the wire bounds them: ``window_seconds`` 1 to 3600, ``sample_rate`` 0
+    to 1). Updates and rollbacks go through a deployment."""
+
+    kind: Literal["ping", "set-config"]
+    window_seconds: float | None = None
+    sample_rate: float | None = None
+    valid_for: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+    """Seconds the device may act on it; later it refuses it as expired."""
+
+
+class CommandSent(msgspec.Struct):
+    """A command as the service signed and published it; the device answers with an event
+    (``KIND-done``, ``KIND-failed`` or ``command-rejected``) that carries its ``id``."""
+
+    id: str
+    fleet: str
+    device: str
+    kind: str
+    counter: int
+    issued: float
+    deadline: float
+    key: str | None
+    """The command key that signed it; None: sent unsigned (development)."""
 
 
 class Policy(msgspec.Struct):

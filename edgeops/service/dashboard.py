@@ -120,7 +120,7 @@ def page_html(name: str) -> bytes:
     ).encode()
 
 
-def _one(service: Service, device: str, fleet: str | None) -> str:
+def device_fleet(service: Service, device: str, fleet: str | None) -> str:
     """The fleet of ``device`` (404: none; 400: several and no ``fleet``)."""
     matches = service.store.devices.find(device)
     if fleet is not None:
@@ -188,7 +188,7 @@ def routes(service: Service) -> list[HTTPRouteHandler]:
         """Predictions/s, errors and latency p50/p95 per time bucket (merged histograms); each
         feature's deciding checks over time with their thresholds and noise floors; the alert
         timeline, recent events, the models it ran and the deployments it was in."""
-        found = _one(service, device, fleet)
+        found = device_fleet(service, device, fleet)
         try:
             return views.device_view(service, found, device, hours)
         except KeyError:

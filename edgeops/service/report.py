@@ -25,7 +25,7 @@ from typing import Any
 
 from edgeops.core.broker import read_secret
 from edgeops.core.errors import AccessDenied, EdgeOpsError, UsageError
-from edgeops.core.terminal import clean, clip_words, render
+from edgeops.core.terminal import clean, clip_words, fmt, render
 
 DEFAULT_URL = "http://127.0.0.1:8480"
 TOKEN_ENV = "EDGEOPS_TOKEN"
@@ -140,6 +140,54 @@ def post(url: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any
     """POST raw bytes (a bundle) or a JSON object to ``url + path``, with the environment's
     token; the decoded JSON."""
     return ServiceClient.resolve(url).post(path, body)
+
+
+def command_device(
+    client: ServiceClient,
+    device: str,
+    body: dict[str, Any],
+    *,
+    fleet: str | None = None,
+    wait: float = 30.0,
+    poll: float = 0.25,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Send ``device`` a command (``POST /v1/devices/{device}/commands``) and wait up to ``wait``
+    seconds for the event that answers it (one carrying its id); ``(sent, answer)``, the answer
+    None when none came (or ``wait`` is 0)."""
+    path = f"/v1/devices/{urllib.parse.quote(device, safe='')}"
+    query = f"?{urllib.parse.urlencode({'fleet': fleet})}" if fleet is not None else ""
+    sent: dict[str, Any] = client.post(f"{path}/commands{query}", body)
+    deadline = time.monotonic() + wait
+    while wait > 0:
+        found = client.get(path, fleet=sent.get("fleet"))
+        events = found.get("events") if isinstance(found, dict) else None
+        for event in events if isinstance(events, list) else ():
+            if isinstance(event, dict) and event.get("command_id") == sent.get("id"):
+                return sent, event
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return sent, None
+
+
+def answer_line(sent: Mapping[str, Any], answer: Mapping[str, Any] | None, waited: float) -> str:
+    """One line for the CLI: the command and the device's answer to it (its kind, message and
+    data, escaped and clipped: a device wrote them)."""
+    what = f"{sent.get('kind')} {sent.get('id')} to {sent.get('fleet')}/{sent.get('device')}"
+    if answer is None:
+        until = _stamp(sent.get("deadline"))
+        return f"{what}: sent, no answer in {waited:g} s (the device may act on it until {until})"
+    data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    detail = ", ".join(f"{k} {fmt(v)}" for k, v in data.items() if not isinstance(v, dict | list))
+    message = str(answer.get("message") or "")
+    text = f"{what}: {answer.get('kind')}" + (f": {message}" if message else "")
+    return clip_words(fmt(text + (f" ({detail})" if detail else "")), 300)
+
+
+def answered(answer: Mapping[str, Any] | None) -> bool:
+    """Whether ``answer`` says the device carried the command out."""
+    return answer is not None and str(answer.get("kind", "")).endswith("-done")
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

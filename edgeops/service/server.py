@@ -44,7 +44,7 @@ from edgeops.service import storage
 from edgeops.service.auth import BundleLinks, Tokens
 from edgeops.service.baselines import Baselines
 from edgeops.service.bundles import BundleStore
-from edgeops.service.commands import Addressed, CommandSigner
+from edgeops.service.commands import Addressed, CommandDraft, CommandSigner
 from edgeops.service.config import ServiceConfig
 from edgeops.service.engine import Engine
 from edgeops.service.evaluation import EvaluationQueue, Evaluator
@@ -479,6 +479,22 @@ class Service:
             self.client.publish(topic, wire.encode(cmd), qos=1)
             sent.append(cmd)
         return sent
+
+    def command_device(
+        self,
+        fleet: str,
+        device: str,
+        args: wire.PingArgs | wire.SetConfigArgs,
+        *,
+        valid_for: float,
+    ) -> wire.Command:
+        """Number, sign and send one command to one device, valid for ``valid_for`` seconds (a
+        device offline longer refuses it as expired, rather than act on a stale request); the
+        command as sent. Updates and rollbacks are not sent this way: a deployment sends them
+        and watches their outcome."""
+        now = time.time()
+        draft = CommandDraft(f"c-{uuid.uuid4().hex}", args, now, now + valid_for)
+        return self.send_commands([Addressed(fleet, device, draft)])[0]
 
     # --- in-process intake (tests, benchmarks) ------------------------------------------------
 
