@@ -4,9 +4,8 @@ prints the device's answer, by its printed text and exit code."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,8 @@ from edgeops.core import errors
 from edgeops.core.signing import generate_keypair
 from edgeops.service.config import ServiceConfig
 from edgeops.service.server import Service
-from edgeops.testing import Mosquitto
+from edgeops.testing import Mosquitto, until
 from tests.test_agent import FLEET, make_config
-
-
-def _until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +56,7 @@ def live(  # type: ignore[no-untyped-def]
         agents = {name: Agent(c, http=False).start() for name, c in configs.items()}
         try:
             ids = {c.device.id for c in configs.values()}
-            assert _until(lambda: {d["device"] for d in service.store.devices.all(FLEET)} >= ids)
+            assert until(lambda: {d["device"] for d in service.store.devices.all(FLEET)} >= ids)
             yield {
                 "service": service,
                 "url": service.http.address,

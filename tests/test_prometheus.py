@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -24,7 +22,7 @@ from device_agent.agent import Agent
 from edgeops.core import topics
 from edgeops.core.errors import InputDataError
 from edgeops.service.server import Service
-from edgeops.testing import Mosquitto
+from edgeops.testing import Mosquitto, until
 from tests.test_agent import FLEET, make_config
 from tests.test_service import service_config
 
@@ -48,15 +46,6 @@ def scrape(url: str, token: str | None = None) -> tuple[str, Samples]:
 
 def value(samples: Samples, metric: str, **labels: str) -> float:
     return samples[(metric, tuple(sorted(labels.items())))]
-
-
-def _until(cond: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_service_and_agent_metrics_count_what_happened_and_cover_the_grafana_dashboard(
@@ -105,7 +94,7 @@ def test_service_and_agent_metrics_count_what_happened_and_cover_the_grafana_das
             def stored() -> Samples:
                 return scrape(url, token)[1]
 
-            assert _until(
+            assert until(
                 lambda: (
                     value(stored(), "edgeops_messages_stored_total", kind="window") >= 2
                     and value(stored(), "edgeops_messages_rejected_total", reason="not json") >= 1

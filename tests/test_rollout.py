@@ -26,7 +26,7 @@ from edgeops.service import rollout_policy as ro
 from edgeops.service.config import ServiceConfig
 from edgeops.service.server import Service
 from edgeops.service.storage import schema
-from edgeops.testing import Mosquitto, write_bad_bundles
+from edgeops.testing import Mosquitto, until, write_bad_bundles
 from tests.test_agent import FLEET, make_config
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -246,13 +246,8 @@ def _config(
     )
 
 
-def _until(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
+def _until(cond: Any, timeout: float = 60.0) -> bool:
+    return until(cond, timeout)
 
 
 def _finished(service: Service, dep_id: str, timeout: float = 90.0) -> dict[str, Any]:

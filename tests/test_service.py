@@ -17,7 +17,7 @@ from edgeops.core import topics, wire
 from edgeops.core.errors import AccessDenied
 from edgeops.service.config import ServiceConfig
 from edgeops.service.server import Service
-from edgeops.testing import Mosquitto, Postgres
+from edgeops.testing import Mosquitto, Postgres, until
 from tests.test_agent import FLEET, make_config
 
 
@@ -57,15 +57,6 @@ def _serve_windows(
         agent.flush_window()
 
 
-def _wait(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_drifted_devices_alert_and_the_others_do_not(
     broker: Mosquitto, bundles, signing_keys, digits_images, tmp_path: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
@@ -90,13 +81,13 @@ def test_drifted_devices_alert_and_the_others_do_not(
                 assert a.link is not None and a.link.wait_connected(10)
             for a in agents:
                 _serve_windows(a, digits_images, 3, rng)  # three calm windows each
-            assert _wait(lambda: service.counters.stored_windows >= 9)
+            assert until(lambda: service.counters.stored_windows >= 9)
             assert service.store.alerts.active() == []
             drifted = agents[2]
             _serve_windows(drifted, digits_images, 2, rng, shift=5.0)  # drift: two windows
             for a in agents[:2]:
                 _serve_windows(a, digits_images, 2, rng)
-            assert _wait(lambda: service.counters.stored_windows >= 15)
+            assert until(lambda: service.counters.stored_windows >= 15)
             alerts = service.store.alerts.active()
             assert {a["device"] for a in alerts} == {names[2]}, alerts
             features = {(a["kind"], a["feature"]) for a in alerts}
@@ -112,13 +103,13 @@ def test_drifted_devices_alert_and_the_others_do_not(
             c.connect("127.0.0.1", broker.port)
             c.subscribe(topics.alert(FLEET, names[2]), qos=1)
             c.loop_start()
-            assert _wait(lambda: bool(got), 10)
+            assert until(lambda: bool(got), 10)
             c.disconnect()
             c.loop_stop()
             assert {a.feature for a in got[-1].alerts} >= {"image:mean[c0]"}
             # Back to normal: the alert clears after K calm windows.
             _serve_windows(drifted, digits_images, 3, rng)
-            assert _wait(lambda: service.store.alerts.active(device=names[2]) == [], 15)
+            assert until(lambda: service.store.alerts.active(device=names[2]) == [], 15)
             # The CLI reads it all through the REST API, with a read token.
             url = service.http.address
             assert cli("fleet", "status", "--url", url).code == AccessDenied.exit_code
@@ -205,7 +196,7 @@ def test_two_services_share_the_load_with_postgresql_and_ride_out_a_database_out
                         a.predict(digits_images[rng.integers(0, len(digits_images), 50)])
                         a.flush_window()
                 total = lambda: one.counters.stored_windows + two.counters.stored_windows  # noqa: E731
-                assert _wait(lambda: total() >= 40, 30)
+                assert until(lambda: total() >= 40, 30)
                 # The database goes away for a few seconds: the services keep the batches they
                 # hold (unacked) and retry until it is back; nothing is lost or doubled.
                 pg.halt()
@@ -215,7 +206,7 @@ def test_two_services_share_the_load_with_postgresql_and_ride_out_a_database_out
                         a.flush_window()
                 time.sleep(3.0)
                 pg.resume()
-                assert _wait(lambda: total() >= 60, 60), total()
+                assert until(lambda: total() >= 60, 60), total()
                 assert one.counters.storage_retries + two.counters.storage_retries > 0
                 time.sleep(1.0)
             finally:

@@ -1,7 +1,8 @@
 """Testing helpers for fleets, one module each: a real mosquitto broker (``mosquitto``), the shipped
 fleet configuration with a throwaway CA (``fleet_broker``, ``pki``), a telemetry collector
 (``collector``), signed commands (``commands``), PostgreSQL (``postgres``), bad bundles
-(``bundles``) and API tokens (``tokens``). This ``__init__`` gathers their public names.
+(``bundles``), API tokens (``tokens``) and polling until a condition holds (``waiting``). This
+``__init__`` gathers their public names.
 
 ``Mosquitto`` starts the ``mosquitto`` binary on a free port with a generated config (persistence
 on, so sessions and queued messages survive :meth:`Mosquitto.restart`); :class:`Collector`
@@ -43,6 +44,7 @@ from edgeops.testing.pki import SERVER_HOSTS, TestPki, make_test_pki
 from edgeops.testing.ports import free_port
 from edgeops.testing.postgres import Postgres
 from edgeops.testing.tokens import make_api_token
+from edgeops.testing.waiting import until
 
 __all__ = [
     "DEPLOY",
@@ -60,6 +62,7 @@ __all__ = [
     "make_api_token",
     "make_test_pki",
     "send_command",
+    "until",
     "window_order_problems",
     "write_bad_bundles",
 ]
