@@ -382,7 +382,8 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
     was made from (no input drifts), then the same audio eight times louder, which the input's
     statistics show, and neither the state (the same as before) nor the sample rate."""
     from edgeops.service.server import Service
-    from tests.test_service import _wait, service_config
+    from edgeops.testing import until
+    from tests.test_service import service_config
 
     cfg = service_config(tmp_path, broker.port, vad_bundle, signing_keys)
     name = f"vad-{uuid.uuid4().hex[:6]}"
@@ -402,8 +403,8 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
                 fed = zip(p.ids, p.predicted, strict=True)
                 assert all(agent.feedback(i, label) for i, label in fed)
                 agent.flush_window()
-            assert _wait(lambda: service.counters.stored_windows >= 3)
-            assert _wait(  # the span of all three
+            assert until(lambda: service.counters.stored_windows >= 3)
+            assert until(  # the span of all three
                 lambda: any(
                     r["feature"] == "sr" and r["samples"] >= 600
                     for r in service.store.drift.rows(device=name)
@@ -413,8 +414,8 @@ def test_a_service_stores_its_windows_and_evaluates_drift_per_input(
             for _ in range(3):
                 agent.predict({"input": calm["input"] * 8, "state": calm["state"], "sr": 16000})
                 agent.flush_window()
-            assert _wait(lambda: service.counters.stored_windows >= 6)
-            assert _wait(
+            assert until(lambda: service.counters.stored_windows >= 6)
+            assert until(
                 lambda: any(
                     r["feature"] == "input:std[c0]" and r["drifted"]
                     for r in service.store.drift.rows(device=name)
