@@ -381,9 +381,9 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
     command_keys,
     tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    """An unknown signing key, a hash mismatch, a failed sample check, a model at least three
-    times slower than the one it replaces: each stops the deployment at its first device, and
-    every device ends on 1.0.0 with its state reported."""
+    """An unknown signing key, a hash mismatch, a failed sample check, a model past the policy's
+    latency regression (built several times slower than the one it replaces): each stops the
+    deployment at its first device, and every device ends on 1.0.0 with its state reported."""
     cfg = _config(
         tmp_path, broker.port, signing_keys, command_keys, extra_keys=(bundles["rogue_pub"],)
     )
@@ -426,8 +426,9 @@ def test_a_bad_bundle_is_stopped_at_the_canary_and_the_fleet_stays_consistent(
         }[case]
         assert first["state"] == (ro.ROLLED_BACK if case == "slow" else ro.FAILED)
         assert why in (first["reason"] or ""), first
-        if case == "slow":  # the device measured it: at least three times slower
-            assert first["health"]["latency_ratio"] >= 3.0, first["health"]
+        if case == "slow":  # the device measured a regression past the policy's 1.5x (the
+            # model is built several times slower; how much slower this machine shows varies)
+            assert first["health"]["latency_ratio"] > 1.5, first["health"]
         assert [d["state"] for d in status["device_states"][1:]] == [ro.SKIPPED] * 2
         assert why in status["reason"] or "failure rate" in status["reason"]
         assert time.monotonic() - t0 < 60
